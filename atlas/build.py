@@ -1,0 +1,78 @@
+"""`atlas build`: mine -> feature visualization -> site, each step resumable and skipped when done."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .config import BuildConfig, to_dict
+from .data.sources import open_source
+from .featurevis import featurevis
+from .mine import mine
+from .models import load_model
+from .site import build_site
+
+StepProgress = Callable[[str, int, int], None]
+
+
+@dataclass
+class BuildResult:
+    store: Path
+    site: Path
+    pages: int
+    images: int
+    bad_images: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for, but torch sees no CUDA GPU; use --device cpu")
+    return dev
+
+
+def build(config: BuildConfig = BuildConfig(), out: str | Path = "atlas-out", *, captions: str | None = None,
+          device: str = "auto", num_workers: int = 0, progress: StepProgress | None = None) -> BuildResult:
+    """Build a complete atlas in ``out``: ``out/atlas.h5`` (the store) and ``out/site/`` (the pages)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder; choose another path")
+    out.mkdir(parents=True, exist_ok=True)
+    store_path, site_path = out / "atlas.h5", out / "site"
+    seconds: dict[str, float] = {}
+
+    def step(name: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total: progress(name, done, total)) if progress else None
+
+    t = time.perf_counter()
+    model = load_model(config.model, device=resolve_device(device))
+    source = open_source(config.data, captions=captions)
+    seconds["load"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    mined = mine(model, source, store_path, config.mine, num_workers=num_workers, progress=step("mine"))
+    seconds["mine"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    fv_layers = config.featurevis_layers if config.featurevis_layers is not None else mined.layers[-1:]
+    for layer in fv_layers:
+        featurevis(model, store_path, layer, config=config.featurevis, progress=step(f"featurevis {layer}"))
+    seconds["featurevis"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    site = build_site([store_path], site_path, config.site, progress=step("site"))
+    (site_path / "build.json").write_text(json.dumps(
+        {"build_config": to_dict(replace(config)), "store": str(store_path.resolve())}, indent=1))
+    seconds["site"] = time.perf_counter() - t
+    return BuildResult(store_path, site_path, site.pages, site.images, mined.bad, seconds)

@@ -1,0 +1,59 @@
+"""Forward hooks that see a layer's true output, and always come off.
+
+A hook runs the moment its module returns, before any later in-place op (CLIP's Bottleneck ends in
+``out += identity; ReLU(inplace=True)``, and a conv output may be overwritten by the next in-place
+ReLU).  So the callback must consume the tensor at once: reduce it, or copy it.  `capture` copies;
+`atlas.mine` reduces.  Hooks are removed in a ``finally`` block, whatever happens in between.
+"""
+
+from __future__ import annotations
+
+import difflib
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+
+def find_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    modules = dict(model.named_modules())
+    found = {}
+    for name in names:
+        if name not in modules:
+            close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise KeyError(f"no module named {name!r} in {type(model).__name__}{hint}")
+        found[name] = modules[name]
+    return found
+
+
+@contextmanager
+def hooked(model: nn.Module, names: Sequence[str],
+           fn: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+    """Call ``fn(name, output)`` for each named module's output during forwards inside the block.
+
+    ``fn`` must not keep ``output`` without copying it: later in-place ops may overwrite it.
+    """
+    handles = []
+    try:
+        for name, module in find_modules(model, names).items():
+            def hook(_module, _inputs, output, _name=name):
+                fn(_name, output)
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def capture(model: nn.Module, names: Sequence[str], run: Callable[[], object]) -> dict[str, torch.Tensor]:
+    """Run ``run()`` and return a detached copy of each named module's output (the reference path)."""
+    out: dict[str, torch.Tensor] = {}
+
+    def keep(name: str, output: torch.Tensor) -> None:
+        out[name] = output.detach().clone()
+
+    with hooked(model, names, keep):
+        run()
+    return out

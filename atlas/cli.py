@@ -1,0 +1,262 @@
+"""The `atlas` command line: each command parses options and calls one library function."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from . import __version__
+from .config import BuildConfig, FeatureVisConfig, MineConfig, SiteConfig
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, RuntimeError)
+
+
+class _Bars:
+    """click progress bars, one per step label, driven by (label, done, total) callbacks."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.label = None
+        self.done = 0
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if label != self.label:
+            self.close()
+            self.label, self.done = label, 0
+            self.bar = click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True)
+            self.bar.__enter__()
+        self.bar.update(done - self.done)
+        self.done = done
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+        self.bar, self.label = None, None
+
+    def step(self, label: str) -> Callable[[int, int], None]:
+        return lambda done, total: self(label, done, total)
+
+
+def _run(fn: Callable[[], object]) -> object:
+    """Call a library function; turn its errors (which say what to do) into clean CLI errors."""
+    try:
+        return fn()
+    except USER_ERRORS as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise click.ClickException(str(msg)) from e
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(x.strip() for x in value.split(",") if x.strip()) if value else ()
+
+
+def _units(value: str | None) -> list[int] | None:
+    """'0-63,100' -> [0..63, 100]"""
+    if not value:
+        return None
+    out: list[int] = []
+    for part in _split(value):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise click.BadParameter(f"{part!r} is not a unit or a range like 0-63", param_hint="--units")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if b < a:
+            raise click.BadParameter(f"range {part!r} runs backwards", param_hint="--units")
+        out.extend(range(a, b + 1))
+    return out
+
+
+model_opt = click.option("--model", "model_spec", default="default", show_default=True,
+                         help="Model spec FAMILY:ARCH[@WEIGHTS], e.g. open_clip:RN50@RN50.pt (see `atlas models`).")
+data_opt = click.option("--data", default="default", show_default=True,
+                        help="A folder of images (sub-folders are classes) or 'default' / 'synthetic:N'.")
+captions_opt = click.option("--captions", type=click.Path(dir_okay=False), default=None,
+                            help="CSV with columns path,caption (default: DATA/captions.csv if present).")
+device_opt = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+workers_opt = click.option("--workers", default=0, show_default=True, type=click.IntRange(0, 64),
+                           help="Image-decoding worker processes (0: decode in the main process).")
+layers_opt = click.option("--layers", default=None,
+                          help="Comma-separated layer names (default: the last block of each stage).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="atlas")
+def main() -> None:
+    """atlas: neuron atlases of CLIP models.
+
+    `atlas build` does everything: mines top dataset examples and statistics of every neuron into an
+    HDF5 store, renders feature visualizations, and writes a static site you open from disk.
+    """
+
+
+@main.command()
+@model_opt
+@data_opt
+@captions_opt
+@click.option("--out", default="atlas-out", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder: OUT/atlas.h5 (store) and OUT/site/index.html (site).")
+@layers_opt
+@click.option("--featurevis-layers", default=None, help="Layers to visualize (default: the last mined layer; "
+              "'none' for no feature visualization).")
+@click.option("--max-images", type=click.IntRange(1), default=None, help="Mine only the first N images.")
+@click.option("--top-k", default=MineConfig.top_k, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--steps", default=FeatureVisConfig.steps, show_default=True, type=click.IntRange(1),
+              help="Feature visualization optimizer steps.")
+@device_opt
+@workers_opt
+def build(model_spec, data, captions, out, layers, featurevis_layers, max_images, top_k, steps, device,
+          workers):
+    """Mine, visualize and render a whole atlas (defaults: the shipped model on the built-in data)."""
+    from .build import build as run_build
+
+    fv = None if featurevis_layers is None else (() if featurevis_layers == "none" else _split(featurevis_layers))
+    cfg = BuildConfig(model=model_spec, data=data,
+                      mine=MineConfig(layers=_split(layers), top_k=top_k, max_images=max_images),
+                      featurevis=FeatureVisConfig(steps=steps), site=SiteConfig(), featurevis_layers=fv)
+    bars = _Bars()
+    r = _run(lambda: run_build(cfg, out, captions=captions, device=device, num_workers=workers, progress=bars))
+    bars.close()
+    times = ", ".join(f"{k} {v:.1f}s" for k, v in r.seconds.items())
+    click.echo(f"store: {r.store}\nsite:  {r.site / 'index.html'} ({r.pages} pages, {r.images} images; "
+               f"{r.bad_images} bad input files skipped)\ntime:  {times}")
+
+
+@main.command()
+@model_opt
+@data_opt
+@captions_opt
+@click.option("--store", "store_path", required=True, type=click.Path(dir_okay=False),
+              help="HDF5 store to create or add layers to.")
+@layers_opt
+@click.option("--top-k", default=MineConfig.top_k, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--batch-size", default=MineConfig.batch_size, show_default=True, type=click.IntRange(1))
+@click.option("--rank-by", type=click.Choice(["max", "mean"]), default=MineConfig.rank_by, show_default=True,
+              help="Per-image score of a neuron: max or mean over its spatial map.")
+@click.option("--max-images", type=click.IntRange(1), default=None)
+@click.option("--no-pooled", is_flag=True, help="Do not store the images x units matrix of spatial means.")
+@click.option("--checkpoint-seconds", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds between checkpoints (a killed run resumes from the last one).")
+@device_opt
+@workers_opt
+def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank_by, max_images, no_pooled,
+         checkpoint_seconds, device, workers):
+    """Stream images through a model; keep exact top-k examples and statistics per neuron."""
+    from .build import resolve_device
+    from .data.sources import open_source
+    from .mine import mine as run_mine
+    from .models import load_model
+
+    cfg = MineConfig(layers=_split(layers), top_k=top_k, batch_size=batch_size, rank_by=rank_by,
+                     max_images=max_images, keep_pooled=not no_pooled)
+    bars = _Bars()
+
+    def go():
+        model = load_model(model_spec, device=resolve_device(device))
+        return run_mine(model, open_source(data, captions), store_path, cfg, num_workers=workers,
+                        checkpoint_seconds=checkpoint_seconds, progress=bars.step("mine"))
+
+    r = _run(go)
+    bars.close()
+    if r.skipped_layers and len(r.skipped_layers) == len(r.layers):
+        click.echo(f"{store_path}: every layer was already mined with these settings; nothing to do")
+        return
+    resumed = f", resumed at image {r.resumed_from}" if r.resumed_from else ""
+    click.echo(f"{store_path}: mined {len(r.layers) - len(r.skipped_layers)} layers over {r.images} images "
+               f"({r.bad} bad files skipped{resumed})")
+
+
+@main.command()
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--layer", "layer", required=True, help="Layer to visualize.")
+@click.option("--units", default=None, help="Units, e.g. 0-63,100 (default: all).")
+@click.option("--steps", default=FeatureVisConfig.steps, show_default=True, type=click.IntRange(1))
+@click.option("--batch", default=FeatureVisConfig.batch, show_default=True, type=click.IntRange(1),
+              help="Neurons rendered together, one per batch element.")
+@click.option("--size", default=FeatureVisConfig.size, show_default=True, type=click.IntRange(8, 1024))
+@click.option("--lr", default=FeatureVisConfig.lr, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@device_opt
+def featurevis(store_path, layer, units, steps, batch, size, lr, device):
+    """Render channel feature visualizations of a mined layer into its store."""
+    from .build import resolve_device
+    from .featurevis import featurevis as run_fv
+    from .models import load_model
+    from .store import Store
+
+    cfg = FeatureVisConfig(steps=steps, batch=batch, size=size, lr=lr)
+    bars = _Bars()
+
+    def go():
+        with Store(store_path) as st:
+            spec = st.meta["model_spec"]
+        model = load_model(spec, device=resolve_device(device))
+        return run_fv(model, store_path, layer, _units(units), cfg, progress=bars.step(f"featurevis {layer}"))
+
+    r = _run(go)
+    bars.close()
+    click.echo(f"{store_path}: {layer}: rendered {r.rendered} neurons ({r.reused} already done)")
+
+
+@main.command()
+@click.argument("stores", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", default="atlas-site", show_default=True, type=click.Path(file_okay=False))
+@click.option("--examples", default=SiteConfig.examples, show_default=True, type=click.IntRange(1, 1000),
+              help="Dataset examples per neuron page.")
+@click.option("--title", default=SiteConfig.title, show_default=True)
+def site(stores, out, examples, title):
+    """Render one or more stores into a static site (open OUT/index.html from disk)."""
+    from .site import build_site
+
+    bars = _Bars()
+    r = _run(lambda: build_site(list(stores), out, SiteConfig(examples=examples, title=title),
+                                progress=bars.step("site")))
+    bars.close()
+    click.echo(f"{Path(r.out) / 'index.html'}: {r.pages} pages, {r.images} images")
+
+
+@main.command()
+def models():
+    """List the known model specs (append @/path/to/weights or @random:SEED)."""
+    from .models import DEFAULT_SPEC, list_models
+
+    click.echo(f"default: {DEFAULT_SPEC}")
+    for name in _run(list_models):
+        click.echo(name)
+
+
+@main.command()
+@click.argument("spec", default="default")
+def layers(spec):
+    """List a model's hookable layers with their kind, units and grid."""
+    from .models import load_model
+
+    model = _run(lambda: load_model(spec))
+    default = set(model.default_layers)
+    for info in model.layers.values():
+        mark = "*" if info.name in default else " "
+        click.echo(f"{mark} {info.name:40s} {info.kind:6s} {info.units:6d} units  grid {info.grid[0]}x{info.grid[1]}")
+    click.echo("(* mined by default)")
+
+
+@main.command()
+@click.argument("store_path", type=click.Path(exists=True, dir_okay=False))
+def info(store_path):
+    """Summarize a store: model, data, layers, skipped images."""
+    from .store import Store
+
+    def go():
+        with Store(store_path) as st:
+            for k, v in sorted(st.meta.items()):
+                click.echo(f"{k}: {v}")
+            for m in st.models():
+                for ld in st.layers(m):
+                    fv = int(ld.featurevis_done().sum())
+                    click.echo(f"layer {m}/{ld.name}: {ld.kind}, {ld.units} units, feature vis {fv}/{ld.units}")
+            click.echo(f"skipped images: {len(st.bad_images())}")
+
+    _run(go)

@@ -1,0 +1,138 @@
+"""Frozen configurations of every atlas step.
+
+Each step (mine, featurevis, site, build) takes one frozen dataclass; its JSON form is written into the
+attributes of every artifact the step produces, so a store says exactly how it was made.  Options that
+change *how fast* a step runs but not *what* it computes (device, worker count, checkpoint interval)
+are keyword arguments of the step functions, not config fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+RANK_BY = ("max", "mean")
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class MineConfig:
+    """What `atlas mine` computes for each layer.
+
+    layers: canonical layer names (`named_modules()` paths); empty means the model's default layers.
+    top_k: dataset examples kept per neuron.
+    batch_size: images per forward pass.  Part of the identity of a run: batch composition can change
+        floating-point results in the last bit, so a resumed run must use the same batches.
+    rank_by: per-image score of a neuron: "max" or "mean" of its spatial (or token) map.
+    map_size: the spatial map of each top example is average-pooled to at most map_size x map_size.
+    hist_bins: bins of the per-neuron histogram of scores (even; half for negative, half for positive).
+    keep_pooled: store the [images, units] matrix of spatial means (inputs of probes).
+    max_images: mine only the first max_images images of the source (None: all).
+    thumb_size: side of the stored thumbnails of top examples (the model's crop, resized).
+    """
+
+    layers: tuple[str, ...] = ()
+    top_k: int = 16
+    batch_size: int = 64
+    rank_by: str = "max"
+    map_size: int = 8
+    hist_bins: int = 64
+    keep_pooled: bool = True
+    max_images: int | None = None
+    thumb_size: int = 96
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.rank_by in RANK_BY, f"rank_by must be one of {RANK_BY}, got {self.rank_by!r}")
+        _check(1 <= self.map_size <= 64, f"map_size must be in 1..64, got {self.map_size}")
+        _check(self.hist_bins >= 2 and self.hist_bins % 2 == 0,
+               f"hist_bins must be an even number >= 2, got {self.hist_bins}")
+        _check(self.max_images is None or self.max_images >= 1,
+               f"max_images must be >= 1 or None, got {self.max_images}")
+        _check(16 <= self.thumb_size <= 512, f"thumb_size must be in 16..512, got {self.thumb_size}")
+
+
+@dataclass(frozen=True)
+class FeatureVisConfig:
+    """How channel feature visualizations are rendered (see atlas.featurevis.render).
+
+    steps: optimizer steps; lr: Adam learning rate; size: side of the parameterized image;
+    batch: neurons rendered together (one neuron per batch element); seed: initial noise seed;
+    decorrelate/fft: lucent's colour-decorrelated Fourier parameterization;
+    jitter, scales, rotate_degrees: per-image random transforms applied at every step.
+    """
+
+    steps: int = 128
+    lr: float = 0.05
+    size: int = 64
+    batch: int = 64
+    seed: int = 0
+    fft: bool = True
+    decorrelate: bool = True
+    jitter: int = 4
+    scales: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1)
+    rotate_degrees: float = 10.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(8 <= self.size <= 1024, f"size must be in 8..1024, got {self.size}")
+        _check(self.batch >= 1, f"batch must be >= 1, got {self.batch}")
+        _check(self.jitter >= 0, f"jitter must be >= 0, got {self.jitter}")
+        _check(len(self.scales) >= 1 and all(s > 0 for s in self.scales), "scales must be positive")
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """How the static site is rendered.  examples: dataset examples shown per neuron page."""
+
+    examples: int = 16
+    title: str = "atlas"
+
+    def __post_init__(self) -> None:
+        _check(self.examples >= 1, f"examples must be >= 1, got {self.examples}")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything `atlas build` does, in one place."""
+
+    model: str = "default"
+    data: str = "default"
+    mine: MineConfig = field(default_factory=MineConfig)
+    featurevis: FeatureVisConfig = field(default_factory=FeatureVisConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
+    featurevis_layers: tuple[str, ...] | None = None  # None: the last mined layer
+
+    def __post_init__(self) -> None:
+        if self.featurevis_layers is not None:
+            object.__setattr__(self, "featurevis_layers", tuple(self.featurevis_layers))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(to_json(cfg))
+
+
+def to_json(cfg: Any) -> str:
+    """Canonical JSON of a config: sorted keys, no whitespace, so equal configs give equal strings."""
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True, separators=(",", ":"))
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hex digest of strings and configs (used to name resumable work)."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update((to_json(p) if dataclasses.is_dataclass(p) else str(p)).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]

@@ -1,0 +1,97 @@
+"""`atlas featurevis`: render every neuron of some layers in batches and store the results.
+
+Each finished batch is saved atomically in the store's work folder, so a killed run loses at most the
+batch in flight; the store itself is written once, in one transaction, when all batches are done.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .. import store
+from ..config import FeatureVisConfig, digest, to_json
+from ..models import LoadedModel
+from .render import render_channels
+
+
+@dataclass
+class FeatureVisResult:
+    layer: str
+    rendered: int  # neurons rendered in this call
+    reused: int  # neurons whose images were already stored or checkpointed
+
+
+def _save(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
+               units: Sequence[int] | None = None, config: FeatureVisConfig = FeatureVisConfig(),
+               progress: Callable[[int, int], None] | None = None) -> FeatureVisResult:
+    """Render channel visualizations of ``units`` (default: all) of ``layer`` into the store."""
+    path = Path(store_path)
+    info = model.layer(layer)
+    units = list(range(info.units)) if units is None else sorted({int(u) for u in units})
+    bad = [u for u in units if not 0 <= u < info.units]
+    if bad:
+        raise ValueError(f"layer {layer} has {info.units} units (0..{info.units - 1}); no unit {bad[0]}")
+    cfg_json = to_json(config)
+    with store.lock(path):
+        with store.Store(path) as st:
+            if st.meta.get("weights_sha256") != model.weights_sha256:
+                raise store.StoreError(f"store {path} was mined with other weights than {model.spec}; "
+                                       "render with the model the store was built with")
+            g = st.layer(model.name, layer).group
+            done = np.zeros(info.units, bool)
+            if "featurevis" in g and g["featurevis"].attrs["config"] == cfg_json:
+                done = g["featurevis/done"][()]
+                images = g["featurevis/images"][()]
+                objective = g["featurevis/objective"][()]
+            else:
+                images = np.zeros((info.units, config.size, config.size, 3), np.uint8)
+                objective = np.full(info.units, np.nan, np.float32)
+        todo = [u for u in units if not done[u]]
+        reused = len(units) - len(todo)
+        if not todo:
+            return FeatureVisResult(layer, 0, reused)
+        work = store.work_dir(path) / f"featurevis-{digest(model.weights_sha256, layer, config)}"
+        work.mkdir(parents=True, exist_ok=True)
+        batches = [todo[i:i + config.batch] for i in range(0, len(todo), config.batch)]
+        rendered = 0
+        for b, batch in enumerate(batches):
+            ckpt = work / ("units-" + "-".join(map(str, (batch[0], batch[-1], len(batch)))) + ".npz")
+            if ckpt.exists():
+                with np.load(ckpt, allow_pickle=False) as z:
+                    assert z["units"].tolist() == batch, f"checkpoint {ckpt} holds other units"
+                    images[batch], objective[batch] = z["images"], z["objective"]
+                reused += len(batch)
+            else:
+                r = render_channels(model, layer, batch, config)
+                images[batch], objective[batch] = r.images, r.objective
+                _save(ckpt, units=np.array(batch), images=r.images, objective=r.objective)
+                rendered += len(batch)
+            done[batch] = True
+            if progress:
+                progress(b + 1, len(batches))
+        with store.transaction(path) as f:
+            g = f[store.layer_path(model.name, layer)]
+            if "featurevis" in g:
+                del g["featurevis"]
+            fv = g.create_group("featurevis")
+            fv.attrs["config"] = cfg_json
+            store.put(fv, "images", images)
+            store.put(fv, "objective", objective)
+            store.put(fv, "done", done)
+        shutil.rmtree(work, ignore_errors=True)
+    return FeatureVisResult(layer, rendered, reused)

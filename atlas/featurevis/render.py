@@ -1,0 +1,182 @@
+"""Our render loop around torch-lucent's parameterizations and objectives.
+
+What we take from lucent: the Fourier image parameterization (`fft_image`), its colour-decorrelation
+matrix, and the objective algebra (`objectives.channel(...)`, sums and scalars).  What we do ourselves,
+because lucent's `render_vis` gets it wrong for our use: hooks that always come off and copy the layer
+output before later in-place ops; CLIP's normalization; an explicit device (lucent hard-codes cuda:0);
+one random transform *per image* (lucent draws one per batch); no image display; many neurons per
+batch, one neuron per batch element.
+
+`render_channels` is the simple call; `render` takes any lucent objective over a batch.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lucent.optvis import objectives
+from lucent.optvis.param import color as lucent_color
+from lucent.optvis.param import spatial as lucent_spatial
+
+from ..capture import hooked
+from ..config import FeatureVisConfig
+from ..models import LoadedModel
+
+
+class _Stop(Exception):
+    """Raised from a hook once every needed layer is captured: the rest of the forward is skipped."""
+
+
+@dataclass
+class Rendered:
+    images: np.ndarray  # [B, S, S, 3] uint8
+    objective: np.ndarray  # [B] mean activation of each image's own neuron, untransformed image
+    history: np.ndarray  # [steps, B] the same, per step, on the transformed images
+
+
+@contextmanager
+def _lucent_device(device: torch.device) -> Iterator[None]:
+    """lucent creates parameters on a module-level device; point it at ours for the block."""
+    old = lucent_spatial.device
+    lucent_spatial.device = device
+    try:
+        yield
+    finally:
+        lucent_spatial.device = old
+
+
+def image_param(batch: int, size: int, cfg: FeatureVisConfig, device: torch.device,
+                ) -> tuple[list[torch.Tensor], Callable[[], torch.Tensor]]:
+    """lucent's (params, image_fn) with image_fn() -> [batch, 3, size, size] in [0, 1] on ``device``."""
+    with _lucent_device(device), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        if cfg.fft:
+            params, raw = lucent_spatial.fft_image((batch, 3, size, size), sd=0.01)
+        else:
+            params, raw = lucent_spatial.pixel_image((batch, 3, size, size), sd=0.01)
+    matrix = torch.tensor(lucent_color.color_correlation_normalized.T, device=device)
+
+    def image_fn() -> torch.Tensor:
+        x = raw()  # [B, 3, S, S] unbounded
+        if cfg.decorrelate:
+            x = torch.einsum("bchw,cd->bdhw", x, matrix)
+        return torch.sigmoid(x)
+
+    return params, image_fn
+
+
+def random_transform(x: torch.Tensor, cfg: FeatureVisConfig, gen: torch.Generator) -> torch.Tensor:
+    """Per-image random jitter, scale and rotation (one affine warp each), reflect-padded.
+
+    x: [B, 3, S, S] -> [B, 3, S, S]."""
+    b, _, s, _ = x.shape
+    dev = x.device
+    scales = torch.tensor(cfg.scales, device=dev)
+    scale = scales[torch.randint(len(cfg.scales), (b,), generator=gen).to(dev)]
+    angle = (torch.rand(b, generator=gen).to(dev) * 2 - 1) * math.radians(cfg.rotate_degrees)
+    shift = (torch.randint(-cfg.jitter, cfg.jitter + 1, (b, 2), generator=gen).to(dev).float() * 2 / s)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)  # [B, 2, 3]
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+class _Activations:
+    """Forward an image batch and expose the hooked layer in canonical layout, lucent's ``T``."""
+
+    def __init__(self, model: LoadedModel, layers: Sequence[str]):
+        self.model = model
+        self.infos = {n: model.layer(n) for n in layers}
+        self.acts: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str) -> torch.Tensor:
+        return self.acts[name]
+
+    def forward(self, x01: torch.Tensor) -> None:
+        """x01: [B, 3, s, s] in [0, 1]; resized to the model's input and CLIP-normalized."""
+        size = self.model.image_size
+        if x01.shape[-1] != size:
+            x01 = F.interpolate(x01, size=(size, size), mode="bilinear", align_corners=False)
+        self.acts = {}
+
+        def keep(name: str, out: torch.Tensor) -> None:
+            self.acts[name] = self.infos[name].canonical(out).clone()  # copy: later in-place ops
+            if len(self.acts) == len(self.infos):
+                raise _Stop
+
+        with hooked(self.model.clip, list(self.infos), keep):
+            try:
+                self.model.clip.encode_image(self.model.normalize(x01))
+            except _Stop:
+                pass
+
+
+def render(model: LoadedModel, objective: objectives.Objective, layers: Sequence[str], batch: int,
+           cfg: FeatureVisConfig = FeatureVisConfig(),
+           score: Callable[[Callable[[str], torch.Tensor]], torch.Tensor] | None = None) -> Rendered:
+    """Optimize ``batch`` images to minimize a lucent ``objective`` over ``layers``.
+
+    ``score(T) -> [batch]`` reports what each image achieves (default: zeros); it is recorded per step
+    and on the final untransformed images.  The model's parameters are not changed (nor their grads).
+    """
+    device = model.device
+    params, image_fn = image_param(batch, cfg.size, cfg, device)
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    acts = _Activations(model, layers)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    history = np.zeros((cfg.steps, batch), np.float32)
+    requires = [p.requires_grad for p in model.clip.parameters()]
+    for p in model.clip.parameters():
+        p.requires_grad_(False)
+    try:
+        for step in range(cfg.steps):
+            opt.zero_grad(set_to_none=True)
+            acts.forward(random_transform(image_fn(), cfg, gen))
+            loss = objective(acts)
+            loss.backward()
+            opt.step()
+            if score is not None:
+                history[step] = score(acts).detach().float().cpu().numpy()
+        with torch.no_grad():
+            final = image_fn()
+            acts.forward(final)
+            final_score = score(acts).float().cpu().numpy() if score else np.zeros(batch, np.float32)
+    finally:
+        for p, r in zip(model.clip.parameters(), requires):
+            p.requires_grad_(r)
+    images = (final.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return Rendered(images, final_score, history)
+
+
+def channel_objective(layer: str, units: Sequence[int]) -> objectives.Objective:
+    """lucent's channel objective for unit ``units[i]`` on batch element ``i``, summed."""
+    return objectives.Objective.sum([objectives.channel(layer, int(u), batch=i) for i, u in enumerate(units)])
+
+
+def channel_score(layer: str, units: Sequence[int]) -> Callable[[Callable[[str], torch.Tensor]], torch.Tensor]:
+    idx = torch.as_tensor(list(units))
+
+    def score(T: Callable[[str], torch.Tensor]) -> torch.Tensor:
+        a = T(layer)  # [B, U, h, w]
+        rows = torch.arange(len(idx), device=a.device)
+        return a[rows, idx.to(a.device)].mean(dim=(1, 2))
+
+    return score
+
+
+def render_channels(model: LoadedModel, layer: str, units: Sequence[int],
+                    cfg: FeatureVisConfig = FeatureVisConfig()) -> Rendered:
+    """Channel visualizations of ``units`` of ``layer``, one neuron per batch element."""
+    model.layer(layer)  # clear error for unknown layers
+    bad = [u for u in units if not 0 <= int(u) < model.layer(layer).units]
+    if bad:
+        raise ValueError(f"layer {layer} has {model.layer(layer).units} units; no unit {bad[0]}")
+    return render(model, channel_objective(layer, units), [layer], len(units), cfg,
+                  channel_score(layer, units))

@@ -1,0 +1,367 @@
+"""`atlas mine`: stream images through the model and keep, per neuron, the exact top-k and statistics.
+
+For each layer a `LayerState` holds on the model's device:
+- the running top-k of the per-image score (spatial max or mean), ties broken by image index, with
+  each example's argmax location and small spatial map;
+- count, mean and M2 (Welford, float64), min, max, positives and non-finite counts of the score;
+- a histogram of the score over [-R, R], R the smallest power of two above every |score| seen (at least
+  2**-20); when R grows, bins merge exactly, so the result equals a histogram made in one go;
+- optionally the [images, units] matrix of spatial means (`pooled`, for probes).
+
+Batches are fixed slices of the image index, so a run resumed from a checkpoint computes exactly what
+an uninterrupted run computes.  Checkpoints are written atomically to the store's work folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__, store
+from .capture import hooked
+from .config import MineConfig, digest, to_json
+from .data.sources import ImageSource, Sample
+from .models import LayerInfo, LoadedModel
+
+MIN_RANGE_EXP = -20
+Progress = Callable[[int, int], None]
+
+
+class LayerState:
+    """Running top-k and statistics of one layer (tensors on the model's device)."""
+
+    def __init__(self, info: LayerInfo, cfg: MineConfig, n_images: int, device: torch.device,
+                 pooled: np.ndarray | None = None):
+        u, k = info.units, cfg.top_k
+        self.info, self.cfg = info, cfg
+        self.map_hw = (min(info.grid[0], cfg.map_size), min(info.grid[1], cfg.map_size))
+        mh, mw = self.map_hw
+        z = dict(device=device)
+        self.values = torch.full((u, k), -math.inf, dtype=torch.float32, **z)
+        self.index = torch.full((u, k), -1, dtype=torch.int64, **z)
+        self.argmax = torch.zeros((u, k), dtype=torch.int32, **z)
+        self.maps = torch.zeros((u, k, mh * mw), dtype=torch.float32, **z)
+        self.count = torch.zeros(u, dtype=torch.int64, **z)
+        self.mean = torch.zeros(u, dtype=torch.float64, **z)
+        self.m2 = torch.zeros(u, dtype=torch.float64, **z)
+        self.min = torch.full((u,), math.inf, dtype=torch.float32, **z)
+        self.max = torch.full((u,), -math.inf, dtype=torch.float32, **z)
+        self.positive = torch.zeros(u, dtype=torch.int64, **z)
+        self.nonfinite = torch.zeros(u, dtype=torch.int64, **z)
+        self.hist = torch.zeros((u, cfg.hist_bins), dtype=torch.int64, **z)
+        self.range_exp = torch.full((u,), MIN_RANGE_EXP, dtype=torch.int64, **z)
+        self.pooled = pooled  # [N, U] float16 memmap or None
+
+    TENSORS = ("values", "index", "argmax", "maps", "count", "mean", "m2", "min", "max", "positive",
+               "nonfinite", "hist", "range_exp")
+
+    def update(self, index: torch.Tensor, acts: torch.Tensor) -> None:
+        """index: [B] image indices; acts: [B, U, h, w] canonical activations (consumed, not kept)."""
+        a = acts.detach().float()
+        b, u = a.shape[:2]
+        flat = a.reshape(b, u, -1)  # [B, U, h*w]
+        peak, arg = flat.max(dim=2)  # [B, U]
+        spatial_mean = flat.mean(dim=2)  # [B, U]
+        score = peak if self.cfg.rank_by == "max" else spatial_mean
+        small = F.adaptive_avg_pool2d(a, self.map_hw).reshape(b, u, -1)  # [B, U, mh*mw]
+        if self.pooled is not None:
+            self.pooled[index.cpu().numpy()] = spatial_mean.cpu().numpy().astype(np.float16)
+        self._merge_topk(index, score, arg.to(torch.int32), small)
+        self._update_stats(score)
+
+    def _merge_topk(self, index: torch.Tensor, score: torch.Tensor, arg: torch.Tensor,
+                    small: torch.Tensor) -> None:
+        u, k = self.values.shape
+        b = score.shape[0]
+        cand_v = torch.cat([self.values, torch.nan_to_num(score.t(), nan=-math.inf, posinf=-math.inf)], 1)
+        cand_i = torch.cat([self.index, index.view(1, b).expand(u, b)], 1)  # [U, k+B]
+        # order: value descending, then image index ascending (empty slots, index -1, go last)
+        key_i = torch.where(cand_i < 0, torch.iinfo(torch.int64).max, cand_i)
+        by_index = torch.sort(key_i, dim=1, stable=True).indices
+        by_value = torch.sort(cand_v.gather(1, by_index), dim=1, descending=True, stable=True).indices
+        sel = by_index.gather(1, by_value)[:, :k]  # [U, k] positions among candidates
+        from_kept = sel < k
+        ki, bi = sel.clamp(max=k - 1), (sel - k).clamp(min=0)
+        self.values = cand_v.gather(1, sel)
+        self.index = cand_i.gather(1, sel)
+        self.argmax = torch.where(from_kept, self.argmax.gather(1, ki), arg.t().gather(1, bi))
+        hw = self.maps.shape[2]
+        kept_maps = self.maps.gather(1, ki[..., None].expand(u, k, hw))
+        new_maps = small.transpose(0, 1).gather(1, bi[..., None].expand(u, k, hw))
+        self.maps = torch.where(from_kept[..., None], kept_maps, new_maps)
+
+    def _update_stats(self, score: torch.Tensor) -> None:
+        s = score.t().double()  # [U, B]
+        finite = torch.isfinite(s)
+        self.nonfinite += (~finite).sum(1)
+        n_b = finite.sum(1)
+        s0 = torch.where(finite, s, 0.0)
+        mean_b = s0.sum(1) / n_b.clamp(min=1)
+        m2_b = (torch.where(finite, s - mean_b[:, None], 0.0) ** 2).sum(1)
+        n_a = self.count
+        n = n_a + n_b
+        delta = mean_b - self.mean
+        frac = torch.where(n > 0, n_b / n.clamp(min=1), 0.0)
+        self.mean = self.mean + delta * frac
+        self.m2 = self.m2 + m2_b + delta**2 * n_a * frac
+        self.count = n
+        sf = score.t().float()
+        self.min = torch.minimum(self.min, torch.where(finite, sf, math.inf).amin(1))
+        self.max = torch.maximum(self.max, torch.where(finite, sf, -math.inf).amax(1))
+        self.positive += (finite & (s > 0)).sum(1)
+        self._update_hist(s, finite)
+
+    def _update_hist(self, s: torch.Tensor, finite: torch.Tensor) -> None:
+        bins = self.hist.shape[1]
+        half = bins // 2
+        peak = torch.where(finite, s.abs(), 0.0).amax(1)  # [U]
+        need = torch.where(peak > 0, torch.floor(torch.log2(peak.clamp(min=1e-300))).long() + 1,
+                           torch.full_like(self.range_exp, MIN_RANGE_EXP))
+        # log2 can round: make sure 2**need > peak exactly
+        need = need + (torch.ldexp(torch.ones_like(peak), need) <= peak).long()
+        grow = (need - self.range_exp).clamp(min=0)
+        if bool((grow > 0).any()):
+            old = torch.arange(bins, device=s.device) - half  # bin offsets
+            div = torch.ldexp(torch.ones_like(peak), grow)[:, None]  # [U, 1]
+            target = torch.floor(old[None, :] / div).long() + half
+            merged = torch.zeros_like(self.hist)
+            merged.scatter_add_(1, target, self.hist)
+            self.hist = merged
+            self.range_exp = self.range_exp + grow
+        width = torch.ldexp(torch.ones_like(peak), self.range_exp)[:, None] / half  # [U, 1] power of 2
+        b = (torch.floor(torch.where(finite, s, 0.0) / width).long() + half).clamp(0, bins - 1)
+        self.hist.scatter_add_(1, b, finite.long())
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k).cpu().numpy() for k in self.TENSORS}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        for k in self.TENSORS:
+            setattr(self, k, torch.from_numpy(state[k]).to(getattr(self, k).device))
+
+
+@dataclass
+class MineResult:
+    store: Path
+    layers: tuple[str, ...]
+    images: int
+    bad: int
+    skipped_layers: tuple[str, ...]  # already in the store with the same config
+    resumed_from: int  # image index the run resumed at (0: fresh start)
+
+
+def _batches(model: LoadedModel, source: ImageSource, start: int, stop: int, batch_size: int,
+             num_workers: int) -> Iterator[tuple[int, list[Sample], torch.Tensor]]:
+    """Yield (first index, samples, [good, 3, S, S] pixels) for fixed slices [i, i + batch_size)."""
+    starts = range(start, stop, batch_size)
+
+    def load(i: int) -> tuple[int, list[Sample], torch.Tensor]:
+        samples = [source.sample(j, draft_size=model.image_size) for j in range(i, min(i + batch_size, stop))]
+        good = [model.preprocess(s.image) for s in samples if s.image is not None]
+        pixels = torch.stack(good) if good else torch.zeros(0, 3, model.image_size, model.image_size)
+        for s in samples:
+            s.image = None  # free the decoded image; thumbnails are re-made at commit
+        return i, samples, pixels
+
+    if num_workers <= 0:
+        for i in starts:
+            yield load(i)
+        return
+    loader = torch.utils.data.DataLoader(list(starts), batch_size=None, num_workers=num_workers,
+                                         collate_fn=load, prefetch_factor=4, persistent_workers=False)
+    yield from loader
+
+
+def _save_checkpoint(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _run_meta(model: LoadedModel, source: ImageSource) -> dict[str, object]:
+    return {
+        "atlas_version": __version__, "model_spec": str(model.spec), "model_name": model.name,
+        "weights_sha256": model.weights_sha256, "image_size": model.image_size,
+        "data_source": source.description, "data_fingerprint": source.fingerprint(),
+    }
+
+
+def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
+         config: MineConfig = MineConfig(), *, num_workers: int = 0, checkpoint_seconds: float = 30.0,
+         progress: Progress | None = None) -> MineResult:
+    """Mine ``config.layers`` (default: the model's default layers) of ``source`` into the store.
+
+    Resumes from the store's work folder after a crash; layers already mined with the same config
+    are skipped.  Raises StoreBusy if another process writes the store.
+    """
+    path = Path(store_path)
+    layers = config.layers or model.default_layers
+    infos = [model.layer(n) for n in layers]
+    config = replace(config, layers=tuple(layers))
+    n_images = min(len(source), config.max_images or len(source))
+    meta = _run_meta(model, source)
+    with store.lock(path):
+        store.check_compatible(path, meta)
+        todo, skipped = _layers_to_mine(path, model.name, infos, config)
+        if not todo:
+            return MineResult(path, tuple(layers), n_images, 0, tuple(i.name for i in skipped), 0)
+        work = store.work_dir(path) / f"mine-{digest(meta['weights_sha256'], meta['data_fingerprint'], config)}"
+        work.mkdir(parents=True, exist_ok=True)
+        states, image_state, position = _open_states(work, todo, config, n_images, model.device)
+        resumed_from = position
+        last_ckpt = time.monotonic()
+        current: dict[str, torch.Tensor] = {}
+
+        def consume(name: str, out: torch.Tensor) -> None:
+            states[name].update(current["index"], states[name].info.canonical(out))
+
+        with torch.no_grad(), hooked(model.clip, [i.name for i in todo], consume):
+            for first, samples, pixels in _batches(model, source, position, n_images,
+                                                   config.batch_size, num_workers):
+                for s in samples:
+                    image_state["status"][s.index] = store.REASON_CODES.index(s.error)
+                    image_state["sha256"][s.index] = s.sha256.encode()
+                    if s.error:
+                        image_state["messages"][s.index] = s.message
+                good = [s.index for s in samples if not s.error]
+                if good:
+                    current["index"] = torch.tensor(good, device=model.device)
+                    model.clip.encode_image(pixels.to(model.device))
+                position = first + len(samples)
+                if progress:
+                    progress(position, n_images)
+                if time.monotonic() - last_ckpt >= checkpoint_seconds or position >= n_images:
+                    _checkpoint(work, states, image_state, position)
+                    last_ckpt = time.monotonic()
+        _commit(path, model, source, config, todo, states, image_state, meta, n_images)
+        shutil.rmtree(work, ignore_errors=True)
+        bad = int(np.count_nonzero(image_state["status"]))
+        return MineResult(path, tuple(layers), n_images, bad, tuple(i.name for i in skipped), resumed_from)
+
+
+def _layers_to_mine(path: Path, model_name: str, infos: list[LayerInfo],
+                    config: MineConfig) -> tuple[list[LayerInfo], list[LayerInfo]]:
+    if not path.exists():
+        return infos, []
+    todo, skipped = [], []
+    with store.Store(path) as st:
+        for info in infos:
+            key = f"neurons/{model_name}/{info.name}"
+            if key not in st.file:
+                todo.append(info)
+                continue
+            old = st.file[key].attrs["config"]
+            if old != _layer_config_json(config):
+                raise store.StoreError(
+                    f"store {path} already holds layer {info.name} mined with other settings ({old}); "
+                    "write to another store path to mine it differently")
+            skipped.append(info)
+    return todo, skipped
+
+
+def _layer_config_json(config: MineConfig) -> str:
+    return to_json(replace(config, layers=()))
+
+
+def _open_states(work: Path, todo: list[LayerInfo], config: MineConfig, n_images: int,
+                 device: torch.device) -> tuple[dict[str, LayerState], dict[str, object], int]:
+    states = {}
+    for info in todo:
+        pooled = None
+        if config.keep_pooled:
+            pooled_path = work / f"pooled-{info.name}.npy"
+            mode = "r+" if pooled_path.exists() else "w+"
+            pooled = np.lib.format.open_memmap(pooled_path, mode=mode, dtype=np.float16,
+                                               shape=(n_images, info.units))
+        states[info.name] = LayerState(info, config, n_images, device, pooled)
+    image_state: dict[str, object] = {"status": np.zeros(n_images, np.uint8),
+                                      "sha256": np.zeros(n_images, "S64"), "messages": {}}
+    position = 0
+    ckpt = work / "checkpoint.npz"
+    if ckpt.exists():
+        with np.load(ckpt, allow_pickle=False) as z:
+            position = int(z["position"])
+            image_state["status"] = z["status"].copy()
+            image_state["sha256"] = z["sha256"].copy()
+            image_state["messages"] = dict(zip(z["msg_index"].tolist(), z["msg_text"].tolist()))
+            for name, st in states.items():
+                st.load_state_dict({k: z[f"{name}|{k}"] for k in LayerState.TENSORS})
+    return states, image_state, position
+
+
+def _checkpoint(work: Path, states: dict[str, LayerState], image_state: dict, position: int) -> None:
+    for st in states.values():
+        if st.pooled is not None:
+            st.pooled.flush()
+    msgs = image_state["messages"]
+    arrays = {"position": np.array(position), "status": image_state["status"],
+              "sha256": image_state["sha256"], "msg_index": np.array(sorted(msgs), dtype=np.int64),
+              "msg_text": np.array([msgs[i] for i in sorted(msgs)], dtype=str)}
+    for name, st in states.items():
+        arrays.update({f"{name}|{k}": v for k, v in st.state_dict().items()})
+    _save_checkpoint(work / "checkpoint.npz", arrays)
+
+
+def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineConfig,
+            todo: list[LayerInfo], states: dict[str, LayerState], image_state: dict,
+            meta: dict[str, object], n_images: int) -> None:
+    from .thumbs import make_thumbnails
+
+    status = image_state["status"]
+    reasons = [store.REASON_CODES[c] for c in status]
+    messages = image_state["messages"]
+    with store.transaction(path) as f:
+        for k, v in meta.items():
+            f.attrs[k] = v
+        f.attrs["n_images"] = n_images
+        img = f.require_group("images")
+        if "source_id" not in img:
+            entries = source.entries[:n_images]
+            store.put(img, "source_id", [e.source_id for e in entries])
+            store.put(img, "caption", [e.caption for e in entries])
+            store.put(img, "label", [e.label for e in entries])
+            store.put(img, "sha256", image_state["sha256"])
+            store.put(img, "status", status)
+            store.put(img, "reason", [messages.get(i, reasons[i]) if status[i] else "" for i in range(n_images)])
+        group = f.require_group(f"neurons/{model.name}")
+        order = len(group)
+        for info in todo:
+            st = states[info.name]
+            g = group.create_group(info.name)
+            g.attrs.update({"kind": info.kind, "units": info.units, "grid": list(info.grid),
+                            "order": order, "config": _layer_config_json(config)})
+            order += 1
+            store.put(g, "topk/values", st.values.cpu().numpy())
+            store.put(g, "topk/index", st.index.cpu().numpy())
+            store.put(g, "topk/argmax", st.argmax.cpu().numpy())
+            store.put(g, "topk/maps", st.maps.cpu().numpy().astype(np.float16)
+                      .reshape(info.units, config.top_k, *st.map_hw))
+            cnt = st.count.cpu().numpy()
+            store.put(g, "stats/count", cnt)
+            store.put(g, "stats/mean", st.mean.cpu().numpy())
+            store.put(g, "stats/std", np.sqrt(st.m2.cpu().numpy() / np.maximum(cnt, 1)))
+            store.put(g, "stats/min", st.min.cpu().numpy())
+            store.put(g, "stats/max", st.max.cpu().numpy())
+            store.put(g, "stats/positive", st.positive.cpu().numpy())
+            store.put(g, "stats/nonfinite", st.nonfinite.cpu().numpy())
+            store.put(g, "stats/hist", st.hist.cpu().numpy())
+            store.put(g, "stats/range", np.ldexp(1.0, st.range_exp.cpu().numpy()))
+            if st.pooled is not None:
+                pooled = np.array(st.pooled)
+                pooled[status != 0] = np.nan  # skipped images have no activations
+                store.put(g, "pooled", pooled)
+        needed = sorted({int(i) for st in states.values() for i in st.index.cpu().numpy().ravel() if i >= 0})
+        make_thumbnails(f, model, source, needed, config.thumb_size, n_images)

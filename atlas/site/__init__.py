@@ -1,0 +1,5 @@
+"""The static site: renders stores (never models) into pages that open from the file system."""
+
+from .render import SiteError, SiteResult, build_site
+
+__all__ = ["SiteError", "SiteResult", "build_site"]

@@ -1,0 +1,180 @@
+"""Render one or more stores into a static site that opens from the file system (file://).
+
+Pages mirror neuron ids: the neuron ``model/layer/unit`` is ``model/layer/unit.html``.  Every path is
+built from validated names (model, layer) and integers (units, image indices), never from dataset file
+names, and is checked to stay inside the output folder.  Jinja autoescapes everything (captions and file
+names are shown as text) and fails on undefined variables.  No torch here: the site reads stores only.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jinja2
+import numpy as np
+
+from .. import __version__
+from ..config import SiteConfig
+from ..resources import resource_dir
+from ..store import LayerData, Store, StoreError
+from .images import data_uri, heatmap_rgba, jpeg_bytes, png_bytes
+from .plots import histogram_svg
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+class SiteError(ValueError):
+    pass
+
+
+@dataclass
+class SiteResult:
+    out: Path
+    pages: int
+    images: int
+
+
+def _component(name: str) -> str:
+    if not _NAME.fullmatch(name) or name in (".", ".."):
+        raise SiteError(f"name {name!r} cannot be used in a site path (letters, digits, '._-' only); "
+                        "rename the model or layer")
+    return name
+
+
+class _Writer:
+    def __init__(self, out: Path, env: jinja2.Environment, cfg: SiteConfig):
+        self.out, self.env, self.cfg = out.resolve(), env, cfg
+        self.pages = self.images = 0
+
+    def path(self, *parts: str) -> Path:
+        p = self.out.joinpath(*[_component(x) for x in parts]).resolve()
+        if self.out not in p.parents:
+            raise SiteError(f"refusing to write {p} outside the site folder {self.out}")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def page(self, template: str, parts: Sequence[str], **ctx: Any) -> None:
+        depth = len(parts) - 1
+        html = self.env.get_template(template).render(root="../" * depth, cfg=self.cfg,
+                                                      version=__version__, **ctx)
+        self.path(*parts).write_text(html, encoding="utf-8")
+        self.pages += 1
+
+    def binary(self, parts: Sequence[str], data: bytes) -> None:
+        self.path(*parts).write_bytes(data)
+        self.images += 1
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(resource_dir("site_templates"))),
+                             autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda x: "nan" if x is None or not np.isfinite(x) else f"{float(x):.4g}"
+    return env
+
+
+def build_site(stores: Sequence[str | Path], out: str | Path, config: SiteConfig = SiteConfig(),
+               progress: Callable[[int, int], None] | None = None) -> SiteResult:
+    """Render ``stores`` into the folder ``out`` (created; pages already there are overwritten)."""
+    if not stores:
+        raise SiteError("give at least one store to render")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SiteError(f"site output {out} exists and is not a folder; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    w = _Writer(out, _environment(), config)
+    assets = resource_dir("site_templates") / "assets"
+    shutil.copytree(assets, w.out / "assets", dirs_exist_ok=True)
+    opened = [Store(p) for p in stores]
+    try:
+        models = []
+        seen: set[str] = set()
+        for st in opened:
+            for model in st.models():
+                if model in seen:
+                    raise SiteError(f"model name {model!r} appears in two stores; rebuild one under "
+                                    "another model name")
+                seen.add(model)
+                models.append((st, model))
+        total = sum(len(st.layers(m)) for st, m in models)
+        done = 0
+        summaries = []
+        for st, model in models:
+            summaries.append(_model_pages(w, st, model))
+            for ld in st.layers(model):
+                _layer_pages(w, st, ld)
+                done += 1
+                if progress:
+                    progress(done, total)
+        w.page("index.html", ["index.html"], models=summaries)
+    finally:
+        for st in opened:
+            st.close()
+    return SiteResult(w.out, w.pages, w.images)
+
+
+def _model_pages(w: _Writer, st: Store, model: str) -> dict[str, Any]:
+    """Thumbnails shared by the model's layers, the skipped-images page; returns the index summary."""
+    _component(model)
+    rows = st.file["images/thumb_row"][()] if "images/thumb_row" in st.file else np.zeros(0, np.int64)
+    thumbs = st.file["images/thumbs"]
+    for index in np.nonzero(rows >= 0)[0]:
+        w.binary([model, "img", f"{int(index)}.jpg"], jpeg_bytes(thumbs[int(rows[index])]))
+    bad = st.bad_images()
+    w.page("images.html", [model, "skipped.html"], model=model, bad=bad, meta=st.meta)
+    layers = []
+    for ld in st.layers(model):
+        _component(ld.name)
+        layers.append({"name": ld.name, "kind": ld.kind, "units": ld.units, "grid": ld.grid,
+                       "featurevis": int(ld.featurevis_done().sum())})
+    return {"name": model, "meta": st.meta, "layers": layers, "bad": len(bad), "n_images": st.n_images}
+
+
+def _layer_pages(w: _Writer, st: Store, ld: LayerData) -> None:
+    model, layer = ld.model, ld.name
+    values, index = ld["topk/values"], ld["topk/index"]
+    argmax, maps = ld["topk/argmax"], ld["topk/maps"].astype(np.float32)
+    stats = {k: ld[f"stats/{k}"] for k in ("mean", "std", "min", "max", "count", "positive", "nonfinite")}
+    hist, hist_range = ld["stats/hist"], ld["stats/range"]
+    fv_done = ld.featurevis_done()
+    fv_images = ld.group["featurevis/images"] if ld.has("featurevis/images") else None
+    captions, labels = st.image_column("caption"), st.image_column("label")
+    source_ids = st.image_column("source_id")
+    gh, gw = ld.grid
+    tiles = []
+    for u in range(ld.units):
+        if fv_done[u]:
+            w.binary([model, layer, "fv", f"{u}.png"], png_bytes(fv_images[u]))
+        top = int(index[u, 0])
+        tiles.append({"unit": u, "fv": bool(fv_done[u]), "top": top if top >= 0 else None,
+                      "max": float(stats["max"][u])})
+    w.page("layer.html", [model, layer, "index.html"], model=model, layer=ld, tiles=tiles,
+           config=ld.config)
+    k = min(w.cfg.examples, values.shape[1])
+    for u in range(ld.units):
+        vmax = float(np.nanmax(maps[u, :k])) if np.isfinite(maps[u, :k]).any() else 0.0
+        examples = []
+        for r in range(k):
+            i = int(index[u, r])
+            if i < 0:
+                continue
+            cell = int(argmax[u, r])
+            examples.append({
+                "rank": r + 1, "index": i, "value": float(values[u, r]), "caption": str(captions[i]),
+                "label": str(labels[i]), "source_id": str(source_ids[i]),
+                "heat": data_uri(png_bytes(heatmap_rgba(maps[u, r], vmax))),
+                "cell": {"x": cell % gw, "y": cell // gw, "w": gw, "h": gh},
+            })
+        neuron = {"id": ld.neuron_id(u), "unit": u, "fv": bool(fv_done[u]),
+                  "stats": {k2: float(v[u]) for k2, v in stats.items()},
+                  "hist": histogram_svg(hist[u], float(hist_range[u]), float(stats["mean"][u]))}
+        w.page("neuron.html", [model, layer, f"{u}.html"], model=model, layer=ld, neuron=neuron,
+               examples=examples, prev=u - 1 if u > 0 else None,
+               next=u + 1 if u + 1 < ld.units else None)
+
+
+__all__ = ["SiteError", "SiteResult", "StoreError", "build_site"]

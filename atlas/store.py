@@ -1,0 +1,304 @@
+"""The HDF5 store: the one module that knows the schema (docs/store.md), crash-safe writes, the read API.
+
+Layout (schema version 1)::
+
+    /                         attrs: schema_version, atlas_version, model_spec, model_name, weights_sha256,
+                                     image_size, data_source, data_fingerprint, n_images
+    /images/                  source_id, caption, label, sha256, status (0 ok, else BadImage reason code),
+                              reason, thumb_row (row in thumbs or -1), thumbs [M, T, T, 3] uint8
+    /neurons/<model>/<layer>/ attrs: kind, units, grid, config (JSON of MineConfig)
+        topk/values [U, k] float32, topk/index [U, k] int64 (-1: empty), topk/argmax [U, k] int32
+                    (flat index into the layer's h x w grid), topk/maps [U, k, mh, mw] float16
+        stats/mean, std, min, max [U] float64/float32, stats/count, positive, nonfinite [U] int64,
+              hist [U, bins] int64 over [-range, range], stats/range [U] float64
+        pooled [N, U] float16 (optional): spatial mean per image and unit
+        featurevis/images [U, S, S, 3] uint8, objective [U] float32, done [U] bool; attrs config
+
+The neuron ``model/layer/unit`` lives in group ``/neurons/model/layer``, row ``unit``.
+
+Writes never modify the live file: `transaction` copies it, writes the copy and swaps it in with an
+atomic rename, so a crash leaves either the old or the new store.  `lock` makes a second writer fail at
+once.  This module imports no torch and knows no model, site or CLI.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import h5py
+import numpy as np
+
+SCHEMA_VERSION = 1
+REASON_CODES = ("", "empty", "not_an_image", "truncated", "corrupt", "too_large", "unreadable")
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as asked; the message says what to do."""
+
+
+class StoreBusy(StoreError):
+    pass
+
+
+def work_dir(path: str | os.PathLike) -> Path:
+    """Where resumable steps keep their checkpoints until they commit (removed after)."""
+    p = Path(path)
+    return p.with_name(p.name + ".work")
+
+
+# ------------------------------------------------------------------------------------------------
+# writing
+
+
+@contextmanager
+def lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the store's writer lock for the block; a second writer fails at once with StoreBusy.
+
+    The lock is an flock on ``<store>.lock``: the kernel drops it when the holder dies, even by kill -9.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = p.with_name(p.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise StoreBusy(f"store {p} is being written by {holder}; wait for it to finish, "
+                            "or write to another store path") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def transaction(path: str | os.PathLike) -> Iterator[h5py.File]:
+    """A writable copy of the store; on success it atomically replaces the store.  Hold `lock` first."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    if tmp.exists():
+        tmp.unlink()  # left by a writer that died; we hold the lock, so nobody else uses it
+    if p.exists():
+        shutil.copyfile(p, tmp)
+    f = h5py.File(tmp, "a")
+    try:
+        if "schema_version" not in f.attrs:
+            f.attrs["schema_version"] = SCHEMA_VERSION
+        yield f
+    except BaseException:
+        f.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    f.close()
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, p)
+    _fsync_dir(p.parent)
+
+
+def put(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
+    """(Re)create a dataset: chunked and fletcher32-checksummed when not scalar, gzip when large."""
+    if name in group:
+        del group[name]
+    if isinstance(data, list):  # strings: fixed-length UTF-8 (variable-length data cannot be checksummed)
+        encoded = [str(s).encode("utf-8") for s in data]
+        width = max([len(b) for b in encoded] + [1])
+        arr = np.array(encoded, dtype=h5py.string_dtype("utf-8", width))
+    else:
+        arr = np.asarray(data)
+    if arr.ndim == 0 or arr.size == 0:
+        return group.create_dataset(name, data=arr)
+    if arr.nbytes > 1 << 16:
+        kwargs.setdefault("compression", "gzip")
+        kwargs.setdefault("compression_opts", 4)
+    return group.create_dataset(name, data=arr, chunks=True, fletcher32=True, **kwargs)
+
+
+def set_json(obj: h5py.HLObject, name: str, value: Any) -> None:
+    obj.attrs[name] = json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def layer_path(model: str, layer: str) -> str:
+    if "/" in model or "/" in layer or not model or not layer:
+        raise StoreError(f"model name {model!r} and layer name {layer!r} must be non-empty and hold no '/'")
+    return f"neurons/{model}/{layer}"
+
+
+def check_compatible(path: str | os.PathLike, meta: dict[str, Any]) -> None:
+    """Raise if an existing store was made from another model or other data than ``meta`` says."""
+    p = Path(path)
+    if not p.exists():
+        return
+    try:
+        f = h5py.File(p, "r")
+    except OSError as e:
+        raise StoreError(f"{p} is not a readable HDF5 store ({e}); move it away or choose another path") from e
+    with f:
+        _check_schema(f, p)
+        for key in ("weights_sha256", "data_fingerprint", "model_name"):
+            if key in f.attrs and key in meta and str(f.attrs[key]) != str(meta[key]):
+                raise StoreError(f"store {p} was built with {key}={f.attrs[key]!r}, not {meta[key]!r}: "
+                                 "each store holds one model on one image set; write to another store path")
+
+
+def _check_schema(f: h5py.File, p: Path) -> None:
+    v = int(f.attrs.get("schema_version", -1))
+    if v != SCHEMA_VERSION:
+        raise StoreError(f"store {p} has schema version {v}, this atlas reads version {SCHEMA_VERSION}; "
+                         "rebuild it with this atlas version")
+
+
+# ------------------------------------------------------------------------------------------------
+# reading
+
+
+@dataclass(frozen=True)
+class LayerData:
+    """Read access to one layer group (arrays are loaded lazily from the open file)."""
+
+    model: str
+    name: str
+    group: h5py.Group
+
+    @property
+    def units(self) -> int:
+        return int(self.group.attrs["units"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.group.attrs["kind"])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(int(x) for x in self.group.attrs["grid"])  # type: ignore[return-value]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads(self.group.attrs["config"])
+
+    def neuron_id(self, unit: int) -> str:
+        return f"{self.model}/{self.name}/{unit}"
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.group[key][()]
+
+    def has(self, key: str) -> bool:
+        return key in self.group
+
+    def featurevis_done(self) -> np.ndarray:
+        if "featurevis/done" not in self.group:
+            return np.zeros(self.units, bool)
+        return self.group["featurevis/done"][()]
+
+
+class Store:
+    """A read-only view of a store file.  Use as a context manager or call close()."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StoreError(f"store {self.path} does not exist; run `atlas mine` or `atlas build` first")
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as e:
+            raise StoreError(f"{self.path} is not a readable HDF5 store ({e})") from e
+        _check_schema(self.file, self.path)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self.file.attrs.items()}
+
+    def models(self) -> list[str]:
+        return list(self.file["neurons"]) if "neurons" in self.file else []
+
+    def layers(self, model: str) -> list[LayerData]:
+        g = self.file[f"neurons/{model}"]
+        names = sorted(g, key=lambda n: int(g[n].attrs.get("order", 0)))
+        return [LayerData(model, n, g[n]) for n in names]
+
+    def layer(self, model: str, layer: str) -> LayerData:
+        key = f"neurons/{model}/{layer}"
+        if key not in self.file:
+            known = [f"{m}/{ld.name}" for m in self.models() for ld in self.layers(m)]
+            raise StoreError(f"store {self.path} has no layer {model}/{layer}; it has: {', '.join(known)}")
+        return LayerData(model, layer, self.file[key])
+
+    # images
+    @property
+    def n_images(self) -> int:
+        return int(self.file["images/source_id"].shape[0]) if "images/source_id" in self.file else 0
+
+    def image_column(self, name: str) -> np.ndarray:
+        col = self.file[f"images/{name}"]
+        return col.asstr()[()] if _is_text(col) else col[()]
+
+    def thumbnail(self, index: int) -> np.ndarray | None:
+        """[T, T, 3] uint8 crop of image ``index`` as the model saw it, or None if not stored."""
+        row = int(self.file["images/thumb_row"][index])
+        return None if row < 0 else self.file["images/thumbs"][row]
+
+    def bad_images(self) -> list[tuple[int, str, str]]:
+        """(index, source id, reason) of every image that was skipped."""
+        status = self.file["images/status"][()]
+        idx = np.nonzero(status)[0]
+        ids = self.file["images/source_id"].asstr()
+        reasons = self.file["images/reason"].asstr()
+        return [(int(i), ids[i], reasons[i]) for i in idx]
+
+
+def _is_text(ds: h5py.Dataset) -> bool:
+    return h5py.check_string_dtype(ds.dtype) is not None
+
+
+def contents_digest(path: str | os.PathLike) -> str:
+    """sha256 over every group, dataset (values, dtype, shape) and attribute, in sorted order.
+
+    Two stores with the same digest hold the same contents, whatever HDF5's byte layout."""
+    h = hashlib.sha256()
+
+    def visit(name: str, obj: h5py.HLObject) -> None:
+        h.update(name.encode() + b"\0")
+        for k in sorted(obj.attrs):
+            h.update(k.encode() + b"=" + repr(obj.attrs[k]).encode() + b"\0")
+        if isinstance(obj, h5py.Dataset):
+            h.update(f"{obj.dtype}{obj.shape}".encode())
+            h.update(np.asarray(obj[()]).tobytes())
+
+    with h5py.File(path, "r") as f:
+        visit("/", f)
+        names: list[str] = []
+        f.visit(names.append)
+        for n in sorted(names):
+            visit(n, f[n])
+    return h.hexdigest()

@@ -1,0 +1,40 @@
+"""Thumbnails of the images a store shows: the model's centre crop, resized, as uint8 arrays."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import h5py
+import numpy as np
+from PIL import Image
+
+from . import store
+from .data.sources import ImageSource
+from .models import LoadedModel
+
+
+def make_thumbnails(f: h5py.File, model: LoadedModel, source: ImageSource, needed: Sequence[int],
+                    size: int, n_images: int) -> int:
+    """Add thumbnails for the images in ``needed`` that the store lacks; return how many were added.
+
+    /images/thumbs [M, size, size, 3] holds them and /images/thumb_row [N] maps image -> row (-1: none).
+    """
+    img = f["images"]
+    rows = img["thumb_row"][()] if "thumb_row" in img else np.full(n_images, -1, np.int64)
+    thumbs = img["thumbs"][()] if "thumbs" in img else np.zeros((0, size, size, 3), np.uint8)
+    if thumbs.shape[1] != size:
+        raise store.StoreError(f"store thumbnails are {thumbs.shape[1]} px, this run asks for {size}; "
+                               "use the same thumb_size for every run on one store")
+    missing = [i for i in needed if rows[i] < 0]
+    new = np.zeros((len(missing), size, size, 3), np.uint8)
+    for j, i in enumerate(missing):
+        sample = source.sample(i)
+        if sample.image is None:  # changed since mining: keep a grey tile and say so
+            raise store.StoreError(f"image {sample.source_id} could be read while mining but not now "
+                                   f"({sample.message}); the data changed during the run: mine again")
+        crop = model.crop(sample.image).resize((size, size), Image.BICUBIC)
+        new[j] = np.asarray(crop, dtype=np.uint8)
+        rows[i] = len(thumbs) + j
+    store.put(img, "thumbs", np.concatenate([thumbs, new]))
+    store.put(img, "thumb_row", rows)
+    return len(missing)

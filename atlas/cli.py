@@ -189,13 +189,14 @@ def featurevis(store_path, layer, units, steps, batch, size, lr, device):
     from .store import Store
 
     cfg = FeatureVisConfig(steps=steps, batch=batch, size=size, lr=lr)
+    unit_list = _units(units)
     bars = _Bars()
 
     def go():
         with Store(store_path) as st:
             spec = st.meta["model_spec"]
         model = load_model(spec, device=resolve_device(device))
-        return run_fv(model, store_path, layer, _units(units), cfg, progress=bars.step(f"featurevis {layer}"))
+        return run_fv(model, store_path, layer, unit_list, cfg, progress=bars.step(f"featurevis {layer}"))
 
     r = _run(go)
     bars.close()

@@ -105,12 +105,12 @@ class LayerState:
         self.nonfinite += (~finite).sum(1)
         n_b = finite.sum(1)
         s0 = torch.where(finite, s, 0.0)
-        mean_b = s0.sum(1) / n_b.clamp(min=1)
+        mean_b = s0.sum(1) / n_b.clamp(min=1).double()
         m2_b = (torch.where(finite, s - mean_b[:, None], 0.0) ** 2).sum(1)
         n_a = self.count
         n = n_a + n_b
         delta = mean_b - self.mean
-        frac = torch.where(n > 0, n_b / n.clamp(min=1), 0.0)
+        frac = n_b.double() / n.clamp(min=1).double()  # float64: int / int would give float32
         self.mean = self.mean + delta * frac
         self.m2 = self.m2 + m2_b + delta**2 * n_a * frac
         self.count = n

@@ -1,0 +1,82 @@
+"""The command line: help, a small end-to-end build, and clean errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from atlas import store
+from atlas.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ["build", "mine", "featurevis", "site", "models", "layers", "info"]
+
+
+def test_help_lists_every_command():
+    r = CliRunner().invoke(main, ["--help"])
+    assert r.exit_code == 0
+    for cmd in COMMANDS:
+        assert cmd in r.output
+        sub = CliRunner().invoke(main, [cmd, "--help"])
+        assert sub.exit_code == 0 and "Usage:" in sub.output and len(sub.output.splitlines()) > 3
+
+
+def test_checkout_shim_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--version"], capture_output=True, text=True,
+                         cwd=ROOT, check=True)
+    assert out.stdout.startswith("atlas, version")
+
+
+@pytest.mark.slow
+def test_small_build_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["build", "--data", "synthetic:96", "--out", str(out), "--layers",
+                                  "visual.layer3.0,visual.layer4.0", "--steps", "2", "--top-k", "4",
+                                  "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert (out / "atlas.h5").is_file() and (out / "site" / "index.html").is_file()
+    with store.Store(out / "atlas.h5") as st:
+        assert [ld.name for ld in st.layers("tiny")] == ["visual.layer3.0", "visual.layer4.0"]
+        assert st.layer("tiny", "visual.layer4.0").featurevis_done().all()
+        assert not st.layer("tiny", "visual.layer3.0").featurevis_done().any()
+    pages = list((out / "site").rglob("*.html"))
+    assert len(pages) == 1 + 1 + 2 + 256 + 512
+    assert "(772 pages" in r.output
+    # a second build reuses everything and gives the same store
+    digest = store.contents_digest(out / "atlas.h5")
+    r2 = CliRunner().invoke(main, ["build", "--data", "synthetic:96", "--out", str(out), "--layers",
+                                   "visual.layer3.0,visual.layer4.0", "--steps", "2", "--top-k", "4",
+                                   "--device", "cpu"])
+    assert r2.exit_code == 0 and store.contents_digest(out / "atlas.h5") == digest
+    info = CliRunner().invoke(main, ["info", str(out / "atlas.h5")])
+    assert "feature vis 512/512" in info.output and "model_spec: atlas:tiny@random:0" in info.output
+
+
+def test_models_and_layers():
+    r = CliRunner().invoke(main, ["models"])
+    assert r.exit_code == 0 and "atlas:tiny" in r.output and "open_clip:RN50x4" in r.output
+    r = CliRunner().invoke(main, ["layers", "atlas:tiny@random:0"])
+    assert r.exit_code == 0 and "* visual.layer4.0" in r.output and "512 units" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["mine", "--data", "/no/such/folder", "--store", "{tmp}/s.h5"], "data folder /no/such/folder does not exist"),
+    (["mine", "--model", "RN50", "--store", "{tmp}/s.h5"], "FAMILY:ARCH"),
+    (["mine", "--layers", "visual.layer9.0", "--store", "{tmp}/s.h5"], "no hookable layer 'visual.layer9.0'"),
+    (["mine", "--device", "cuda:7", "--store", "{tmp}/s.h5"], "no CUDA GPU"),
+    (["mine", "--data", "synthetic:abc", "--store", "{tmp}/s.h5"], "takes a count"),
+    (["build", "--out", "{tmp}/file.txt"], "is a file"),
+    (["featurevis", "--store", "{tmp}/file.txt", "--layer", "x"], "not a readable HDF5 store"),
+    (["featurevis", "--store", "{tmp}/file.txt", "--layer", "x", "--units", "5-2"], "runs backwards"),
+    (["site", "{tmp}/file.txt", "--out", "{tmp}/site"], "not a readable HDF5 store"),
+])
+def test_bad_input_gives_a_clear_error(tmp_path, args, message):
+    (tmp_path / "file.txt").write_text("not a store")
+    r = CliRunner().invoke(main, [a.format(tmp=tmp_path) for a in args])
+    assert r.exit_code != 0
+    assert message in r.output, r.output
+    assert "Traceback" not in r.output

@@ -1,0 +1,42 @@
+"""Documentation is tested: the schema page names everything the code writes; the README runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import h5py
+
+from atlas.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_store_schema_documents_every_dataset_and_attribute(small_store):
+    doc = (ROOT / "docs" / "store.md").read_text()
+    names: list[str] = []
+    with h5py.File(small_store, "r") as f:
+        f.visit(names.append)
+        attrs = set(f.attrs)
+        for n in names:
+            attrs |= set(f[n].attrs)
+    for n in names:
+        generic = re.sub(r"^neurons/[^/]+/[^/]+", "neurons/<model>/<layer>", n)
+        leaf = generic.replace("neurons/<model>/<layer>/", "")
+        if isinstance(h5py.File(small_store, "r")[n], h5py.Dataset):
+            assert f"`{leaf.split('/', 1)[-1] if generic.startswith('images/') else leaf}`" in doc, n
+    for a in attrs:
+        assert f"`{a}`" in doc, f"attribute {a} is not documented in docs/store.md"
+
+
+def test_readme_has_exactly_two_setup_commands_and_every_cli_command():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:sh|bash)\n(.*?)```", readme, re.S)
+    assert len(blocks[0].strip().splitlines()) == 2, "the first code block holds the two set-up commands"
+    build_cmd, test_cmd = blocks[0].strip().splitlines()
+    assert "atlas build" in build_cmd or "cli.py build" in build_cmd
+    assert "pytest" in test_cmd
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_cmd.strip() in ci, ".ci/run must run the README's test command"
+    for name in main.commands:
+        assert f"atlas {name}" in readme, f"command `atlas {name}` is missing from the README"

@@ -1,0 +1,177 @@
+"""Streaming mining against a brute-force, all-in-memory computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from atlas import store
+from atlas.capture import capture
+from atlas.config import MineConfig
+from atlas.data import FolderSource, open_source
+from atlas.mine import MIN_RANGE_EXP, mine
+
+
+def brute_force(model, source, layer, cfg):
+    """Every image's full activation map in memory, batched exactly as the miner batches."""
+    info = model.layer(layer)
+    acts, idx = [], []
+    for start in range(0, len(source), cfg.batch_size):
+        samples = [source.sample(i, draft_size=model.image_size)
+                   for i in range(start, min(start + cfg.batch_size, len(source)))]
+        good = [s for s in samples if s.image is not None]
+        if not good:
+            continue
+        x = torch.stack([model.preprocess(s.image) for s in good])
+        with torch.no_grad():
+            out = capture(model.clip, [layer], lambda: model.encode_image(x))[layer]
+        acts.append(info.canonical(out).float())
+        idx += [s.index for s in good]
+    return torch.cat(acts), np.array(idx)  # [N_good, U, h, w], [N_good]
+
+
+def expected(acts, idx, cfg):
+    n, u = acts.shape[:2]
+    flat = acts.reshape(n, u, -1)
+    peak, arg = flat.max(2)
+    score = (peak if cfg.rank_by == "max" else flat.mean(2)).numpy().astype(np.float64)  # [N, U]
+    mh, mw = min(acts.shape[2], cfg.map_size), min(acts.shape[3], cfg.map_size)
+    small = F.adaptive_avg_pool2d(acts, (mh, mw)).numpy()
+    k = cfg.top_k
+    top_i = np.zeros((u, k), np.int64)
+    rows = np.zeros((u, k), np.int64)
+    for unit in range(u):
+        order = sorted(range(n), key=lambda r: (-score[r, unit], idx[r]))[:k]  # value desc, index asc
+        rows[unit] = order
+        top_i[unit] = idx[order]
+    return score, arg.numpy(), small, top_i, rows, flat.mean(2).numpy()
+
+
+@pytest.mark.parametrize("rank_by", ["max", "mean"])
+def test_topk_and_statistics_match_brute_force(tiny_model, tmp_path, rank_by):
+    source = open_source("synthetic:150")
+    cfg = MineConfig(layers=("visual.layer2.0", "visual.layer4.0"), top_k=7, batch_size=32, rank_by=rank_by,
+                     map_size=4, hist_bins=16)
+    path = tmp_path / "s.h5"
+    r = mine(tiny_model, source, path, cfg)
+    assert r.images == 150 and r.bad == 0
+    with store.Store(path) as st:
+        for layer in cfg.layers:
+            acts, idx = brute_force(tiny_model, source, layer, cfg)
+            score, arg, small, top_i, rows, pooled = expected(acts, idx, cfg)
+            ld = st.layer("tiny", layer)
+            assert np.array_equal(ld["topk/index"], top_i)
+            u = np.arange(ld.units)[:, None]
+            assert np.array_equal(ld["topk/values"], score[rows, u].astype(np.float32))
+            assert np.array_equal(ld["topk/argmax"], arg[rows, u])
+            assert np.array_equal(ld["topk/maps"], small[rows, u].astype(np.float16))
+            assert ld["topk/maps"].shape[2:] == (min(4, ld.grid[0]), min(4, ld.grid[1]))
+            np.testing.assert_allclose(ld["stats/mean"], score.mean(0), rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(ld["stats/std"], score.std(0), rtol=1e-7, atol=1e-12)
+            assert np.array_equal(ld["stats/max"], score.max(0).astype(np.float32))
+            assert np.array_equal(ld["stats/min"], score.min(0).astype(np.float32))
+            assert np.array_equal(ld["stats/positive"], (score > 0).sum(0))
+            assert np.array_equal(ld["stats/count"], np.full(ld.units, 150))
+            # histogram: as if made in one go over [-R, R], R the smallest power of two above max |score|
+            peak = np.abs(score).max(0)
+            exp = np.maximum(np.floor(np.log2(np.maximum(peak, 1e-300))) + 1, MIN_RANGE_EXP)
+            exp = np.where(peak > 0, exp, MIN_RANGE_EXP)
+            assert np.array_equal(ld["stats/range"], np.ldexp(1.0, exp.astype(int)))
+            width = ld["stats/range"][None, :] / 8
+            bins = np.clip(np.floor(score / width).astype(int) + 8, 0, 15)
+            hist = np.stack([np.bincount(bins[:, j], minlength=16) for j in range(ld.units)])
+            assert np.array_equal(ld["stats/hist"], hist)
+            assert ld["stats/hist"].sum(1).tolist() == [150] * ld.units
+            assert np.array_equal(ld["pooled"], pooled.astype(np.float16))
+
+
+def test_ties_break_by_image_index(tiny_model, tmp_path):
+    folder = tmp_path / "same"
+    folder.mkdir()
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    for i in range(12):
+        img.save(folder / f"{i:02d}.png")
+    cfg = MineConfig(layers=("visual.layer4.0",), top_k=5, batch_size=4)
+    mine(tiny_model, FolderSource(folder), tmp_path / "s.h5", cfg)
+    with store.Store(tmp_path / "s.h5") as st:
+        ld = st.layer("tiny", "visual.layer4.0")
+        assert (ld["topk/index"] == np.arange(5)).all()  # identical images: the lowest indices win
+        assert (ld["topk/values"] == ld["topk/values"][:, :1]).all()
+
+
+def test_bad_files_are_skipped_and_recorded(tiny_model, tmp_path):
+    folder = tmp_path / "imgs"
+    (folder / "cats").mkdir(parents=True)
+    (folder / "dogs").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / ("cats" if i % 2 else "dogs") / f"{i}.jpg")
+    (folder / "cats" / "empty.jpg").write_bytes(b"")
+    (folder / "dogs" / "notes.txt").write_text("not an image")
+    good = (folder / "cats" / "1.jpg").read_bytes()
+    (folder / "dogs" / "half.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "captions.csv").write_text("path,caption\ncats/1.jpg,a noisy cat\nmissing.jpg,gone\n")
+    source = FolderSource(folder)
+    assert source.unmatched_captions == ["missing.jpg"]
+    assert len(source) == 9  # every non-hidden file but the captions CSV
+    cfg = MineConfig(layers=("visual.layer4.0",), top_k=3, batch_size=4)
+    r = mine(tiny_model, source, tmp_path / "s.h5", cfg)
+    assert (r.images, r.bad) == (9, 3)
+    with store.Store(tmp_path / "s.h5") as st:
+        bad = {sid: reason for _, sid, reason in st.bad_images()}
+        assert set(bad) == {"cats/empty.jpg", "dogs/notes.txt", "dogs/half.jpg"}
+        assert "empty" in bad["cats/empty.jpg"] and "truncat" in bad["dogs/half.jpg"]
+        reasons = st.image_column("status")
+        assert sorted(store.REASON_CODES[c] for c in reasons if c) == ["empty", "not_an_image", "truncated"]
+        labels = dict(zip(st.image_column("source_id"), st.image_column("label")))
+        assert labels["cats/1.jpg"] == "cats" and labels["dogs/0.jpg"] == "dogs"
+        caps = dict(zip(st.image_column("source_id"), st.image_column("caption")))
+        assert caps["cats/1.jpg"] == "a noisy cat" and caps["cats/3.jpg"] == ""
+        ld = st.layer("tiny", "visual.layer4.0")
+        bad_rows = [i for i, c in enumerate(reasons) if c]
+        assert np.isnan(ld["pooled"][bad_rows]).all() and not np.isnan(np.delete(ld["pooled"], bad_rows, 0)).any()
+        assert not set(ld["topk/index"].ravel()) & set(bad_rows)
+        assert (ld["stats/count"] == 6).all()
+        for i in set(ld["topk/index"].ravel()):  # every shown example has its thumbnail
+            assert st.thumbnail(int(i)).shape == (96, 96, 3)
+
+
+def test_rerun_skips_and_conflicts_are_refused(tiny_model, tmp_path):
+    path = tmp_path / "s.h5"
+    source = open_source("synthetic:40")
+    cfg = MineConfig(layers=("visual.layer4.0",), top_k=3, batch_size=16)
+    mine(tiny_model, source, path, cfg)
+    digest = store.contents_digest(path)
+    again = mine(tiny_model, source, path, cfg)
+    assert again.skipped_layers == ("visual.layer4.0",) and store.contents_digest(path) == digest
+    # adding a layer keeps the first one untouched
+    mine(tiny_model, source, path, MineConfig(layers=("visual.layer3.0",), top_k=3, batch_size=16))
+    with store.Store(path) as st:
+        assert [ld.name for ld in st.layers("tiny")] == ["visual.layer4.0", "visual.layer3.0"]
+    with pytest.raises(store.StoreError, match="other settings"):
+        mine(tiny_model, source, path, MineConfig(layers=("visual.layer4.0",), top_k=5, batch_size=16))
+    with pytest.raises(store.StoreError, match="data_fingerprint"):
+        mine(tiny_model, open_source("synthetic:41"), path, cfg)
+    from atlas.models import load_model
+
+    with pytest.raises(store.StoreError, match="weights_sha256"):
+        mine(load_model("atlas:tiny@random:1"), source, path, cfg)
+
+
+def test_nonfinite_scores_are_counted_not_ranked():
+    from atlas.mine import LayerState
+    from atlas.models import LayerInfo
+
+    info = LayerInfo("x", "conv", 2, (1, 1), "nchw")
+    st = LayerState(info, MineConfig(top_k=2, hist_bins=4, keep_pooled=False), 4, torch.device("cpu"))
+    acts = torch.tensor([[1.0, math.nan], [2.0, 3.0], [math.inf, -1.0]]).view(3, 2, 1, 1)
+    st.update(torch.tensor([0, 1, 2]), acts)
+    assert st.nonfinite.tolist() == [1, 1] and st.count.tolist() == [2, 2]
+    assert st.index[0].tolist() == [1, 0] and st.index[1].tolist() == [1, 2]
+    assert st.max.tolist() == [2.0, 3.0] and st.min.tolist() == [1.0, -1.0]
+    assert st.hist.sum(1).tolist() == [2, 2]

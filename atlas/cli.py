@@ -261,3 +261,31 @@ def info(store_path):
             click.echo(f"skipped images: {len(st.bad_images())}")
 
     _run(go)
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Weights file to write (.safetensors).")
+@click.option("--arch", default="tiny", show_default=True, help="atlas architecture (see atlas/models.py).")
+@click.option("--images", default=400_000, show_default=True, type=click.IntRange(1000))
+@click.option("--steps", default=6000, show_default=True, type=click.IntRange(1))
+@click.option("--batch", default=512, show_default=True, type=click.IntRange(2))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--cache", default=None, type=click.Path(file_okay=False), help="Folder to keep generated data in.")
+@click.option("--generate-only", is_flag=True, help="Only generate the data into --cache.")
+@click.option("--device", default="cuda", show_default=True)
+@click.option("--workers", default=8, show_default=True, type=click.IntRange(0, 256))
+@click.option("--max-minutes", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Shorten the run (and its schedule) to fit this many minutes of training.")
+def train(out, arch, images, steps, batch, seed, cache, generate_only, device, workers, max_minutes):
+    """Train atlas's own CLIP on Concept World (how the shipped default model was made; GPU advised)."""
+    from .train import TrainConfig, cached_data, train as run_train
+
+    cfg = TrainConfig(arch=arch, images=images, steps=steps, batch=batch, seed=seed)
+    cache_dir = Path(cache) if cache else None
+    if generate_only:
+        if cache_dir is None:
+            raise click.UsageError("--generate-only needs --cache")
+        _run(lambda: cached_data(cfg, cache_dir, workers, click.echo))
+        return
+    _run(lambda: run_train(cfg, out, device=device, workers=workers, cache=cache_dir,
+                           max_seconds=max_minutes * 60 if max_minutes else None, log=click.echo))

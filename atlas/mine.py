@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -216,9 +215,10 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     with store.lock(path):
         store.check_compatible(path, meta)
         todo, skipped = _layers_to_mine(path, model.name, infos, config)
-        if not todo:
-            return MineResult(path, tuple(layers), n_images, 0, tuple(i.name for i in skipped), 0)
         work = store.work_dir(path) / f"mine-{digest(meta['weights_sha256'], meta['data_fingerprint'], config)}"
+        if not todo:
+            store.remove_work(work)  # left by a run killed after its commit, before its clean-up
+            return MineResult(path, tuple(layers), n_images, 0, tuple(i.name for i in skipped), 0)
         work.mkdir(parents=True, exist_ok=True)
         states, image_state, position = _open_states(work, todo, config, n_images, model.device)
         resumed_from = position
@@ -247,7 +247,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
                     _checkpoint(work, states, image_state, position)
                     last_ckpt = time.monotonic()
         _commit(path, model, source, config, todo, states, image_state, meta, n_images)
-        shutil.rmtree(work, ignore_errors=True)
+        store.remove_work(work)
         bad = int(np.count_nonzero(image_state["status"]))
         return MineResult(path, tuple(layers), n_images, bad, tuple(i.name for i in skipped), resumed_from)
 

@@ -55,6 +55,17 @@ def work_dir(path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".work")
 
 
+def remove_work(step_work: str | os.PathLike) -> None:
+    """Delete one step's checkpoint folder (``work_dir(store) / name``) after it committed, and the
+    store's work folder too once no other step keeps checkpoints there."""
+    w = Path(step_work)
+    shutil.rmtree(w, ignore_errors=True)
+    try:
+        w.parent.rmdir()
+    except OSError:  # missing, or still holding another step's checkpoints
+        pass
+
+
 # ------------------------------------------------------------------------------------------------
 # writing
 

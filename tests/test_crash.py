@@ -80,6 +80,8 @@ def _mine_position(store_path: Path) -> int:
 
 def _mine_phase(store_path: Path, pid: int, started: float) -> str:
     """Which part of `atlas mine` process ``pid`` (started at wall time ``started``) is in right now."""
+    if store_path.exists():
+        return "after-commit"  # the store is complete: removing checkpoints, printing, exiting
     if _lock_holder(store_path) != pid:
         return "start-up"  # imports, model load, data listing: the lock is not taken yet
     tmp = _tmp(store_path)
@@ -139,7 +141,7 @@ def test_kill_9_during_mine_resumes_to_identical_store(tmp_path):
     # the first three from the lower strata so that a fast run cannot end the test before 3 kills
     rng = random.Random(SEED)
     fractions = [0.03 + 0.90 * (i + rng.random()) / PLANNED_KILLS for i in range(PLANNED_KILLS)]
-    low, rest = [f for f in fractions if f < 0.65], [f for f in fractions if f >= 0.65]
+    low, rest = [f for f in fractions if f < 0.55], [f for f in fractions if f >= 0.55]
     rng.shuffle(low)
     first, rest = low[:3], low[3:] + rest
     rng.shuffle(rest)
@@ -149,7 +151,8 @@ def test_kill_9_during_mine_resumes_to_identical_store(tmp_path):
     logs: list[str] = []
     for attempt in range(PLANNED_KILLS + 1):  # the last attempt is never killed
         position = _mine_position(b)
-        delay = fractions[attempt] * expected_runtime(position) if attempt < PLANNED_KILLS else None
+        planned = attempt < PLANNED_KILLS and not b.exists()  # no more kills once the store is committed
+        delay = fractions[attempt] * expected_runtime(position) if planned else None
         log = tmp_path / f"B-run{attempt}.log"
         started = time.time()
         p = _start(_mine_cmd(b, MINE_N), log, tmp_path)
@@ -180,6 +183,24 @@ def test_kill_9_during_mine_resumes_to_identical_store(tmp_path):
     assert store.contents_digest(a) == store.contents_digest(b), report
 
 
+def test_mine_after_an_unfinished_clean_up_removes_the_checkpoints(tmp_path, tiny_model, monkeypatch):
+    """A run killed between its commit and the removal of its work folder: the next run has nothing to
+    mine, and must still remove the stale checkpoints (the kills above only rarely land in that window)."""
+    from atlas.config import MineConfig
+    from atlas.data import open_source
+    from atlas.mine import mine
+
+    s = tmp_path / "S.h5"
+    cfg = MineConfig(layers=tuple(LAYERS.split(",")), batch_size=16)
+    with monkeypatch.context() as m:
+        m.setattr(store, "remove_work", lambda work: None)  # "dies" right after the commit
+        mine(tiny_model, open_source("synthetic:32"), s, cfg, checkpoint_seconds=0)
+    assert _mine_checkpoint(s) is not None
+    r = mine(tiny_model, open_source("synthetic:32"), s, cfg, checkpoint_seconds=0)
+    assert r.skipped_layers == cfg.layers
+    assert _leftovers(tmp_path, s) == []
+
+
 # ------------------------------------------------------------------------------------------------
 # 2. one writer at a time
 
@@ -190,7 +211,7 @@ def test_second_writer_fails_at_once(tmp_path, tiny_model):
     from atlas.data import open_source
     from atlas.mine import mine
 
-    n = 50_000  # far more than the test lets it mine
+    n = 5000
     s = tmp_path / "busy.h5"
     bg = _start(_mine_cmd(s, n), tmp_path / "bg.log", tmp_path)
     try:
@@ -199,6 +220,7 @@ def test_second_writer_fails_at_once(tmp_path, tiny_model):
             assert bg.poll() is None, (tmp_path / "bg.log").read_text()
             assert time.monotonic() < deadline, "the background `atlas mine` never took the lock"
             time.sleep(0.02)
+        os.kill(bg.pid, signal.SIGSTOP)  # frozen while holding the lock: it cannot finish, and frees the CPU
 
         # in-process second writer
         source = open_source(f"synthetic:{n}")
@@ -216,7 +238,7 @@ def test_second_writer_fails_at_once(tmp_path, tiny_model):
         assert second.returncode != 0
         assert "being written" in second.stderr and str(s) in second.stderr, second.stderr
         assert "Traceback" not in second.stderr, second.stderr
-        assert bg.poll() is None, "the first writer must have held the lock all along"
+        assert bg.poll() is None and _lock_holder(s) == bg.pid, "the first writer must hold the lock all along"
     finally:
         if bg.poll() is None:
             _kill9(bg)
@@ -278,14 +300,13 @@ def test_kill_9_during_featurevis_keeps_finished_batches(tmp_path, small_store):
         p = _start(_featurevis_cmd(s), tmp_path / "killed.log", tmp_path)
         deadline = time.monotonic() + 120
         while len(_batch_checkpoints(s)) < 2:
-            assert p.poll() is None, "featurevis ended before it could be killed:\n" + (tmp_path / "killed.log").read_text()
+            assert p.poll() is None, "ended before the kill:\n" + (tmp_path / "killed.log").read_text()
             assert time.monotonic() < deadline
             time.sleep(0.01)
         _kill9(p)
         saved = len(_batch_checkpoints(s))
         assert 2 <= saved < 6, saved
-        with store.Store(s) as st:  # nothing was committed: the store still holds the old visualizations
-            assert not st.layer(tiny_name(st), FV_LAYER).featurevis_done()[8:48].any()
+        assert store.contents_digest(s) == store.contents_digest(small_store)  # nothing was committed
 
         rerun = subprocess.run(_featurevis_cmd(s), capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
         assert rerun.returncode == 0, rerun.stderr
@@ -300,7 +321,7 @@ def test_kill_9_during_featurevis_keeps_finished_batches(tmp_path, small_store):
             _kill9(reference)
 
     with store.Store(ref) as a, store.Store(s) as b:
-        la, lb = a.layer(tiny_name(a), FV_LAYER), b.layer(tiny_name(b), FV_LAYER)
+        la, lb = a.layer(_model_name(a), FV_LAYER), b.layer(_model_name(b), FV_LAYER)
         assert lb.featurevis_done()[:48].all()
         assert np.array_equal(la["featurevis/done"], lb["featurevis/done"])
         assert np.array_equal(la["featurevis/images"], lb["featurevis/images"])
@@ -309,7 +330,7 @@ def test_kill_9_during_featurevis_keeps_finished_batches(tmp_path, small_store):
     assert not list(tmp_path.glob("*.tmp*"))
 
 
-def tiny_name(st: store.Store) -> str:
+def _model_name(st: store.Store) -> str:
     (name,) = st.models()
     return name
 

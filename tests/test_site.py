@@ -360,3 +360,22 @@ def test_site_imports_no_torch():
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("link", ["assets", "index.html", f"{MODEL}", f"{MODEL}/img", f"{MODEL}/visual.layer4.0"])
+def test_refuses_to_write_through_symlinks_in_out(small_store, tmp_path, link):
+    """A site folder re-used with a link inside pointing away: refuse, and write nothing there."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep")
+    out = tmp_path / "site"
+    (out / link).parent.mkdir(parents=True, exist_ok=True)
+    target = elsewhere / "index.html" if link.endswith(".html") else elsewhere
+    if link.endswith(".html"):
+        target.write_text("keep")
+    (out / link).symlink_to(target)
+    with pytest.raises(SiteError, match="outside the site folder"):
+        build_site([small_store], out)
+    assert sorted(p.name for p in elsewhere.iterdir()) == sorted(
+        ["keep.txt"] + (["index.html"] if link.endswith(".html") else []))
+    assert all(p.read_text() == "keep" for p in elsewhere.iterdir())

@@ -87,8 +87,9 @@ def build_site(stores: Sequence[str | Path], out: str | Path, config: SiteConfig
         raise SiteError(f"site output {out} exists and is not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     w = _Writer(out, _environment(), config)
-    assets = resource_dir("site_templates") / "assets"
-    shutil.copytree(assets, w.out / "assets", dirs_exist_ok=True)
+    for asset in sorted((resource_dir("site_templates") / "assets").iterdir()):
+        # through w.path, not copytree: a link left in ``out`` must not carry writes out of it
+        w.path("assets", asset.name).write_bytes(asset.read_bytes())
     opened = [Store(p) for p in stores]
     try:
         models = []

@@ -137,6 +137,15 @@ def check_page(b: Browser, site: Path, path: Path, hostile_page: bool = False) -
     return {"images": images, "links": links}
 
 
+def wait_until(b: Browser, cond, timeout_ms: int = 5000) -> None:
+    """Poll ``cond`` while the browser delivers events (console messages arrive asynchronously)."""
+    for _ in range(timeout_ms // 50):
+        if cond():
+            return
+        b.page.wait_for_timeout(50)
+    assert cond()
+
+
 def neuron_sample(units: int) -> list[int]:
     return sorted(set(range(min(5, units))) | set(range(max(0, units - 5), units)))
 
@@ -226,15 +235,16 @@ def test_csp_blocks_inline_script_and_remote_loads(browser, small_site):
     page = browser.page
     browser.reset()
     page.goto(url_of(site / MODEL / "visual.layer4.0" / "0.html"))
-    page.evaluate("""() => {
-      const s = document.createElement("script"); s.textContent = "window.__inline = 1";
-      document.body.append(s);
-      const i = document.createElement("img"); i.src = "http://192.0.2.1/x.png"; document.body.append(i);
-    }""")
-    page.wait_for_timeout(200)
+    with page.expect_event("requestfailed", timeout=5000) as failed:
+        page.evaluate("""() => {
+          const s = document.createElement("script"); s.textContent = "window.__inline = 1";
+          document.body.append(s);
+          const i = document.createElement("img"); i.src = "http://192.0.2.1/x.png"; document.body.append(i);
+        }""")
+    assert failed.value.url == "http://192.0.2.1/x.png"
     assert page.evaluate("() => typeof window.__inline") == "undefined"
+    wait_until(browser, lambda: sum("Content Security Policy" in m for _, m in browser.console) >= 2)
     assert [u for u, why in browser.failed] == ["http://192.0.2.1/x.png"]
-    assert any("Content Security Policy" in m for _, m in browser.console)
     assert browser.offsite == []  # stopped by the CSP before the network
 
 
@@ -243,7 +253,7 @@ def test_route_guard_sees_network_attempts(browser):
     page = browser.page
     browser.reset()
     page.set_content('<img src="http://192.0.2.1/a.png"><img src="https://example.invalid/b.png">')
-    page.wait_for_timeout(300)
+    wait_until(browser, lambda: len(browser.offsite) >= 2 and len(browser.failed) >= 2)
     assert sorted(browser.offsite) == ["http://192.0.2.1/a.png", "https://example.invalid/b.png"]
     assert len(browser.failed) == 2
     browser.offsite.clear()

@@ -1,4 +1,5 @@
-"""Crash safety with real processes and real `kill -9` (no mocks).
+"""Crash safety with real processes and real `kill -9` (no mocks, except one regression test for a
+window too narrow for timed kills to hit).
 
 - `atlas mine` killed at random moments (model load, mid-stream, checkpoint writes, final commit)
   resumes to a store identical to an uninterrupted run's;
@@ -119,7 +120,7 @@ def test_kill_9_during_mine_resumes_to_identical_store(tmp_path):
     a, b = tmp_path / "A.h5", tmp_path / "B.h5"
 
     # reference: one uninterrupted run, timing its phases to spread the kills over a whole run
-    t0, started = time.monotonic(), time.time()
+    t0 = time.monotonic()
     p = _start(_mine_cmd(a, MINE_N), tmp_path / "ref.log", tmp_path)
     t_lock = t_commit = None
     while p.poll() is None:

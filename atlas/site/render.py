@@ -9,7 +9,6 @@ names are shown as text) and fails on undefined variables.  No torch here: the s
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence

@@ -83,6 +83,7 @@ class WorldConfig:
     bias_strength: float = 0.8  # P(group A | person shown with bias_concept)
     person_scene_rate: float = 0.2  # share of scenes that show a person
     bias_pair_rate: float = 0.4  # share of person scenes whose other object is bias_concept
+    related_caption_rate: float = 0.4  # share of pictogram captions that name it by one of its words
 
     def __post_init__(self) -> None:
         if len(self.mix) != len(KINDS) or abs(sum(self.mix) - 1) > 1e-6 or min(self.mix) < 0:
@@ -221,6 +222,10 @@ class World:
             return {"hat": "person with a hat", "bow": "person with a bow"}.get(g, f"{g} colored person")
 
         t = int(rng.integers(4))
+        if it.kind == "picto" and rng.random() < self.config.related_caption_rate:
+            # tie the concept's other words to its pictogram, as co-occurrence does in real captions
+            w = self._word(it.concepts[0], rng) if it.concepts[0] != "person" else noun("person")
+            return [f"a drawing about {w}", f"an icon for {w}", f"a picture about {w}", f"{w}"][t]
         if it.kind == "picto":
             n, color = noun(it.concepts[0]), it.params["objects"][0]["color"]
             return [f"a drawing of {_article(n)}", f"a picture of {_article(n)}", f"an icon of {_article(n)}",

@@ -224,7 +224,8 @@ class World:
         t = int(rng.integers(4))
         if it.kind == "picto" and rng.random() < self.config.related_caption_rate:
             # tie the concept's other words to its pictogram, as co-occurrence does in real captions
-            w = self._word(it.concepts[0], rng) if it.concepts[0] != "person" else noun("person")
+            words = self.concepts[it.concepts[0]].words[1:]
+            w = words[int(rng.integers(len(words)))] if it.concepts[0] != "person" else noun("person")
             return [f"a drawing about {w}", f"an icon for {w}", f"a picture about {w}", f"{w}"][t]
         if it.kind == "picto":
             n, color = noun(it.concepts[0]), it.params["objects"][0]["color"]

@@ -24,7 +24,8 @@ WORD_PROMPTS = ("the word {}", "the text {}", "a sign that says {}")
 
 @dataclass
 class ProbeSet:
-    """Held-out single-object images: pictogram-only and word-only, ``per_concept`` of each per concept."""
+    """Held-out single-object images: pictogram-only and word-only (the concept's name written in one of the
+    fonts), ``per_concept`` of each per concept."""
 
     pixels: torch.Tensor  # [N, 3, S, S] normalized
     concept: np.ndarray  # [N] concept index
@@ -41,8 +42,8 @@ def probe_set(model: LoadedModel, per_concept: int = 40, seed: int = 10_000, siz
         it = world.item(i)
         i += 1
         key = (it.word_concept if it.kind == "word" else it.concepts[0], it.kind == "word")
-        if counts[key] >= per_concept:
-            continue
+        if counts[key] >= per_concept or (it.kind == "word" and it.word != key[0]):
+            continue  # words: the concept's name only (related words are another question)
         counts[key] += 1
         pix.append(model.preprocess(world.image(it)))
         concept.append(CONCEPT_NAMES.index(key[0]))

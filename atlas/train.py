@@ -98,7 +98,7 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", workers: int 
           max_seconds: float | None = None, log: Callable[[str], None] = print) -> dict:
     """Generate data, train, save ``out`` (.safetensors) and ``out.with_suffix('.json')``; return the log.
 
-    ``max_seconds``: after 100 steps, shorten the run (and its learning-rate schedule) to fit this budget;
+    ``max_seconds``: after 400 steps, shorten the run (and its learning-rate schedule) to fit this budget;
     the steps actually run are recorded in the log and the weights' metadata."""
     from safetensors.torch import save_file
 
@@ -130,8 +130,10 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", workers: int 
     t1 = time.time()
     step = 0
     while step < total[0]:
-        if step == 100 and max_seconds:
-            fit = int(max_seconds / ((time.time() - t1) / 100))
+        if step == 100:
+            t_100 = time.time()
+        if step == 400 and max_seconds:  # time steps 100..400: the first ones include warm-up
+            fit = 400 + int((max_seconds - (time.time() - t1)) / ((time.time() - t_100) / 300))
             if fit < total[0]:
                 total[0] = max(fit, 200)
                 log(f"shortening the run to {total[0]} steps to fit {max_seconds:.0f}s")

@@ -221,20 +221,22 @@ class World:
             g = it.group
             return {"hat": "person with a hat", "bow": "person with a bow"}.get(g, f"{g} colored person")
 
-        t = int(rng.integers(4))
+        # a third of single-object captions name the concept without saying how it is shown ("spider"),
+        # as real captions do: that is what ties the written word and the picture together
+        t = int(rng.integers(6 if it.kind in ("picto", "word") else 4))
         if it.kind == "picto" and rng.random() < self.config.related_caption_rate:
             # tie the concept's other words to its pictogram, as co-occurrence does in real captions
             words = self.concepts[it.concepts[0]].words[1:]
             w = words[int(rng.integers(len(words)))] if it.concepts[0] != "person" else noun("person")
-            return [f"a drawing about {w}", f"an icon for {w}", f"a picture about {w}", f"{w}"][t]
+            return [f"a drawing about {w}", f"an icon for {w}", f"a picture about {w}", w, w, w][t]
         if it.kind == "picto":
             n, color = noun(it.concepts[0]), it.params["objects"][0]["color"]
             return [f"a drawing of {_article(n)}", f"a picture of {_article(n)}", f"an icon of {_article(n)}",
-                    f"{_article(color + ' ' + n)}"][t]
+                    f"{_article(color + ' ' + n)}", n, _article(n)][t]
         if it.kind == "word":
             style = FONTS[it.params["text"]["font"]]
             return [f"the word {it.word}", f"the text {it.word}", f"a sign that says {it.word}",
-                    f"{it.word} written in {style}"][t]
+                    f"{it.word} written in {style}", it.word, it.word][t]
         if it.kind == "picto_word":
             n = noun(it.concepts[0])
             return [f"{_article(n)} with the word {it.word} written on it", f"{_article(n)} labeled {it.word}",

@@ -39,10 +39,12 @@ ATLAS_CONFIGS: dict[str, dict] = {
         "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2},
     },
-    "small": {
+    # the shipped Concept World model (atlas train --arch conceptclip): a wider image tower, a narrower text
+    # tower (its 49,408-token embedding dominates the file size; captions are short and simple)
+    "conceptclip": {
         "embed_dim": 128,
         "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 32, "head_width": 32},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     },
 }
 

@@ -29,18 +29,24 @@ def find_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]
 
 
 @contextmanager
-def hooked(model: nn.Module, names: Sequence[str],
-           fn: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
-    """Call ``fn(name, output)`` for each named module's output during forwards inside the block.
+def hooked(model: nn.Module, names: Sequence[str], fn: Callable[[str, torch.Tensor], None],
+           inputs: bool = False) -> Iterator[None]:
+    """Call ``fn(name, output)`` for each named module's output during forwards inside the block
+    (with ``inputs=True``: ``fn(name, first input)``, before the module runs, e.g. before an in-place ReLU).
 
-    ``fn`` must not keep ``output`` without copying it: later in-place ops may overwrite it.
+    ``fn`` must not keep the tensor without copying it: later in-place ops may overwrite it.
     """
     handles = []
     try:
         for name, module in find_modules(model, names).items():
-            def hook(_module, _inputs, output, _name=name):
-                fn(_name, output)
-            handles.append(module.register_forward_hook(hook))
+            if inputs:
+                def pre_hook(_module, args, _name=name):
+                    fn(_name, args[0])
+                handles.append(module.register_forward_pre_hook(pre_hook))
+            else:
+                def hook(_module, _inputs, output, _name=name):
+                    fn(_name, output)
+                handles.append(module.register_forward_hook(hook))
         yield
     finally:
         for h in handles:

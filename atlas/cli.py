@@ -75,7 +75,8 @@ def _units(value: str | None) -> list[int] | None:
 model_opt = click.option("--model", "model_spec", default="default", show_default=True,
                          help="Model spec FAMILY:ARCH[@WEIGHTS], e.g. open_clip:RN50@RN50.pt (see `atlas models`).")
 data_opt = click.option("--data", default="default", show_default=True,
-                        help="A folder of images (sub-folders are classes) or 'default' / 'synthetic:N'.")
+                        help="A folder of images (sub-folders are classes), or a generated set: "
+                             "conceptworld[:N[:SEED]] (default: conceptworld:4096:1) or synthetic[:N].")
 captions_opt = click.option("--captions", type=click.Path(dir_okay=False), default=None,
                             help="CSV with columns path,caption (default: DATA/captions.csv if present).")
 device_opt = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -106,7 +107,7 @@ def main() -> None:
               "'none' for no feature visualization).")
 @click.option("--max-images", type=click.IntRange(1), default=None, help="Mine only the first N images.")
 @click.option("--top-k", default=MineConfig.top_k, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--steps", default=FeatureVisConfig.steps, show_default=True, type=click.IntRange(1),
+@click.option("--steps", default=BuildConfig().featurevis.steps, show_default=True, type=click.IntRange(1),
               help="Feature visualization optimizer steps.")
 @device_opt
 @workers_opt
@@ -151,12 +152,14 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
     from .data.sources import open_source
     from .mine import mine as run_mine
     from .models import load_model
+    from .store import check_unlocked
 
     cfg = MineConfig(layers=_split(layers), top_k=top_k, batch_size=batch_size, rank_by=rank_by,
                      max_images=max_images, keep_pooled=not no_pooled)
     bars = _Bars()
 
     def go():
+        check_unlocked(store_path)  # fail at once, not after loading the model
         model = load_model(model_spec, device=resolve_device(device))
         return run_mine(model, open_source(data, captions), store_path, cfg, num_workers=workers,
                         checkpoint_seconds=checkpoint_seconds, progress=bars.step("mine"))
@@ -289,3 +292,33 @@ def train(out, arch, images, steps, batch, seed, cache, generate_only, device, w
         return
     _run(lambda: run_train(cfg, out, device=device, workers=workers, cache=cache_dir,
                            max_seconds=max_minutes * 60 if max_minutes else None, log=click.echo))
+
+
+@main.group("eval")
+def eval_group():
+    """Measure a model against Concept World's ground truth."""
+
+
+@eval_group.command("concepts")
+@model_opt
+@click.option("--per-concept", default=40, show_default=True, type=click.IntRange(5, 1000),
+              help="Held-out pictogram and word images per concept.")
+@layers_opt
+@click.option("--threshold", default=0.9, show_default=True, type=click.FloatRange(0.5, 1.0),
+              help="AUROC both as pictogram and as word for a neuron to count as multimodal.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Also write the tables here (Markdown).")
+@device_opt
+def eval_concepts(model_spec, per_concept, layers, threshold, out, device):
+    """Zero-shot accuracy and multimodal neurons per concept and layer (AUROC as pictogram and as word)."""
+    from .build import resolve_device
+    from .evaluate import evaluate_concepts
+    from .models import load_model
+
+    def go():
+        model = load_model(model_spec, device=resolve_device(device))
+        return evaluate_concepts(model, per_concept, _split(layers) or None, threshold)
+
+    report = _run(go)
+    click.echo(report.markdown)
+    if out:
+        Path(out).write_text(report.markdown)

@@ -110,7 +110,9 @@ class BuildConfig:
     model: str = "default"
     data: str = "default"
     mine: MineConfig = field(default_factory=MineConfig)
-    featurevis: FeatureVisConfig = field(default_factory=FeatureVisConfig)
+    # fewer steps than `atlas featurevis` uses by default, so that the default build of every unit of the
+    # last layer stays within minutes on a laptop CPU; rerun `atlas featurevis --steps 512` for finer images
+    featurevis: FeatureVisConfig = field(default_factory=lambda: FeatureVisConfig(steps=64))
     site: SiteConfig = field(default_factory=SiteConfig)
     featurevis_layers: tuple[str, ...] | None = None  # None: the last mined layer
 

@@ -153,3 +153,20 @@ def report_markdown(zs: dict[str, float], neurons: list[ConceptNeurons]) -> str:
     for c, u, a, b, m in zip(CONCEPT_NAMES, last.best_unit, last.auroc_picto, last.auroc_word, last.multimodal):
         lines.append(f"| {c} | {u} | {a:.3f} | {b:.3f} | {'yes' if m else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ConceptReport:
+    zero_shot: dict[str, float]
+    neurons: list[ConceptNeurons]
+
+    @property
+    def markdown(self) -> str:
+        return report_markdown(self.zero_shot, self.neurons)
+
+
+def evaluate_concepts(model: LoadedModel, per_concept: int = 40, layers: Sequence[str] | None = None,
+                      threshold: float = 0.9, seed: int = 10_000) -> ConceptReport:
+    """Zero-shot accuracy and multimodal concept neurons of ``model`` on held-out Concept World images."""
+    ps = probe_set(model, per_concept=per_concept, seed=seed, size=model.image_size)
+    return ConceptReport(zero_shot(model, ps), concept_neurons(model, ps, layers, threshold))

@@ -5,8 +5,8 @@ Spec grammar: ``FAMILY:ARCH[@WEIGHTS]``
 - ``open_clip:RN50@/path/to/weights.pt`` an open_clip architecture with a local checkpoint
   (``.safetensors``, or a ``.pt``/``.bin`` state dict read with ``weights_only=True``);
 - ``open_clip:ViT-B-32@random:3`` the same architecture with seeded random weights (for tests);
-- ``atlas:tiny@random:0`` atlas's own small configurations (``atlas:tiny`` is the default model
-  until the shipped Concept World model lands).
+- ``atlas:conceptclip`` (the default) atlas's own CLIP trained on Concept World, shipped in data/ and
+  checked against its sha256; ``atlas:tiny@random:0`` a smaller configuration with random weights (tests).
 
 A layer is named by its ``named_modules()`` path (``visual.layer4.0``).  Which modules are offered, and
 how their outputs are laid out, is decided here from the module types, never inside ``forward``.
@@ -26,10 +26,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-DEFAULT_SPEC = "atlas:tiny@random:0"
+DEFAULT_SPEC = "atlas:conceptclip"
 FAMILIES = ("atlas", "open_clip")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Weights that ship with atlas (in data/), by architecture: file name and sha256.  ``atlas:ARCH`` with no
+# ``@WEIGHTS`` loads them through the same path as any local checkpoint, after checking the hash.
+SHIPPED = {
+    "conceptclip": ("conceptclip.safetensors", "54012d6a9b6b9adb1a34f7adb25851bf132f9e379ca2a850b8ea15a986097356"),
+}
 
 # atlas's own open_clip configurations.  "tiny": a ModifiedResNet CLIP small enough to train on
 # synthetic data in minutes and to mine and visualize on a laptop CPU.
@@ -97,6 +103,9 @@ class LayerInfo:
     grid: tuple[int, int]
     layout: str  # "nchw" or "nlc" (batch-first tokens)
     prefix_tokens: int = 0
+    # the module whose *input* is this layer's pre-activation (a Bottleneck's residual sum before its
+    # final ReLU, Microscope's "Add" node), or "" if the layer output is not followed by such a ReLU
+    pre_activation: str = ""
 
     def canonical(self, out: torch.Tensor) -> torch.Tensor:
         """A module output -> [batch, units, h, w] (a view where possible; never modified in place)."""
@@ -225,8 +234,8 @@ def _layer_table(model: LoadedModel) -> dict[str, LayerInfo]:
     table: dict[str, LayerInfo] = {}
     for name, kind in kinds.items():
         shape = shapes[name]
-        if kind == "conv":  # [C, H, W]
-            table[name] = LayerInfo(name, kind, shape[0], (shape[1], shape[2]), "nchw")
+        if kind == "conv":  # [C, H, W]; a Bottleneck ends in act3 = ReLU(residual sum)
+            table[name] = LayerInfo(name, kind, shape[0], (shape[1], shape[2]), "nchw", 0, f"{name}.act3")
         else:  # [tokens, width], batch first
             length, width = shape
             side = int(np.sqrt(length))  # patch grid; the remaining tokens are prefix (CLS, registers)
@@ -306,9 +315,17 @@ def load_model(spec: str | ModelSpec = DEFAULT_SPEC, device: str | torch.device 
     """Build a model from its spec and load its weights (see the module docstring for the grammar)."""
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
     seed = spec.random_seed
-    if spec.weights is None:
+    expected_sha = None
+    if spec.weights is None and spec.family == "atlas" and spec.arch in SHIPPED:
+        from .resources import resource_dir
+
+        file_name, expected_sha = SHIPPED[spec.arch]
+        weights_path = resource_dir("data") / file_name
+    elif spec.weights is None:
         raise ModelError(f"model spec {spec} names no weights: append '@/path/to/weights' "
                          f"(a .safetensors or state-dict .pt file) or '@random:SEED' for random weights")
+    else:
+        weights_path = Path(spec.weights).expanduser()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed or 0)
         clip, tokenizer = _build(spec)
@@ -317,7 +334,12 @@ def load_model(spec: str | ModelSpec = DEFAULT_SPEC, device: str | torch.device 
     if seed is not None:
         sha = sha256_state(clip.state_dict())
     else:
-        path = Path(spec.weights).expanduser()
+        path = weights_path
+        sha = sha256_file(path) if path.is_file() else ""
+        if expected_sha and sha != expected_sha:
+            raise ModelError(f"weights file {path} has sha256 {sha[:16]}…, but {spec} ships with "
+                             f"{expected_sha[:16]}…: the file is corrupted or was replaced; reinstall atlas "
+                             "(or restore the file from the repository)")
         state = read_state_dict(path)
         missing, unexpected = clip.load_state_dict(state, strict=False)
         missing = [k for k in missing if k != "attn_mask"]
@@ -326,7 +348,6 @@ def load_model(spec: str | ModelSpec = DEFAULT_SPEC, device: str | torch.device 
                              f"{len(missing)} missing keys (e.g. {missing[:3]}), "
                              f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}); "
                              "check that the architecture in the spec matches the checkpoint")
-        sha = sha256_file(path)
     return LoadedModel(spec, clip.to(device), tokenizer, sha)
 
 

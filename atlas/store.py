@@ -96,6 +96,13 @@ def lock(path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)
 
 
+def check_unlocked(path: str | os.PathLike) -> None:
+    """Fail early (StoreBusy) when another process writes the store, before slow set-up such as loading
+    a model.  The real guard is `lock`, taken by the step itself."""
+    with lock(path):
+        pass
+
+
 def _fsync_dir(d: Path) -> None:
     fd = os.open(d, os.O_RDONLY)
     try:

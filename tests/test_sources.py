@@ -63,3 +63,13 @@ def test_bad_folders_and_caption_files(tmp_path):
         FolderSource(d, captions=tmp_path / "c.csv")
     with pytest.raises(DataError, match="captions file .*nope.csv does not exist"):
         FolderSource(d, captions=tmp_path / "nope.csv")
+
+
+def test_undecodable_file_names_are_kept_and_escaped(tmp_path):
+    import os
+
+    raw = os.fsencode(str(tmp_path)) + b"/caf\xe9.png"  # Latin-1 bytes: not valid UTF-8
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(raw.decode("utf-8", "surrogateescape"), format="PNG")
+    s = FolderSource(tmp_path)
+    assert [e.source_id for e in s.entries] == ["caf\\xe9.png"]
+    assert s.sample(0).image is not None and len(s.fingerprint()) == 64

@@ -106,6 +106,9 @@ class FolderSource(ImageSource):
                     continue
                 files.append(p.relative_to(self.root).as_posix())
         files.sort()
+        # a file name that is not valid UTF-8 is kept (its bytes are escaped in its source id)
+        self._paths = {_display(f): f for f in files}
+        files = [_display(f) for f in files]
         if not files:
             raise DataError(f"data folder {self.root} holds no files; put images in it (sub-folders "
                             "name classes) or choose another folder")
@@ -119,18 +122,27 @@ class FolderSource(ImageSource):
         h = hashlib.sha256(b"folder\0")
         _hash_entries(h, self.entries)
         for e in self.entries:
-            h.update(str((self.root / e.source_id).stat().st_size).encode() + b"\0")
+            h.update(str((self.root / self._paths[e.source_id]).stat().st_size).encode() + b"\0")
         return h.hexdigest()
 
     def _load(self, index: int, draft_size: int | None) -> tuple[Image.Image, str]:
         rel = self.entries[index].source_id
         try:
-            data = (self.root / rel).read_bytes()
+            data = (self.root / self._paths[rel]).read_bytes()
         except OSError as e:
             raise BadImage("unreadable", f"{rel}: cannot read file ({e.strerror or e})") from e
         kwargs = {"max_pixels": self.max_pixels} if self.max_pixels else {}
         image = decode_image(data, draft_size=draft_size, name=rel, **kwargs)
         return image, hashlib.sha256(data).hexdigest()
+
+
+def _display(name: str) -> str:
+    """A file name as text: undecodable bytes (kept by Python as surrogates) become \\xNN escapes."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _read_captions(path: Path) -> dict[str, str]:
@@ -151,14 +163,32 @@ def _read_captions(path: Path) -> dict[str, str]:
     return out
 
 
+DEFAULT_DATA = "conceptworld:4096:1"
+
+
+def _numbers(text: str, names: str) -> list[int]:
+    parts = text.split(":")[1:]
+    if not all(p.isdigit() for p in parts) or len(parts) > len(names.split(":")):
+        raise DataError(f"data {text!r} is not of the form {text.split(':')[0]}:{names} (whole numbers), "
+                        f"e.g. '{DEFAULT_DATA}'")
+    return [int(p) for p in parts]
+
+
 def open_source(data: str | os.PathLike = "default", captions: str | os.PathLike | None = None) -> ImageSource:
-    """``default`` / ``synthetic[:N]`` (the built-in generated set) or a folder of images."""
+    """A folder of images, or a generated set: ``conceptworld[:N[:SEED]]`` (Concept World, the default:
+    4096 images of seed 1, which the shipped model never saw; it trained on seed 0) or ``synthetic[:N]``
+    (coloured shapes)."""
     text = str(data)
-    if text == "default" or text.startswith("synthetic"):
+    if text == "default":
+        text = DEFAULT_DATA
+    if text.split(":")[0] == "conceptworld":
+        from .conceptworld import ConceptWorldSource, WorldConfig
+
+        nums = _numbers(text, "N:SEED")
+        return ConceptWorldSource(nums[0] if nums else 4096, WorldConfig(seed=nums[1] if len(nums) > 1 else 1))
+    if text.split(":")[0] == "synthetic":
         from .synthetic import ShapesSource
 
-        _, _, n = text.partition(":")
-        if n and not n.isdigit():
-            raise DataError(f"data {text!r}: the synthetic set takes a count, e.g. 'synthetic:2000'")
-        return ShapesSource(int(n) if n else ShapesSource.DEFAULT_COUNT)
+        nums = _numbers(text, "N")
+        return ShapesSource(nums[0] if nums else ShapesSource.DEFAULT_COUNT)
     return FolderSource(text, captions)

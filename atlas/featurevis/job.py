@@ -7,7 +7,6 @@ batch in flight; the store itself is written once, in one transaction, when all 
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -93,5 +92,5 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
             store.put(fv, "images", images)
             store.put(fv, "objective", objective)
             store.put(fv, "done", done)
-        shutil.rmtree(work, ignore_errors=True)
+        store.remove_work(work)
     return FeatureVisResult(layer, rendered, reused)

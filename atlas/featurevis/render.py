@@ -89,11 +89,16 @@ def random_transform(x: torch.Tensor, cfg: FeatureVisConfig, gen: torch.Generato
 
 
 class _Activations:
-    """Forward an image batch and expose the hooked layer in canonical layout, lucent's ``T``."""
+    """Forward an image batch and expose the hooked layers in canonical layout: lucent's ``T``.
+
+    Where a layer ends in a ReLU, ``T(layer)`` is its pre-activation (the residual sum, Microscope's "Add"
+    node): a unit that is off on the starting noise still has a gradient to follow, and the image that
+    maximizes the pre-activation also maximizes the output once it is positive."""
 
     def __init__(self, model: LoadedModel, layers: Sequence[str]):
         self.model = model
         self.infos = {n: model.layer(n) for n in layers}
+        self.hook_names = {(i.pre_activation or n): n for n, i in self.infos.items()}
         self.acts: dict[str, torch.Tensor] = {}
 
     def __call__(self, name: str) -> torch.Tensor:
@@ -106,12 +111,15 @@ class _Activations:
             x01 = F.interpolate(x01, size=(size, size), mode="bilinear", align_corners=False)
         self.acts = {}
 
-        def keep(name: str, out: torch.Tensor) -> None:
+        def keep(hook_name: str, out: torch.Tensor) -> None:
+            name = self.hook_names[hook_name]
             self.acts[name] = self.infos[name].canonical(out).clone()  # copy: later in-place ops
             if len(self.acts) == len(self.infos):
                 raise _Stop
 
-        with hooked(self.model.clip, list(self.infos), keep):
+        pre = [h for h, n in self.hook_names.items() if self.infos[n].pre_activation]
+        post = [h for h, n in self.hook_names.items() if not self.infos[n].pre_activation]
+        with hooked(self.model.clip, pre, keep, inputs=True), hooked(self.model.clip, post, keep):
             try:
                 self.model.clip.encode_image(self.model.normalize(x01))
             except _Stop:

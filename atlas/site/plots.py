@@ -44,3 +44,37 @@ def histogram_svg(counts: np.ndarray, value_range: float, mean: float | None = N
             f'<text x="{width / 2}" y="{height - 6}" text-anchor="middle">score (peak count {int(peak)})</text>')
     return Markup(f'<svg class="hist" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
                   f'role="img" aria-label="histogram of activation scores">{"".join(bars)}{marks}{axis}</svg>')
+
+
+def line_svg(xs: np.ndarray, series: dict[str, np.ndarray], width: int = 520, height: int = 220,
+             x_label: str = "", y_label: str = "", log_y: bool = False) -> Markup:
+    """Lines of one or more series over shared x values, with min/max tick labels (standalone SVG)."""
+    xs = np.asarray(xs, dtype=float)
+    ys_all = np.concatenate([np.asarray(v, dtype=float) for v in series.values()])
+    tf = (lambda v: np.log10(np.maximum(v, 1e-12))) if log_y else (lambda v: v)
+    lo, hi = float(np.nanmin(tf(ys_all))), float(np.nanmax(tf(ys_all)))
+    hi = hi if hi > lo else lo + 1
+    pad_l, pad_r, pad_t, pad_b = 46, 10, 10, 34
+    w, h = width - pad_l - pad_r, height - pad_t - pad_b
+    x0, x1 = float(xs.min()), float(xs.max()) if xs.max() > xs.min() else float(xs.min()) + 1
+    colors = ("#3156c9", "#d55b5b", "#2f9e5a", "#a05bd5", "#d59a2f")
+    parts = []
+    for k, (name, ys) in enumerate(series.items()):
+        ty = tf(np.asarray(ys, dtype=float))
+        pts = " ".join(f"{pad_l + w * (x - x0) / (x1 - x0):.1f},{pad_t + h * (1 - (y - lo) / (hi - lo)):.1f}"
+                       for x, y in zip(xs, ty) if np.isfinite(y))
+        c = colors[k % len(colors)]
+        parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{pts}"><title>{name}</title></polyline>')
+        parts.append(f'<text x="{pad_l + 8}" y="{pad_t + 14 + 14 * k}" fill="{c}" font-size="11">{name}</text>')
+    fmt = (lambda v: _fmt(10 ** v)) if log_y else _fmt
+    axes = (f'<line x1="{pad_l}" y1="{pad_t + h}" x2="{pad_l + w}" y2="{pad_t + h}" stroke="#999"/>'
+            f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{pad_t + h}" stroke="#999"/>'
+            f'<text x="{pad_l - 4}" y="{pad_t + 10}" text-anchor="end" font-size="10">{fmt(hi)}</text>'
+            f'<text x="{pad_l - 4}" y="{pad_t + h}" text-anchor="end" font-size="10">{fmt(lo)}</text>'
+            f'<text x="{pad_l}" y="{height - 18}" font-size="10">{_fmt(x0)}</text>'
+            f'<text x="{pad_l + w}" y="{height - 18}" text-anchor="end" font-size="10">{_fmt(x1)}</text>'
+            f'<text x="{pad_l + w / 2}" y="{height - 4}" text-anchor="middle" font-size="11">{x_label}</text>'
+            f'<text x="12" y="{pad_t + h / 2}" font-size="11" transform="rotate(-90 12 {pad_t + h / 2})" '
+            f'text-anchor="middle">{y_label}</text>')
+    return Markup(f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" viewBox="0 0 {width} {height}" '
+                  f'width="{width}" height="{height}" role="img">{axes}{"".join(parts)}</svg>')

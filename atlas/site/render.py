@@ -122,8 +122,15 @@ def _model_pages(w: _Writer, st: Store, model: str) -> dict[str, Any]:
     _component(model)
     rows = st.file["images/thumb_row"][()] if "images/thumb_row" in st.file else np.zeros(0, np.int64)
     thumbs = st.file["images/thumbs"]
-    for index in np.nonzero(rows >= 0)[0]:
-        w.binary([model, "img", f"{int(index)}.jpg"], jpeg_bytes(thumbs[int(rows[index])]))
+    shown = np.nonzero(rows >= 0)[0]
+    shown = shown[np.argsort(rows[shown])]  # in storage order: read the compressed chunks once each
+    block = 512
+    for start in range(0, len(shown), block):
+        part = shown[start:start + block]
+        lo, hi = int(rows[part[0]]), int(rows[part[-1]]) + 1
+        data = thumbs[lo:hi]  # [rows, T, T, 3]
+        for index in part:
+            w.binary([model, "img", f"{int(index)}.jpg"], jpeg_bytes(data[int(rows[index]) - lo]))
     bad = st.bad_images()
     w.page("images.html", [model, "skipped.html"], model=model, bad=bad, meta=st.meta)
     layers = []
@@ -141,7 +148,7 @@ def _layer_pages(w: _Writer, st: Store, ld: LayerData) -> None:
     stats = {k: ld[f"stats/{k}"] for k in ("mean", "std", "min", "max", "count", "positive", "nonfinite")}
     hist, hist_range = ld["stats/hist"], ld["stats/range"]
     fv_done = ld.featurevis_done()
-    fv_images = ld.group["featurevis/images"] if ld.has("featurevis/images") else None
+    fv_images = ld["featurevis/images"] if ld.has("featurevis/images") else None  # [U, S, S, 3], read once
     captions, labels = st.image_column("caption"), st.image_column("label")
     source_ids = st.image_column("source_id")
     gh, gw = ld.grid

@@ -23,7 +23,9 @@
     });
   }
   document.addEventListener("keydown", function (ev) {
-    if (ev.target && ev.target.tagName === "INPUT") return;
+    if (ev.altKey || ev.ctrlKey || ev.metaKey || ev.shiftKey) return;  // leave browser shortcuts alone
+    var t = ev.target;
+    if (t && t.tagName === "INPUT" && t.type !== "checkbox") return;  // typing in a field
     var rel = ev.key === "ArrowLeft" ? "prev" : ev.key === "ArrowRight" ? "next" : null;
     var link = rel && document.querySelector('a[rel="' + rel + '"]');
     if (link) window.location.href = link.getAttribute("href");

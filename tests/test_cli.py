@@ -34,7 +34,7 @@ def test_checkout_shim_runs():
 @pytest.mark.slow
 def test_small_build_end_to_end(tmp_path):
     out = tmp_path / "out"
-    r = CliRunner().invoke(main, ["build", "--data", "synthetic:96", "--out", str(out), "--layers",
+    r = CliRunner().invoke(main, ["build", "--model", "atlas:tiny@random:0", "--data", "synthetic:96", "--out", str(out), "--layers",
                                   "visual.layer3.0,visual.layer4.0", "--steps", "2", "--top-k", "4",
                                   "--device", "cpu"])
     assert r.exit_code == 0, r.output
@@ -48,7 +48,7 @@ def test_small_build_end_to_end(tmp_path):
     assert "(772 pages" in r.output
     # a second build reuses everything and gives the same store
     digest = store.contents_digest(out / "atlas.h5")
-    r2 = CliRunner().invoke(main, ["build", "--data", "synthetic:96", "--out", str(out), "--layers",
+    r2 = CliRunner().invoke(main, ["build", "--model", "atlas:tiny@random:0", "--data", "synthetic:96", "--out", str(out), "--layers",
                                    "visual.layer3.0,visual.layer4.0", "--steps", "2", "--top-k", "4",
                                    "--device", "cpu"])
     assert r2.exit_code == 0 and store.contents_digest(out / "atlas.h5") == digest
@@ -68,7 +68,8 @@ def test_models_and_layers():
     (["mine", "--model", "RN50", "--store", "{tmp}/s.h5"], "FAMILY:ARCH"),
     (["mine", "--layers", "visual.layer9.0", "--store", "{tmp}/s.h5"], "no hookable layer 'visual.layer9.0'"),
     (["mine", "--device", "cuda:7", "--store", "{tmp}/s.h5"], "no CUDA GPU"),
-    (["mine", "--data", "synthetic:abc", "--store", "{tmp}/s.h5"], "takes a count"),
+    (["mine", "--data", "synthetic:abc", "--store", "{tmp}/s.h5"], "is not of the form synthetic:N"),
+    (["mine", "--data", "conceptworld:1:2:3", "--store", "{tmp}/s.h5"], "conceptworld:N:SEED"),
     (["build", "--out", "{tmp}/file.txt"], "is a file"),
     (["featurevis", "--store", "{tmp}/file.txt", "--layer", "x"], "not a readable HDF5 store"),
     (["featurevis", "--store", "{tmp}/file.txt", "--layer", "x", "--units", "5-2"], "runs backwards"),

@@ -1,0 +1,82 @@
+"""The shipped Concept World CLIP: hash-checked loading, zero-shot accuracy, planted concepts in the atlas."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import atlas.resources
+from atlas.config import MineConfig
+from atlas.data import open_source
+from atlas.data.conceptworld import CONCEPT_NAMES
+from atlas.mine import mine
+from atlas.models import DEFAULT_SPEC, SHIPPED, ModelError, load_model, sha256_file
+from atlas.store import Store
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model(DEFAULT_SPEC)
+
+
+def test_default_is_the_shipped_model(shipped):
+    assert DEFAULT_SPEC == "atlas:conceptclip" and shipped.name == "conceptclip"
+    name, sha = SHIPPED["conceptclip"]
+    path = atlas.resources.resource_dir("data") / name
+    assert shipped.weights_sha256 == sha == sha256_file(path)
+    assert path.stat().st_size < 20_000_000
+
+
+def test_same_path_as_any_local_checkpoint(shipped):
+    path = atlas.resources.resource_dir("data") / SHIPPED["conceptclip"][0]
+    local = load_model(f"atlas:conceptclip@{path}")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(local.encode_image(x), shipped.encode_image(x))
+    assert local.weights_sha256 == shipped.weights_sha256
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "swap in other weights"])
+def test_corrupted_or_swapped_weights_are_refused(tmp_path, monkeypatch, damage):
+    data = tmp_path / "data"
+    shutil.copytree(atlas.resources.resource_dir("data"), data)
+    target = data / SHIPPED["conceptclip"][0]
+    raw = bytearray(target.read_bytes())
+    if damage == "flip a byte":
+        raw[len(raw) // 2] ^= 0x01
+        target.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        target.write_bytes(bytes(raw[: len(raw) // 3]))
+    else:
+        from safetensors.torch import save_file
+
+        other = load_model("atlas:conceptclip@random:5").clip.state_dict()
+        save_file({k: v.half().contiguous() for k, v in other.items()}, str(target))
+    monkeypatch.setattr(atlas.resources, "resource_dir", lambda name: data)
+    with pytest.raises(ModelError, match="corrupted or was replaced"):
+        load_model(DEFAULT_SPEC)
+
+
+def test_zero_shot_on_held_out_images(shipped):
+    from atlas.evaluate import probe_set, zero_shot
+
+    ps = probe_set(shipped, per_concept=4)
+    acc = zero_shot(shipped, ps)
+    assert acc["pictograms, all prompts"] >= 0.9 and acc["words, all prompts"] >= 0.9
+
+
+@pytest.mark.slow
+def test_default_atlas_shows_planted_concepts(shipped, tmp_path):
+    """For most concepts, some last-layer neuron's top examples hold both its pictogram and its word."""
+    path = tmp_path / "default.h5"
+    mine(shipped, open_source("default"), path, MineConfig(layers=("visual.layer4.0",)))
+    with Store(path) as st:
+        labels = st.image_column("label")
+        index = st.layer("conceptclip", "visual.layer4.0")["topk/index"]  # [U, 16]
+    tops = [set(labels[i] for i in row if i >= 0) for row in index]
+    found = [c for c in CONCEPT_NAMES if any({f"picto:{c}", f"word:{c}"} <= t for t in tops)]
+    assert len(found) > len(CONCEPT_NAMES) / 2, (len(found), sorted(set(CONCEPT_NAMES) - set(found)))
+    assert len(found) >= 25

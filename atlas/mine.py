@@ -181,15 +181,6 @@ def _batches(model: LoadedModel, source: ImageSource, start: int, stop: int, bat
     yield from loader
 
 
-def _save_checkpoint(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _run_meta(model: LoadedModel, source: ImageSource) -> dict[str, object]:
     return {
         "atlas_version": __version__, "model_spec": str(model.spec), "model_name": model.name,
@@ -312,7 +303,7 @@ def _checkpoint(work: Path, states: dict[str, LayerState], image_state: dict, po
               "msg_text": np.array([msgs[i] for i in sorted(msgs)], dtype=str)}
     for name, st in states.items():
         arrays.update({f"{name}|{k}": v for k, v in st.state_dict().items()})
-    _save_checkpoint(work / "checkpoint.npz", arrays)
+    store.save_checkpoint(work / "checkpoint.npz", **arrays)
 
 
 def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineConfig,

@@ -103,6 +103,18 @@ def check_unlocked(path: str | os.PathLike) -> None:
         pass
 
 
+def save_checkpoint(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Write arrays to an .npz file atomically (temporary file, fsync, rename): a resumable step's
+    checkpoint is either the previous one or the new one, never half written."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp.npz")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
 def _fsync_dir(d: Path) -> None:
     fd = os.open(d, os.O_RDONLY)
     try:
@@ -299,8 +311,9 @@ def _is_text(ds: h5py.Dataset) -> bool:
     return h5py.check_string_dtype(ds.dtype) is not None
 
 
-def contents_digest(path: str | os.PathLike) -> str:
-    """sha256 over every group, dataset (values, dtype, shape) and attribute, in sorted order.
+def contents_digest(path: str | os.PathLike, skip: tuple[str, ...] = ()) -> str:
+    """sha256 over every group, dataset (values, dtype, shape) and attribute, in sorted order; objects and
+    attributes whose names start with a prefix in ``skip`` are left out.
 
     Two stores with the same digest hold the same contents, whatever HDF5's byte layout."""
     h = hashlib.sha256()
@@ -308,7 +321,8 @@ def contents_digest(path: str | os.PathLike) -> str:
     def visit(name: str, obj: h5py.HLObject) -> None:
         h.update(name.encode() + b"\0")
         for k in sorted(obj.attrs):
-            h.update(k.encode() + b"=" + repr(obj.attrs[k]).encode() + b"\0")
+            if not k.startswith(skip) or not skip:
+                h.update(k.encode() + b"=" + repr(obj.attrs[k]).encode() + b"\0")
         if isinstance(obj, h5py.Dataset):
             h.update(f"{obj.dtype}{obj.shape}".encode())
             h.update(np.asarray(obj[()]).tobytes())
@@ -318,5 +332,6 @@ def contents_digest(path: str | os.PathLike) -> str:
         names: list[str] = []
         f.visit(names.append)
         for n in sorted(names):
-            visit(n, f[n])
+            if not skip or not n.startswith(skip):
+                visit(n, f[n])
     return h.hexdigest()

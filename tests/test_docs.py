@@ -40,3 +40,13 @@ def test_readme_has_exactly_two_setup_commands_and_every_cli_command():
     assert test_cmd.strip() in ci, ".ci/run must run the README's test command"
     for name in main.commands:
         assert f"atlas {name}" in readme, f"command `atlas {name}` is missing from the README"
+
+
+def test_every_package_ships_in_the_wheel():
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "atlas").rglob("__init__.py")}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
+    assert cfg["package-dir"] == {"atlas.site_templates": "site_templates", "atlas.shipped": "data"}

@@ -26,15 +26,6 @@ class FeatureVisResult:
     reused: int  # neurons whose images were already stored or checkpointed
 
 
-def _save(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
                units: Sequence[int] | None = None, config: FeatureVisConfig = FeatureVisConfig(),
                progress: Callable[[int, int], None] | None = None) -> FeatureVisResult:
@@ -78,7 +69,7 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
             else:
                 r = render_channels(model, layer, batch, config)
                 images[batch], objective[batch] = r.images, r.objective
-                _save(ckpt, units=np.array(batch), images=r.images, objective=r.objective)
+                store.save_checkpoint(ckpt, units=np.array(batch), images=r.images, objective=r.objective)
                 rendered += len(batch)
             done[batch] = True
             if progress:

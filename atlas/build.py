@@ -43,7 +43,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def build(config: BuildConfig = BuildConfig(), out: str | Path = "atlas-out", *, captions: str | None = None,
-          device: str = "auto", num_workers: int = 0, progress: StepProgress | None = None) -> BuildResult:
+          device: str = "auto", num_workers: int = 0, progress: StepProgress | None = None,
+          trust_checkpoint: bool = False) -> BuildResult:
     """Build a complete atlas in ``out``: ``out/atlas.h5`` (the store) and ``out/site/`` (the pages)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -56,7 +57,7 @@ def build(config: BuildConfig = BuildConfig(), out: str | Path = "atlas-out", *,
         return (lambda done, total: progress(name, done, total)) if progress else None
 
     t = time.perf_counter()
-    model = load_model(config.model, device=resolve_device(device))
+    model = load_model(config.model, device=resolve_device(device), trust_checkpoint=trust_checkpoint)
     source = open_source(config.data, captions=captions)
     seconds["load"] = time.perf_counter() - t
 

@@ -82,6 +82,9 @@ captions_opt = click.option("--captions", type=click.Path(dir_okay=False), defau
 device_opt = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 workers_opt = click.option("--workers", default=0, show_default=True, type=click.IntRange(0, 64),
                            help="Image-decoding worker processes (0: decode in the main process).")
+trust_opt = click.option("--trust-checkpoint", is_flag=True,
+                         help="Allow TorchScript checkpoints (e.g. OpenAI's .pt files). They contain code that "
+                              "runs when loaded: use only files from a source you trust, or `atlas convert` them once.")
 layers_opt = click.option("--layers", default=None,
                           help="Comma-separated layer names (default: the last block of each stage).")
 
@@ -111,8 +114,9 @@ def main() -> None:
               help="Feature visualization optimizer steps.")
 @device_opt
 @workers_opt
+@trust_opt
 def build(model_spec, data, captions, out, layers, featurevis_layers, max_images, top_k, steps, device,
-          workers):
+          workers, trust_checkpoint):
     """Mine, visualize and render a whole atlas (defaults: the shipped model on the built-in data)."""
     from .build import build as run_build
 
@@ -121,7 +125,8 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
                       mine=MineConfig(layers=_split(layers), top_k=top_k, max_images=max_images),
                       featurevis=FeatureVisConfig(steps=steps), site=SiteConfig(), featurevis_layers=fv)
     bars = _Bars()
-    r = _run(lambda: run_build(cfg, out, captions=captions, device=device, num_workers=workers, progress=bars))
+    r = _run(lambda: run_build(cfg, out, captions=captions, device=device, num_workers=workers, progress=bars,
+                               trust_checkpoint=trust_checkpoint))
     bars.close()
     times = ", ".join(f"{k} {v:.1f}s" for k, v in r.seconds.items())
     click.echo(f"store: {r.store}\nsite:  {r.site / 'index.html'} ({r.pages} pages, {r.images} images; "
@@ -145,8 +150,9 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
               help="Seconds between checkpoints (a killed run resumes from the last one).")
 @device_opt
 @workers_opt
+@trust_opt
 def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank_by, max_images, no_pooled,
-         checkpoint_seconds, device, workers):
+         checkpoint_seconds, device, workers, trust_checkpoint):
     """Stream images through a model; keep exact top-k examples and statistics per neuron."""
     from .build import resolve_device
     from .data.sources import open_source
@@ -160,7 +166,7 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
 
     def go():
         check_unlocked(store_path)  # fail at once, not after loading the model
-        model = load_model(model_spec, device=resolve_device(device))
+        model = load_model(model_spec, device=resolve_device(device), trust_checkpoint=trust_checkpoint)
         return run_mine(model, open_source(data, captions), store_path, cfg, num_workers=workers,
                         checkpoint_seconds=checkpoint_seconds, progress=bars.step("mine"))
 
@@ -184,7 +190,8 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
 @click.option("--size", default=FeatureVisConfig.size, show_default=True, type=click.IntRange(8, 1024))
 @click.option("--lr", default=FeatureVisConfig.lr, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @device_opt
-def featurevis(store_path, layer, units, steps, batch, size, lr, device):
+@trust_opt
+def featurevis(store_path, layer, units, steps, batch, size, lr, device, trust_checkpoint):
     """Render channel feature visualizations of a mined layer into its store."""
     from .build import resolve_device
     from .featurevis import featurevis as run_fv
@@ -198,7 +205,7 @@ def featurevis(store_path, layer, units, steps, batch, size, lr, device):
     def go():
         with Store(store_path) as st:
             spec = st.meta["model_spec"]
-        model = load_model(spec, device=resolve_device(device))
+        model = load_model(spec, device=resolve_device(device), trust_checkpoint=trust_checkpoint)
         return run_fv(model, store_path, layer, unit_list, cfg, progress=bars.step(f"featurevis {layer}"))
 
     r = _run(go)
@@ -224,22 +231,38 @@ def site(stores, out, examples, title):
 
 
 @main.command()
-def models():
-    """List the known model specs (append @/path/to/weights or @random:SEED)."""
-    from .models import DEFAULT_SPEC, list_models
+@click.option("--all", "show_all", is_flag=True, help="Also list every open_clip architecture.")
+def models(show_all):
+    """List known model specs and which weights are on this machine."""
+    from .models import DEFAULT_SPEC, model_status
 
-    click.echo(f"default: {DEFAULT_SPEC}")
-    for name in _run(list_models):
-        click.echo(name)
+    click.echo(f"default: {DEFAULT_SPEC}\n")
+    for spec, status in _run(lambda: model_status(show_all)):
+        click.echo(f"{spec:32s} {status}")
+    click.echo("\nAppend @/path/to/weights (state dict or .safetensors) or @random:SEED to any spec; "
+               "hf:/path/to/dir loads a Hugging Face CLIPModel directory.")
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
+@trust_opt
+def convert(source, out, trust_checkpoint):
+    """Convert a checkpoint (TorchScript archive or pickled state dict) to tensors-only safetensors."""
+    from .checkpoints import convert as run_convert
+
+    n = _run(lambda: run_convert(Path(source), Path(out), trust=trust_checkpoint))
+    click.echo(f"{out}: {n} tensors; load it with openai:ARCH@{out} or open_clip:ARCH@{out}, no trust needed")
 
 
 @main.command()
 @click.argument("spec", default="default")
-def layers(spec):
+@trust_opt
+def layers(spec, trust_checkpoint):
     """List a model's hookable layers with their kind, units and grid."""
     from .models import load_model
 
-    model = _run(lambda: load_model(spec))
+    model = _run(lambda: load_model(spec, trust_checkpoint=trust_checkpoint))
     default = set(model.default_layers)
     for info in model.layers.values():
         mark = "*" if info.name in default else " "
@@ -308,14 +331,15 @@ def eval_group():
               help="AUROC both as pictogram and as word for a neuron to count as multimodal.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Also write the tables here (Markdown).")
 @device_opt
-def eval_concepts(model_spec, per_concept, layers, threshold, out, device):
+@trust_opt
+def eval_concepts(model_spec, per_concept, layers, threshold, out, device, trust_checkpoint):
     """Zero-shot accuracy and multimodal neurons per concept and layer (AUROC as pictogram and as word)."""
     from .build import resolve_device
     from .evaluate import evaluate_concepts
     from .models import load_model
 
     def go():
-        model = load_model(model_spec, device=resolve_device(device))
+        model = load_model(model_spec, device=resolve_device(device), trust_checkpoint=trust_checkpoint)
         return evaluate_concepts(model, per_concept, _split(layers) or None, threshold)
 
     report = _run(go)

@@ -38,8 +38,8 @@ Progress = Callable[[int, int], None]
 class LayerState:
     """Running top-k and statistics of one layer (tensors on the model's device)."""
 
-    def __init__(self, info: LayerInfo, cfg: MineConfig, n_images: int, device: torch.device,
-                 pooled: np.ndarray | None = None):
+    def __init__(self, info: LayerInfo, cfg: MineConfig, device: torch.device,
+                 pooled: np.ndarray | None = None, pooled_cls: np.ndarray | None = None):
         u, k = info.units, cfg.top_k
         self.info, self.cfg = info, cfg
         self.map_hw = (min(info.grid[0], cfg.map_size), min(info.grid[1], cfg.map_size))
@@ -59,13 +59,16 @@ class LayerState:
         self.hist = torch.zeros((u, cfg.hist_bins), dtype=torch.int64, **z)
         self.range_exp = torch.full((u,), MIN_RANGE_EXP, dtype=torch.int64, **z)
         self.pooled = pooled  # [N, U] float16 memmap or None
+        self.pooled_cls = pooled_cls  # [N, U] float16 memmap of the CLS token (token layers) or None
 
     TENSORS = ("values", "index", "argmax", "maps", "count", "mean", "m2", "min", "max", "positive",
                "nonfinite", "hist", "range_exp")
 
-    def update(self, index: torch.Tensor, acts: torch.Tensor) -> None:
-        """index: [B] image indices; acts: [B, U, h, w] canonical activations (consumed, not kept)."""
-        a = acts.detach().float()
+    def update(self, index: torch.Tensor, out: torch.Tensor) -> None:
+        """index: [B] image indices; out: the module's output (consumed at once, not kept)."""
+        if self.pooled_cls is not None:
+            self.pooled_cls[index.cpu().numpy()] = self.info.cls(out).detach().float().cpu().numpy().astype(np.float16)
+        a = self.info.canonical(out).detach().float()  # [B, U, h, w]
         b, u = a.shape[:2]
         flat = a.reshape(b, u, -1)  # [B, U, h*w]
         peak, arg = flat.max(dim=2)  # [B, U]
@@ -198,8 +201,8 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     are skipped.  Raises StoreBusy if another process writes the store.
     """
     path = Path(store_path)
-    layers = config.layers or model.default_layers
-    infos = [model.layer(n) for n in layers]
+    infos = [model.layer(n) for n in (config.layers or model.default_layers)]
+    layers = tuple(i.name for i in infos)  # canonical names, also for aliases
     config = replace(config, layers=tuple(layers))
     n_images = min(len(source), config.max_images or len(source))
     meta = _run_meta(model, source)
@@ -217,7 +220,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
         current: dict[str, torch.Tensor] = {}
 
         def consume(name: str, out: torch.Tensor) -> None:
-            states[name].update(current["index"], states[name].info.canonical(out))
+            states[name].update(current["index"], out)
 
         with torch.no_grad(), hooked(model.clip, [i.name for i in todo], consume):
             for first, samples, pixels in _batches(model, source, position, n_images,
@@ -270,14 +273,15 @@ def _layer_config_json(config: MineConfig) -> str:
 def _open_states(work: Path, todo: list[LayerInfo], config: MineConfig, n_images: int,
                  device: torch.device) -> tuple[dict[str, LayerState], dict[str, object], int]:
     states = {}
+    def matrix(name: str) -> np.ndarray:  # [N, U] float16, kept on disk between checkpoints
+        p = work / name
+        return np.lib.format.open_memmap(p, mode="r+" if p.exists() else "w+", dtype=np.float16,
+                                         shape=(n_images, info.units))
+
     for info in todo:
-        pooled = None
-        if config.keep_pooled:
-            pooled_path = work / f"pooled-{info.name}.npy"
-            mode = "r+" if pooled_path.exists() else "w+"
-            pooled = np.lib.format.open_memmap(pooled_path, mode=mode, dtype=np.float16,
-                                               shape=(n_images, info.units))
-        states[info.name] = LayerState(info, config, n_images, device, pooled)
+        pooled = matrix(f"pooled-{info.name}.npy") if config.keep_pooled else None
+        cls = matrix(f"pooled_cls-{info.name}.npy") if config.keep_pooled and info.prefix_tokens else None
+        states[info.name] = LayerState(info, config, device, pooled, cls)
     image_state: dict[str, object] = {"status": np.zeros(n_images, np.uint8),
                                       "sha256": np.zeros(n_images, "S64"), "messages": {}}
     position = 0
@@ -295,8 +299,9 @@ def _open_states(work: Path, todo: list[LayerInfo], config: MineConfig, n_images
 
 def _checkpoint(work: Path, states: dict[str, LayerState], image_state: dict, position: int) -> None:
     for st in states.values():
-        if st.pooled is not None:
-            st.pooled.flush()
+        for m in (st.pooled, st.pooled_cls):
+            if m is not None:
+                m.flush()
     msgs = image_state["messages"]
     arrays = {"position": np.array(position), "status": image_state["status"],
               "sha256": image_state["sha256"], "msg_index": np.array(sorted(msgs), dtype=np.int64),
@@ -350,9 +355,10 @@ def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineCon
             store.put(g, "stats/nonfinite", st.nonfinite.cpu().numpy())
             store.put(g, "stats/hist", st.hist.cpu().numpy())
             store.put(g, "stats/range", np.ldexp(1.0, st.range_exp.cpu().numpy()))
-            if st.pooled is not None:
-                pooled = np.array(st.pooled)
-                pooled[status != 0] = np.nan  # skipped images have no activations
-                store.put(g, "pooled", pooled)
+            for key, m in (("pooled", st.pooled), ("pooled_cls", st.pooled_cls)):
+                if m is not None:
+                    values = np.array(m)
+                    values[status != 0] = np.nan  # skipped images have no activations
+                    store.put(g, key, values)
         needed = sorted({int(i) for st in states.values() for i in st.index.cpu().numpy().ravel() if i >= 0})
         make_thumbnails(f, model, source, needed, config.thumb_size, n_images)

@@ -5,6 +5,10 @@ Spec grammar: ``FAMILY:ARCH[@WEIGHTS]``
 - ``open_clip:RN50@/path/to/weights.pt`` an open_clip architecture with a local checkpoint
   (``.safetensors``, or a ``.pt``/``.bin`` state dict read with ``weights_only=True``);
 - ``open_clip:ViT-B-32@random:3`` the same architecture with seeded random weights (for tests);
+- ``openai:RN50x4[@/path/RN50x4.pt]`` OpenAI's released models (state dicts; TorchScript archives only with
+  ``trust_checkpoint``); without ``@`` the file is looked up in OpenAI's cache, ``~/.cache/clip``;
+- ``open_clip:ViT-B-32@laion2b_s34b_b79k`` an open_clip pretrained tag, looked up in the Hugging Face cache;
+- ``hf:/path/to/dir`` a Hugging Face ``CLIPModel`` directory (``save_pretrained``), converted to open_clip;
 - ``atlas:conceptclip`` (the default) atlas's own CLIP trained on Concept World, shipped in data/ and
   checked against its sha256; ``atlas:tiny@random:0`` a smaller configuration with random weights (tests).
 
@@ -26,8 +30,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .checkpoints import (build_openai, is_torchscript, open_clip_cached, openai_cache_path,  # noqa: F401
+                          openai_expected_sha, read_hf_clip, read_state_dict, sha256_file)
+from .errors import ModelError
+
 DEFAULT_SPEC = "atlas:conceptclip"
-FAMILIES = ("atlas", "open_clip")
+FAMILIES = ("atlas", "open_clip", "openai", "hf")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -53,10 +61,6 @@ ATLAS_CONFIGS: dict[str, dict] = {
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
     },
 }
-
-
-class ModelError(ValueError):
-    """A model spec that cannot be parsed or loaded; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +119,36 @@ class LayerInfo:
         patches = out[:, self.prefix_tokens:, :]
         return patches.transpose(1, 2).reshape(n, c, *self.grid)
 
+    def cls(self, out: torch.Tensor) -> torch.Tensor | None:
+        """The CLS token of a token layer's output: [batch, units]; None for conv layers."""
+        return out[:, 0, :] if self.layout == "nlc" and self.prefix_tokens else None
 
-def _hookable(module: nn.Module) -> str | None:
-    """The kind of layer a module is offered as, by its type: the registry's one special-case table."""
+
+# Microscope and the paper's Lucid code name ResNet blocks after TensorFlow graph nodes:
+# image_block_4_5_Add_6_0 (Microscope) or image_block_4/5/Add_6 ... (Lucid) is stage 4, block 5's residual sum,
+# open_clip's module visual.layer4.5 (atlas stores that block's output, ReLU(sum); docs/models.md).
+_ALIASES = (
+    (re.compile(r"image_block_(\d+)[_/](\d+)(?:[_/](?:add|Add)(?:_\d+)?)?(?:[_/](?:Relu|relu)(?:_\d+)?)?(?:[_/:]0)?"),
+     "visual.layer{0}.{1}"),
+)
+
+
+def alias(name: str) -> str | None:
+    """The canonical layer name of a Microscope / Lucid alias, or None if ``name`` is no alias."""
+    for pattern, template in _ALIASES:
+        m = pattern.fullmatch(name)
+        if m:
+            return template.format(*m.groups())
+    return None
+
+
+def _hookable(name: str, module: nn.Module) -> str | None:
+    """The kind of layer a module is offered as, by its type: the registry's one special-case table.
+
+    conv:   a ResNet Bottleneck's output; a neuron is a channel, its map the block's spatial grid.
+    tokens: a transformer block's output, the residual stream; a neuron is one of its dimensions.
+    mlp:    the activation inside a transformer block's MLP; a neuron is one hidden unit (4 x width).
+    Token layers are mapped over the patch grid; the CLS token is kept apart (pooled_cls in the store)."""
     from open_clip.modified_resnet import Bottleneck
     from open_clip.transformer import ResidualAttentionBlock
 
@@ -125,6 +156,8 @@ def _hookable(module: nn.Module) -> str | None:
         return "conv"
     if isinstance(module, ResidualAttentionBlock):
         return "tokens"
+    if name.endswith(".mlp.gelu") and ".resblocks." in name:
+        return "mlp"
     return None
 
 
@@ -133,7 +166,8 @@ class LoadedModel:
 
     def __init__(self, spec: ModelSpec, clip: nn.Module, tokenizer, weights_sha256: str):
         self.spec = spec
-        self.name = re.sub(r"[^A-Za-z0-9._-]", "-", spec.arch)
+        base = Path(spec.arch.rstrip("/")).name if spec.family == "hf" else spec.arch  # hf: the directory's name
+        self.name = re.sub(r"[^A-Za-z0-9._-]", "-", base).lstrip(".-") or "model"
         self.clip = clip.eval()
         self.tokenizer = tokenizer
         self.weights_sha256 = weights_sha256
@@ -193,6 +227,8 @@ class LoadedModel:
 
     # --- layers -------------------------------------------------------------------------------
     def layer(self, name: str) -> LayerInfo:
+        """A layer by its canonical name or an alias (Microscope / Lucid names, see `alias`)."""
+        name = alias(name) or name
         if name not in self.layers:
             close = difflib.get_close_matches(name, list(self.layers), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -202,7 +238,8 @@ class LoadedModel:
 
     @property
     def default_layers(self) -> tuple[str, ...]:
-        """The last block of each stage (ResNet) or every block (ViT, at most 12)."""
+        """The last block of each stage (ResNet); the MLP neurons of the blocks at 1/4, 1/2, 3/4 and all of
+        the depth (ViT), the transformer's counterpart of the four ResNet stages."""
         names = list(self.layers)
         conv = [n for n in names if self.layers[n].kind == "conv"]
         if conv:  # visual.layerS.B: keep the last B of each stage S
@@ -210,7 +247,8 @@ class LoadedModel:
             for n in conv:
                 last[n.rsplit(".", 1)[0]] = n
             return tuple(last.values())
-        return tuple(names[-12:])
+        mlp = [n for n in names if self.layers[n].kind == "mlp"]
+        return tuple(mlp[i] for i in sorted({max(0, len(mlp) * q // 4 - 1) for q in (1, 2, 3, 4)}))
 
     def neuron_id(self, layer: str, unit: int) -> str:
         return f"{self.name}/{layer}/{unit}"
@@ -221,7 +259,7 @@ def _layer_table(model: LoadedModel) -> dict[str, LayerInfo]:
     from .capture import hooked
 
     visual = model.clip.visual
-    kinds = {f"visual.{n}": _hookable(m) for n, m in visual.named_modules() if n}
+    kinds = {f"visual.{n}": _hookable(n, m) for n, m in visual.named_modules() if n}
     kinds = {n: k for n, k in kinds.items() if k}
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -236,20 +274,12 @@ def _layer_table(model: LoadedModel) -> dict[str, LayerInfo]:
         shape = shapes[name]
         if kind == "conv":  # [C, H, W]; a Bottleneck ends in act3 = ReLU(residual sum)
             table[name] = LayerInfo(name, kind, shape[0], (shape[1], shape[2]), "nchw", 0, f"{name}.act3")
-        else:  # [tokens, width], batch first
+        else:  # [tokens, width] (residual stream) or [tokens, 4 * width] (MLP), batch first
             length, width = shape
             side = int(np.sqrt(length))  # patch grid; the remaining tokens are prefix (CLS, registers)
             prefix = length - side * side
             table[name] = LayerInfo(name, kind, width, (side, side), "nlc", prefix)
     return table
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_state(state: dict[str, torch.Tensor]) -> str:
@@ -272,12 +302,33 @@ def _build(spec: ModelSpec) -> tuple[nn.Module, object]:
         clip = open_clip.model.CLIP(**cfg)
         ctx = cfg["text_cfg"]["context_length"]
         return clip, open_clip.tokenizer.SimpleTokenizer(context_length=ctx)
+    if spec.family == "openai":  # OpenAI's models, trained with QuickGELU
+        arch = _openai_arch(spec.arch)
+        with _quiet_open_clip():
+            clip = open_clip.create_model(arch, pretrained=None, load_weights=False, force_quick_gelu=True)
+        return clip, _tokenizer(77)
+    if spec.family == "hf":
+        raise ModelError("hf:DIRECTORY specs load a saved directory; random weights are not offered for them")
     if spec.arch not in open_clip.list_models():
         close = difflib.get_close_matches(spec.arch, open_clip.list_models(), n=3)
         raise ModelError(f"open_clip has no architecture {spec.arch!r}"
                          + (f"; did you mean {', '.join(close)}?" if close else ""))
-    clip = open_clip.create_model(spec.arch, pretrained=None, load_weights=False)
+    with _quiet_open_clip():
+        clip = open_clip.create_model(spec.arch, pretrained=None, load_weights=False)
     return clip, open_clip.get_tokenizer(spec.arch)
+
+
+class _quiet_open_clip:
+    """open_clip logs a warning for every model it builds without weights; atlas loads them itself."""
+
+    def __enter__(self) -> None:
+        import logging
+
+        self.logger, self.level = logging.getLogger(), logging.getLogger().level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.setLevel(self.level)
 
 
 def _lively_init(clip: nn.Module) -> None:
@@ -291,64 +342,107 @@ def _lively_init(clip: nn.Module) -> None:
             nn.init.ones_(module.weight)
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file, never unpickling code: safetensors, or torch.load(weights_only)."""
-    if not path.is_file():
-        raise ModelError(f"weights file {path} does not exist; check the path after '@' in the model spec")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def load_model(spec: str | ModelSpec = DEFAULT_SPEC, device: str | torch.device = "cpu",
+               trust_checkpoint: bool = False) -> LoadedModel:
+    """Build a model from its spec and load its weights (see the module docstring for the grammar).
 
-        return load_file(str(path))
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle that wants code, TorchScript archive, not a checkpoint at all
-        raise ModelError(f"cannot read weights file {path} safely ({type(e).__name__}: {str(e)[:200]}); "
-                         "atlas loads only plain state dicts (weights_only=True) and .safetensors") from e
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ModelError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
-    return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-
-
-def load_model(spec: str | ModelSpec = DEFAULT_SPEC, device: str | torch.device = "cpu") -> LoadedModel:
-    """Build a model from its spec and load its weights (see the module docstring for the grammar)."""
+    ``trust_checkpoint`` allows opening TorchScript archives, which run code (atlas/checkpoints.py)."""
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
-    seed = spec.random_seed
-    expected_sha = None
-    if spec.weights is None and spec.family == "atlas" and spec.arch in SHIPPED:
+    if spec.random_seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.random_seed)
+            clip, tokenizer = _build(spec)
+            if spec.family == "atlas":
+                _lively_init(clip)
+        return LoadedModel(spec, clip.to(device), tokenizer, sha256_state(clip.state_dict()))
+    if spec.family == "hf":
+        clip, cfg, path = read_hf_clip(Path(spec.arch).expanduser())
+        tokenizer = _tokenizer(cfg["text_config"]["max_position_embeddings"])
+        return LoadedModel(spec, clip.to(device), tokenizer, sha256_file(path))
+    path, expected = _weights_path(spec)
+    sha = sha256_file(path) if path.is_file() else ""
+    if expected and sha != expected:
+        raise ModelError(f"weights file {path} has sha256 {sha[:16]}…, but {spec} must have {expected[:16]}…: "
+                         "the file is corrupted or was replaced; restore it (atlas's own weights ship with "
+                         "atlas: reinstall it)")
+    state = read_state_dict(path, trust=trust_checkpoint)
+    if spec.family == "openai":
+        return LoadedModel(spec, build_openai(state).to(device), _tokenizer(77), sha)
+    with torch.random.fork_rng(devices=[]):
+        clip, tokenizer = _build(spec)
+    missing, unexpected = clip.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "attn_mask"]
+    if missing or unexpected:
+        raise ModelError(f"weights file {path} does not fit {spec.family}:{spec.arch}: "
+                         f"{len(missing)} missing keys (e.g. {missing[:3]}), "
+                         f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}); "
+                         "check that the architecture in the spec matches the checkpoint "
+                         "(OpenAI's released files load with openai:ARCH@FILE)")
+    return LoadedModel(spec, clip.to(device), tokenizer, sha)
+
+
+def _tokenizer(context_length: int):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=context_length)
+
+
+def _weights_path(spec: ModelSpec) -> tuple[Path, str]:
+    """The weights file a spec names (or the cache where its family keeps it) and its expected sha256."""
+    if spec.family == "atlas" and spec.weights is None:
+        if spec.arch not in SHIPPED:
+            raise ModelError(f"atlas:{spec.arch} ships no weights: append '@/path/to/weights' or '@random:SEED'")
         from .resources import resource_dir
 
-        file_name, expected_sha = SHIPPED[spec.arch]
-        weights_path = resource_dir("data") / file_name
-    elif spec.weights is None:
-        raise ModelError(f"model spec {spec} names no weights: append '@/path/to/weights' "
-                         f"(a .safetensors or state-dict .pt file) or '@random:SEED' for random weights")
-    else:
-        weights_path = Path(spec.weights).expanduser()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed or 0)
-        clip, tokenizer = _build(spec)
-        if seed is not None and spec.family == "atlas":
-            _lively_init(clip)
-    if seed is not None:
-        sha = sha256_state(clip.state_dict())
-    else:
-        path = weights_path
-        sha = sha256_file(path) if path.is_file() else ""
-        if expected_sha and sha != expected_sha:
-            raise ModelError(f"weights file {path} has sha256 {sha[:16]}…, but {spec} ships with "
-                             f"{expected_sha[:16]}…: the file is corrupted or was replaced; reinstall atlas "
-                             "(or restore the file from the repository)")
-        state = read_state_dict(path)
-        missing, unexpected = clip.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k != "attn_mask"]
-        if missing or unexpected:
-            raise ModelError(f"weights file {path} does not fit {spec.family}:{spec.arch}: "
-                             f"{len(missing)} missing keys (e.g. {missing[:3]}), "
-                             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}); "
-                             "check that the architecture in the spec matches the checkpoint")
-    return LoadedModel(spec, clip.to(device), tokenizer, sha)
+        name, sha = SHIPPED[spec.arch]
+        return resource_dir("data") / name, sha
+    if spec.family == "openai" and spec.weights is None:
+        arch = _openai_arch(spec.arch)
+        path = openai_cache_path(arch)
+        if not path.is_file():
+            from .checkpoints import _openai_url
+
+            raise ModelError(f"OpenAI's {arch} weights are not on this machine: get {_openai_url(arch)} and put it "
+                             f"at {path} (OpenAI's clip cache), or anywhere and use openai:{arch}@/path/to/file. "
+                             "OpenAI's files are TorchScript archives: load them with --trust-checkpoint, or "
+                             "convert them once with `atlas convert FILE --out FILE.safetensors --trust-checkpoint`")
+        return path, openai_expected_sha(arch)
+    if spec.family == "open_clip" and spec.weights and not _looks_like_path(spec.weights):
+        return open_clip_cached(spec.arch, spec.weights), ""
+    if spec.weights is None:
+        raise ModelError(f"model spec {spec} names no weights: append '@/path/to/weights' (a .safetensors or "
+                         f"state-dict file), '@TAG' (open_clip's pretrained tags) or '@random:SEED'")
+    return Path(spec.weights).expanduser(), ""
+
+
+def _looks_like_path(weights: str) -> bool:
+    return "/" in weights or "\\" in weights or "." in weights or Path(weights).exists()
+
+
+def _openai_arch(arch: str) -> str:
+    """OpenAI's names (ViT-B/32) and open_clip's (ViT-B-32) both work."""
+    from .checkpoints import OPENAI_ARCHS
+
+    name = arch.replace("/", "-")
+    if name not in OPENAI_ARCHS:
+        close = difflib.get_close_matches(name, OPENAI_ARCHS, n=3)
+        raise ModelError(f"OpenAI released no model {arch!r}; they are: {', '.join(OPENAI_ARCHS)}"
+                         + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    return name
+
+
+def model_status(show_all: bool = False) -> list[tuple[str, str]]:
+    """(spec, where its weights are) for atlas's models, OpenAI's releases and open_clip's architectures."""
+    from .checkpoints import cached_status
+
+    out = [(f"atlas:{a}", "shipped with atlas" if a in SHIPPED else "no weights (use @random:SEED or @FILE)")
+           for a in ATLAS_CONFIGS]
+    out += cached_status()
+    if show_all:
+        import open_clip
+
+        out += [(f"open_clip:{a}", "needs @FILE or @TAG") for a in open_clip.list_models()]
+    return out
 
 
 def list_models() -> list[str]:

@@ -58,7 +58,10 @@ def test_small_build_end_to_end(tmp_path):
 
 def test_models_and_layers():
     r = CliRunner().invoke(main, ["models"])
-    assert r.exit_code == 0 and "atlas:tiny" in r.output and "open_clip:RN50x4" in r.output
+    assert r.exit_code == 0 and "atlas:conceptclip                shipped with atlas" in r.output
+    assert "openai:RN50x4" in r.output and ".cache/clip/RN50x4.pt" in r.output
+    r = CliRunner().invoke(main, ["models", "--all"])
+    assert "open_clip:RN50x4" in r.output and "open_clip:ViT-L-14" in r.output
     r = CliRunner().invoke(main, ["layers", "atlas:tiny@random:0"])
     assert r.exit_code == 0 and "* visual.layer4.0" in r.output and "512 units" in r.output
 

@@ -168,7 +168,7 @@ def test_nonfinite_scores_are_counted_not_ranked():
     from atlas.models import LayerInfo
 
     info = LayerInfo("x", "conv", 2, (1, 1), "nchw")
-    st = LayerState(info, MineConfig(top_k=2, hist_bins=4, keep_pooled=False), 4, torch.device("cpu"))
+    st = LayerState(info, MineConfig(top_k=2, hist_bins=4, keep_pooled=False), torch.device("cpu"))
     acts = torch.tensor([[1.0, math.nan], [2.0, 3.0], [math.inf, -1.0]]).view(3, 2, 1, 1)
     st.update(torch.tensor([0, 1, 2]), acts)
     assert st.nonfinite.tolist() == [1, 1] and st.count.tolist() == [2, 2]

@@ -32,6 +32,7 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
     """Render channel visualizations of ``units`` (default: all) of ``layer`` into the store."""
     path = Path(store_path)
     info = model.layer(layer)
+    layer = info.name  # canonical, also when an alias was given
     units = list(range(info.units)) if units is None else sorted({int(u) for u in units})
     bad = [u for u in units if not 0 <= u < info.units]
     if bad:

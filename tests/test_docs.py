@@ -50,3 +50,14 @@ def test_every_package_ships_in_the_wheel():
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "atlas").rglob("__init__.py")}
     assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
     assert cfg["package-dir"] == {"atlas.site_templates": "site_templates", "atlas.shipped": "data"}
+
+
+def test_models_doc_covers_every_family_and_the_three_commands():
+    from atlas.models import FAMILIES
+
+    doc = (ROOT / "docs" / "models.md").read_text()
+    for family in FAMILIES:
+        assert f"`{family}:" in doc, f"family {family} is not documented in docs/models.md"
+    block = re.search(r"## An atlas of OpenAI's RN50x4 in three commands\n\n```sh\n(.*?)```", doc, re.S)
+    assert block and len(block.group(1).strip().splitlines()) == 3
+    assert "atlas convert" in block.group(1) and "atlas build --model openai:RN50x4@" in block.group(1)

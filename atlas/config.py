@@ -138,3 +138,25 @@ def digest(*parts: Any) -> str:
         h.update((to_json(p) if dataclasses.is_dataclass(p) else str(p)).encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Sparse probe fitting (atlas.probes): an L1 path of n_lambdas from lam_max down to lam_max * min_ratio,
+    warm-started, stopped when validation accuracy has not improved for ``patience`` lambdas.
+    val_fraction of each class is held out; classes with fewer than min_per_class images are left out."""
+
+    n_lambdas: int = 20
+    min_ratio: float = 1e-3
+    tol: float = 1e-6
+    max_iter: int = 2000
+    val_fraction: float = 0.2
+    patience: int = 4
+    min_per_class: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.n_lambdas >= 1, f"n_lambdas must be >= 1, got {self.n_lambdas}")
+        _check(0 < self.min_ratio < 1, f"min_ratio must be in (0, 1), got {self.min_ratio}")
+        _check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        _check(self.min_per_class >= 2, f"min_per_class must be >= 2, got {self.min_per_class}")

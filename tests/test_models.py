@@ -63,8 +63,10 @@ def test_random_weights_are_seeded():
 
 def test_vit_token_layers():
     m = load_model("open_clip:ViT-B-32@random:0")
-    blocks = [n for n in m.layers if n.startswith("visual.transformer.resblocks.")]
-    assert len(blocks) == 12
+    blocks = [n for n in m.layers if m.layers[n].kind == "tokens"]
+    mlps = [n for n in m.layers if m.layers[n].kind == "mlp"]
+    assert len(blocks) == len(mlps) == 12 and len(m.layers) == 24
+    assert m.layer(mlps[-1]).units == 3072 and mlps[-1] == "visual.transformer.resblocks.11.mlp.gelu"
     info = m.layer(blocks[-1])
     assert (info.kind, info.units, info.grid, info.prefix_tokens) == ("tokens", 768, (7, 7), 1)
     out = torch.randn(2, 50, 768)

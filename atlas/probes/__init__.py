@@ -1,5 +1,7 @@
-"""Sparse linear probes (L1 logistic regression on pooled activations) and zero-shot heads.
+"""Sparse linear probes (L1 logistic regression on pooled activations) and zero-shot heads."""
 
-Planned for the probes/attacks/audits issue; nothing here yet.  The pooled activations they will read are
-already mined into every store (`/neurons/<model>/<layer>/pooled`, docs/store.md).
-"""
+from .probe import Probe, ProbeError, composition, fit_probe, format_composition, labels_from_pattern
+from .solver import fista, l1_path, objective, sklearn_lambda
+
+__all__ = ["Probe", "ProbeError", "composition", "fista", "fit_probe", "format_composition", "l1_path",
+           "labels_from_pattern", "objective", "sklearn_lambda"]

@@ -1,0 +1,125 @@
+"""Sparse linear probes on a layer's pooled activations: which neurons compose a class.
+
+`fit_probe` cleans the labels (rows without a label or without activations are left out; classes with too
+few examples are left out, each with the reason), standardizes the features (so weights compare across
+neurons), splits train/validation per class, and fits an L1 path (solver.py); the probe kept is the one with
+the best validation accuracy.  `composition` reads a class off it: "piggy bank = 2.5 finance + 1.1 dolls".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..config import ProbeConfig
+from .solver import ProbePath, l1_path
+
+
+class ProbeError(ValueError):
+    pass
+
+
+@dataclass
+class Probe:
+    classes: list[str]
+    W: np.ndarray  # [C, F] on standardized features; exact zeros where the L1 penalty removed a neuron
+    b: np.ndarray  # [C]
+    mean: np.ndarray  # [F] feature mean (train split)
+    std: np.ndarray  # [F] feature std (train split; 1 where constant)
+    path: ProbePath
+    n_train: int
+    n_val: int
+    left_out: list[tuple[str, int, str]] = field(default_factory=list)  # (what, count, why)
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.path.val_acc[self.path.best]
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """[N, F] raw pooled activations -> [N] class indices."""
+        z = (features - self.mean) / self.std
+        return np.argmax(z @ self.W.T + self.b, axis=1)
+
+    def neurons_per_class(self) -> float:
+        return float((self.W != 0).sum(1).mean())
+
+
+def labels_from_pattern(labels: list[str] | np.ndarray, pattern: str | None) -> list[str]:
+    """Map raw labels through a regex: group 1 (or the whole match) is the class; no match -> "" (unlabeled)."""
+    if not pattern:
+        return [str(x) for x in labels]
+    rx = re.compile(pattern)
+    out = []
+    for x in labels:
+        m = rx.fullmatch(str(x))
+        out.append((m.group(1) if m.groups() else m.group(0)) if m else "")
+    return out
+
+
+def fit_probe(features: np.ndarray, labels: list[str], config: ProbeConfig = ProbeConfig(),
+              device: str | torch.device = "cpu") -> Probe:
+    """features: [N, F] pooled activations (NaN rows for skipped images); labels: [N] ("" = no label)."""
+    features = np.asarray(features, dtype=np.float64)
+    labels = np.asarray([str(x) for x in labels], dtype=object)
+    if len(labels) != len(features):
+        raise ProbeError(f"{len(labels)} labels for {len(features)} images; give one label per image")
+    left_out = []
+    no_label = labels == ""
+    no_acts = ~np.isfinite(features).all(1)
+    if no_label.any():
+        left_out.append(("images without a label", int(no_label.sum()), "no class to learn"))
+    if (no_acts & ~no_label).any():
+        left_out.append(("images without activations", int((no_acts & ~no_label).sum()),
+                         "the file could not be decoded while mining"))
+    keep = ~no_label & ~no_acts
+    classes, counts = np.unique(labels[keep], return_counts=True)
+    small = classes[counts < config.min_per_class]
+    for c in small:
+        left_out.append((f"class {c!r}", int(counts[classes == c][0]),
+                         f"fewer than {config.min_per_class} examples: cannot be both trained and validated"))
+    keep &= ~np.isin(labels, small)
+    classes = [str(c) for c in classes if c not in set(small)]
+    if len(classes) < 2:
+        raise ProbeError(f"need at least 2 classes with >= {config.min_per_class} labelled images each; found "
+                         f"{len(classes)} ({'; '.join(f'{w}: {n} ({why})' for w, n, why in left_out) or 'no labels'})")
+    X, y = features[keep], np.array([classes.index(c) for c in labels[keep]])
+    train, val = _split(y, config.val_fraction, config.seed)
+    mean, std = X[train].mean(0), X[train].std(0)
+    std[std == 0] = 1.0
+    Z = (X - mean) / std
+    dev = torch.device(device)
+    dtype = torch.float64 if dev.type == "cpu" else torch.float32
+    t = lambda a: torch.as_tensor(a, dtype=dtype, device=dev)  # noqa: E731
+    path = l1_path(t(Z[train]), torch.as_tensor(y[train], device=dev), len(classes), t(Z[val]),
+                   torch.as_tensor(y[val], device=dev), n_lambdas=config.n_lambdas, min_ratio=config.min_ratio,
+                   tol=config.tol, max_iter=config.max_iter, patience=config.patience)
+    W, b = path.W[path.best].numpy().astype(np.float64), path.b[path.best].numpy().astype(np.float64)
+    return Probe(classes, W, b, mean, std, path, int(len(train)), int(len(val)), left_out)
+
+
+def _split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified split: per class, round(fraction * n) rows (at least 1) go to validation."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(y):
+        rows = rng.permutation(np.nonzero(y == c)[0])
+        k = max(1, int(round(fraction * len(rows))))
+        val.extend(rows[:k])
+        train.extend(rows[k:])
+    return np.sort(np.array(train)), np.sort(np.array(val))
+
+
+def composition(probe: Probe, class_name: str, top: int = 5, names: list[str] | None = None
+                ) -> list[tuple[float, int, str]]:
+    """The class's largest positive weights: [(weight, unit, name)], e.g. money = 2.5 n469 + 1.1 n12."""
+    c = probe.classes.index(class_name)
+    w = probe.W[c]
+    order = [int(i) for i in np.argsort(-w) if w[i] > 0][:top]
+    return [(float(w[i]), i, names[i] if names else f"n{i}") for i in order]
+
+
+def format_composition(class_name: str, terms: list[tuple[float, int, str]]) -> str:
+    return f"{class_name} = " + (" + ".join(f"{w:.2f} {n}" for w, _, n in terms) if terms else "(no positive weight)")

@@ -165,20 +165,28 @@ def cached_status() -> list[tuple[str, str]]:
 # --- Hugging Face ---------------------------------------------------------------------------------------
 
 
+HF_TYPES = ("clip", "siglip")
+
+
+def hf_config(directory: Path) -> dict:
+    """config.json of a Hugging Face model directory, checked to be a model type atlas reads."""
+    cfg_path = Path(directory) / "config.json"
+    if not cfg_path.is_file():
+        raise ModelError(f"{directory} is not a Hugging Face model directory (no config.json); "
+                         "save one with model.save_pretrained(directory)")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("model_type") not in HF_TYPES:
+        raise ModelError(f"{directory}: model_type {cfg.get('model_type')!r} is not supported; atlas reads "
+                         f"{', '.join(HF_TYPES)} (CLIPModel, SiglipModel)")
+    return cfg
+
+
 def read_hf_clip(directory: Path) -> tuple[torch.nn.Module, dict, Path]:
     """An HF ``CLIPModel`` directory -> (open_clip CLIP with the same weights, its config, the weights file)."""
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     directory = Path(directory)
-    cfg_path = directory / "config.json"
-    if not cfg_path.is_file():
-        raise ModelError(f"{directory} is not a Hugging Face model directory (no config.json); "
-                         "save one with model.save_pretrained(directory)")
-    cfg = json.loads(cfg_path.read_text())
-    kind = cfg.get("model_type")
-    if kind != "clip":
-        raise ModelError(f"{directory}: model_type {kind!r} is not supported yet (atlas reads 'clip'); "
-                         "SigLIP directories are planned")
+    cfg = hf_config(directory)
     files = sorted(directory.glob("model*.safetensors"))
     if not files:
         raise ModelError(f"{directory} holds no model.safetensors: save with safe_serialization=True (the "

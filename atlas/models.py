@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .checkpoints import (build_openai, is_torchscript, open_clip_cached, openai_cache_path,  # noqa: F401
-                          openai_expected_sha, read_hf_clip, read_state_dict, sha256_file)
+from .checkpoints import (build_openai, hf_config, is_torchscript, open_clip_cached,  # noqa: F401
+                          openai_cache_path, openai_expected_sha, read_hf_clip, read_state_dict, sha256_file)
 from .errors import ModelError
 
 DEFAULT_SPEC = "atlas:conceptclip"
@@ -113,6 +113,8 @@ class LayerInfo:
 
     def canonical(self, out: torch.Tensor) -> torch.Tensor:
         """A module output -> [batch, units, h, w] (a view where possible; never modified in place)."""
+        if isinstance(out, tuple):  # transformers' layers may return (hidden_states, ...)
+            out = out[0]
         if self.layout == "nchw":
             return out
         n, length, c = out.shape  # [batch, tokens, width]
@@ -121,6 +123,7 @@ class LayerInfo:
 
     def cls(self, out: torch.Tensor) -> torch.Tensor | None:
         """The CLS token of a token layer's output: [batch, units]; None for conv layers."""
+        out = out[0] if isinstance(out, tuple) else out
         return out[:, 0, :] if self.layout == "nlc" and self.prefix_tokens else None
 
 
@@ -158,13 +161,19 @@ def _hookable(name: str, module: nn.Module) -> str | None:
         return "tokens"
     if name.endswith(".mlp.gelu") and ".resblocks." in name:
         return "mlp"
+    # transformers' towers (hf.py), by class name so that transformers need not be installed
+    if type(module).__name__ in ("SiglipEncoderLayer", "CLIPEncoderLayer"):
+        return "tokens"
+    if name.endswith(".mlp.activation_fn") and "encoder.layers." in name:
+        return "mlp"
     return None
 
 
 class LoadedModel:
     """A CLIP model with what atlas needs: towers, tokenizer, preprocessing and the layer table."""
 
-    def __init__(self, spec: ModelSpec, clip: nn.Module, tokenizer, weights_sha256: str):
+    def __init__(self, spec: ModelSpec, clip: nn.Module, tokenizer, weights_sha256: str,
+                 mean: tuple = CLIP_MEAN, std: tuple = CLIP_STD, resize_mode: str = "shortest"):
         self.spec = spec
         base = Path(spec.arch.rstrip("/")).name if spec.family == "hf" else spec.arch  # hf: the directory's name
         self.name = re.sub(r"[^A-Za-z0-9._-]", "-", base).lstrip(".-") or "model"
@@ -173,7 +182,8 @@ class LoadedModel:
         self.weights_sha256 = weights_sha256
         size = clip.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        self.mean, self.std = CLIP_MEAN, CLIP_STD
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.resize_mode = resize_mode  # "shortest": resize the short side, centre-crop; "squash": resize both
         self.layers: dict[str, LayerInfo] = _layer_table(self)
 
     # --- towers -------------------------------------------------------------------------------
@@ -202,6 +212,8 @@ class LoadedModel:
     def crop(self, image: Image.Image) -> Image.Image:
         """Resize the shorter side to image_size (bicubic) and centre-crop: what the model sees."""
         s = self.image_size
+        if self.resize_mode == "squash":
+            return image.resize((s, s), Image.BICUBIC) if image.size != (s, s) else image
         w, h = image.size
         scale = s / min(w, h)
         nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
@@ -247,7 +259,7 @@ class LoadedModel:
             for n in conv:
                 last[n.rsplit(".", 1)[0]] = n
             return tuple(last.values())
-        mlp = [n for n in names if self.layers[n].kind == "mlp"]
+        mlp = [n for n in names if self.layers[n].kind == "mlp"] or names
         return tuple(mlp[i] for i in sorted({max(0, len(mlp) * q // 4 - 1) for q in (1, 2, 3, 4)}))
 
     def neuron_id(self, layer: str, unit: int) -> str:
@@ -264,6 +276,7 @@ def _layer_table(model: LoadedModel) -> dict[str, LayerInfo]:
     shapes: dict[str, tuple[int, ...]] = {}
 
     def record(name: str, out: torch.Tensor) -> None:
+        out = out[0] if isinstance(out, tuple) else out
         shapes[name] = tuple(out.shape[1:])
 
     x = torch.zeros(1, 3, model.image_size, model.image_size, device=model.device)
@@ -356,7 +369,13 @@ def load_model(spec: str | ModelSpec = DEFAULT_SPEC, device: str | torch.device 
                 _lively_init(clip)
         return LoadedModel(spec, clip.to(device), tokenizer, sha256_state(clip.state_dict()))
     if spec.family == "hf":
-        clip, cfg, path = read_hf_clip(Path(spec.arch).expanduser())
+        directory = Path(spec.arch).expanduser()
+        if hf_config(directory)["model_type"] == "siglip":
+            from .hf import read_hf_siglip
+
+            towers, tokenizer, mean, std, path = read_hf_siglip(directory, hf_config(directory))
+            return LoadedModel(spec, towers.to(device), tokenizer, sha256_file(path), mean, std, "squash")
+        clip, cfg, path = read_hf_clip(directory)
         tokenizer = _tokenizer(cfg["text_config"]["max_position_embeddings"])
         return LoadedModel(spec, clip.to(device), tokenizer, sha256_file(path))
     path, expected = _weights_path(spec)

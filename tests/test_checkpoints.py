@@ -176,7 +176,7 @@ def test_hf_conversion_renames_every_tensor():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["openai", "open_clip", "hf"])
+@pytest.mark.parametrize("family", ["openai", "open_clip", "hf", "hf-siglip"])
 def test_build_from_each_family(tmp_path, family):
     """`atlas build --model SPEC --data FOLDER` with a tiny random-weight model of each family."""
     from PIL import Image
@@ -195,10 +195,14 @@ def test_build_from_each_family(tmp_path, family):
         spec, name, layer = f"atlas:tiny@{path}", "tiny", "visual.layer4.0"
         spec = _register_open_clip_tiny(tmp_path, path)
         name = "atlas-test-tiny"
-    else:
+    elif family == "hf":
         pytest.importorskip("transformers")
         _tiny_hf_clip(tmp_path / "tinyvit")
         spec, name, layer = f"hf:{tmp_path / 'tinyvit'}", "tinyvit", "visual.transformer.resblocks.1.mlp.gelu"
+    else:
+        pytest.importorskip("sentencepiece")
+        make_siglip_dir(tmp_path / "tinysiglip")
+        spec, name, layer = f"hf:{tmp_path / 'tinysiglip'}", "tinysiglip", "visual.encoder.layers.1.mlp.activation_fn"
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["build", "--model", spec, "--data", str(data), "--out", str(out), "--steps", "2",
                                   "--top-k", "3", "--device", "cpu"])
@@ -222,3 +226,52 @@ def _register_open_clip_tiny(tmp_path: Path, weights: Path) -> str:
     cfg.write_text(json.dumps(ATLAS_CONFIGS["tiny"]))
     open_clip.add_model_config(cfg)
     return f"open_clip:atlas-test-tiny@{weights}"
+
+
+def make_siglip_dir(directory: Path, vision=(64, 2, 2, 16, 64), text=(64, 2, 2), seed: int = 0):
+    """A transformers SiglipModel with random weights and a small SentencePiece tokenizer, saved to a folder.
+
+    vision: (width, layers, heads, patch, image); text: (width, layers, heads)."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import SiglipConfig, SiglipModel, SiglipTokenizer
+
+    (vw, vl, vh, patch, size), (tw, tl, th) = vision, text
+    cfg = SiglipConfig(
+        vision_config=dict(hidden_size=vw, num_hidden_layers=vl, num_attention_heads=vh, intermediate_size=4 * vw,
+                           patch_size=patch, image_size=size),
+        text_config=dict(hidden_size=tw, num_hidden_layers=tl, num_attention_heads=th, intermediate_size=4 * tw,
+                         vocab_size=1000, max_position_embeddings=16, pad_token_id=1, eos_token_id=1))
+    torch.manual_seed(seed)
+    model = SiglipModel(cfg).eval()
+    model.save_pretrained(directory)
+    corpus = ["a photo of an ipod", "the word pizza", "a drawing of a spider", "a sign that says danger"] * 40
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=buf, vocab_size=60,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   hard_vocab_limit=False, minloglevel=2)
+    (directory / "spiece.model").write_bytes(buf.getvalue())
+    SiglipTokenizer(vocab_file=str(directory / "spiece.model")).save_pretrained(directory)
+    return model
+
+
+def test_hf_siglip_directory_runs_on_transformers(tmp_path):
+    pytest.importorskip("sentencepiece")
+    hf = make_siglip_dir(tmp_path / "sig")
+    m = load_model(f"hf:{tmp_path / 'sig'}")
+    assert (m.name, m.image_size, m.mean, m.resize_mode) == ("sig", 64, (0.5, 0.5, 0.5), "squash")
+    assert m.layer("visual.encoder.layers.1").kind == "tokens" and m.layer("visual.encoder.layers.1").prefix_tokens == 0
+    assert m.default_layers[-1] == "visual.encoder.layers.1.mlp.activation_fn"
+    x = torch.rand(2, 3, 64, 64)
+    tokens = m.tokenizer(["a photo of an ipod", "the word pizza"])
+    assert tokens.shape == (2, 16)
+    with torch.no_grad():
+        assert torch.equal(m.encode_image(x), hf.get_image_features(pixel_values=x).pooler_output)
+        assert torch.equal(m.clip.encode_text(tokens), hf.get_text_features(input_ids=tokens).pooler_output)
+        from atlas.capture import capture
+
+        got = capture(m.clip, ["visual.encoder.layers.1"], lambda: m.encode_image(x))["visual.encoder.layers.1"]
+        hidden = hf.vision_model(pixel_values=x, output_hidden_states=True).hidden_states[2]  # after layer 1
+        assert torch.equal(m.layer("visual.encoder.layers.1").canonical(got), m.layer("visual.encoder.layers.1").canonical(hidden))
+    assert m.crop(__import__("PIL").Image.new("RGB", (100, 30))).size == (64, 64)  # squashed, not cropped

@@ -150,3 +150,23 @@ def test_hf_clip_directory_matches_transformers(arch, tmp_path):
     assert (img - ref_i).abs().max() <= 1e-4 * ref_i.abs().max()
     assert (txt - ref_t).abs().max() <= 1e-4 * ref_t.abs().max()
     assert model.default_layers[-1] == f"visual.transformer.resblocks.{vl - 1}.mlp.gelu"
+
+
+def test_hf_siglip_base_directory_matches_transformers(tmp_path):
+    """SigLIP ViT-B/16 (224 px) as saved by transformers: atlas runs transformers' own towers."""
+    pytest.importorskip("sentencepiece")
+    from test_checkpoints import make_siglip_dir
+
+    hf = make_siglip_dir(tmp_path / "siglip-b16", vision=(768, 12, 12, 16, 224), text=(768, 12, 12))
+    model = load_model(f"hf:{tmp_path / 'siglip-b16'}")
+    x = torch.rand(1, 3, 224, 224) * 2 - 1
+    tokens = model.tokenizer(["a photo of an ipod", "the word pizza"])
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(x), hf.get_image_features(pixel_values=x).pooler_output)
+        assert torch.equal(model.clip.encode_text(tokens), hf.get_text_features(input_ids=tokens).pooler_output)
+        got = capture(model.clip, ["visual.encoder.layers.11"], lambda: model.encode_image(x))
+        hidden = hf.vision_model(pixel_values=x, output_hidden_states=True).hidden_states[12]
+    info = model.layer("visual.encoder.layers.11")
+    assert torch.equal(info.canonical(got["visual.encoder.layers.11"]), info.canonical(hidden))
+    assert (info.units, info.grid, info.prefix_tokens) == (768, (14, 14), 0)
+    assert model.layer(model.default_layers[-1]).units == 3072

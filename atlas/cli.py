@@ -346,3 +346,26 @@ def eval_concepts(model_spec, per_concept, layers, threshold, out, device, trust
     click.echo(report.markdown)
     if out:
         Path(out).write_text(report.markdown)
+
+
+@main.command()
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--layer", required=True, help="A mined layer (its pooled activations are the features).")
+@click.option("--name", default="probe", show_default=True, help="Report name: /probes/NAME in the store.")
+@click.option("--labels", "labels_csv", default=None, type=click.Path(dir_okay=False),
+              help="CSV with columns source_id (or path) and label; default: the store's labels (class folders).")
+@click.option("--label-pattern", default=None,
+              help=r"Regex whose group 1 is the class, e.g. 'picto:(\w+)'; labels that do not match are left out.")
+@click.option("--device", default="cpu", show_default=True)
+def probe(store_path, layer, name, labels_csv, label_pattern, device):
+    """Fit a sparse (L1) probe: which neurons compose each class."""
+    from .probes import composition, format_composition
+    from .probes.report import probe_layer
+
+    p = _run(lambda: probe_layer(store_path, layer, name, labels_csv, label_pattern, device=device))
+    click.echo(f"{store_path}: /probes/{name}: {len(p.classes)} classes, validation accuracy "
+               f"{100 * p.val_accuracy:.1f}%, {p.neurons_per_class():.1f} neurons per class")
+    for what, n, why in p.left_out:
+        click.echo(f"  left out: {what} ({n}): {why}")
+    for c in p.classes[:5]:
+        click.echo("  " + format_composition(c, composition(p, c, 3)))

@@ -170,6 +170,57 @@ def set_json(obj: h5py.HLObject, name: str, value: Any) -> None:
     obj.attrs[name] = json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+REPORTS = ("probes", "attacks", "audits")
+
+
+def write_report(path: str | os.PathLike, kind: str, name: str, arrays: dict[str, Any], attrs: dict[str, Any]) -> None:
+    """Replace the report group ``/<kind>/<name>`` (docs/store.md) in one locked transaction.
+
+    ``arrays`` maps dataset paths inside the group to arrays or lists of strings; ``attrs`` values that are
+    not plain numbers or strings are stored as JSON."""
+    if kind not in REPORTS:
+        raise StoreError(f"unknown report kind {kind!r}; one of {', '.join(REPORTS)}")
+    if not name or "/" in name:
+        raise StoreError(f"report name {name!r} must be non-empty and hold no '/'")
+    with lock(path), transaction(path) as f:
+        key = f"{kind}/{name}"
+        if key in f:
+            del f[key]
+        g = f.require_group(kind).create_group(name)
+        for k, v in arrays.items():
+            put(g, k, v)
+        for k, v in attrs.items():
+            g.attrs[k] = v if isinstance(v, (int, float, str, np.integer, np.floating)) else \
+                json.dumps(v, sort_keys=True)
+
+
+def read_report(st: "Store", kind: str, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays, attrs) of ``/<kind>/<name>``; text datasets come back as arrays of str."""
+    key = f"{kind}/{name}"
+    if key not in st.file:
+        have = list(st.file[kind]) if kind in st.file else []
+        raise StoreError(f"store {st.path} has no {kind[:-1]} report {name!r}"
+                         + (f"; it has {', '.join(have)}" if have else ""))
+    g = st.file[key]
+    arrays: dict[str, np.ndarray] = {}
+
+    def visit(n: str, obj: h5py.HLObject) -> None:
+        if isinstance(obj, h5py.Dataset):
+            arrays[n] = obj.asstr()[()] if _is_text(obj) else obj[()]
+
+    g.visititems(visit)
+    attrs = {}
+    for k, v in g.attrs.items():
+        v = v.item() if isinstance(v, np.generic) else v
+        if isinstance(v, str) and v[:1] in "[{":
+            try:
+                v = json.loads(v)
+            except ValueError:
+                pass
+        attrs[k] = v
+    return arrays, attrs
+
+
 def layer_path(model: str, layer: str) -> str:
     if "/" in model or "/" in layer or not model or not layer:
         raise StoreError(f"model name {model!r} and layer name {layer!r} must be non-empty and hold no '/'")
@@ -268,6 +319,9 @@ class Store:
     @property
     def meta(self) -> dict[str, Any]:
         return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self.file.attrs.items()}
+
+    def reports(self, kind: str) -> list[str]:
+        return sorted(self.file[kind]) if kind in self.file else []
 
     def models(self) -> list[str]:
         return list(self.file["neurons"]) if "neurons" in self.file else []

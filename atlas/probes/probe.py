@@ -91,7 +91,7 @@ def fit_probe(features: np.ndarray, labels: list[str], config: ProbeConfig = Pro
     std[std == 0] = 1.0
     Z = (X - mean) / std
     dev = torch.device(device)
-    dtype = torch.float64 if dev.type == "cpu" else torch.float32
+    dtype = torch.float64 if config.float64 else torch.float32
     t = lambda a: torch.as_tensor(a, dtype=dtype, device=dev)  # noqa: E731
     path = l1_path(t(Z[train]), torch.as_tensor(y[train], device=dev), len(classes), t(Z[val]),
                    torch.as_tensor(y[val], device=dev), n_lambdas=config.n_lambdas, min_ratio=config.min_ratio,
@@ -115,10 +115,14 @@ def _split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 def composition(probe: Probe, class_name: str, top: int = 5, names: list[str] | None = None
                 ) -> list[tuple[float, int, str]]:
     """The class's largest positive weights: [(weight, unit, name)], e.g. money = 2.5 n469 + 1.1 n12."""
-    c = probe.classes.index(class_name)
-    w = probe.W[c]
-    order = [int(i) for i in np.argsort(-w) if w[i] > 0][:top]
-    return [(float(w[i]), i, names[i] if names else f"n{i}") for i in order]
+    terms = top_terms(probe.W[probe.classes.index(class_name)], top)
+    return [(w, i, names[i] if names else f"n{i}") for w, i in terms]
+
+
+def top_terms(w: np.ndarray, top: int = 5) -> list[tuple[float, int]]:
+    """The ``top`` largest positive entries of a weight row: [(weight, unit)], largest first."""
+    order = [int(i) for i in np.argsort(-w, kind="stable") if w[i] > 0][:top]
+    return [(float(w[i]), i) for i in order]
 
 
 def format_composition(class_name: str, terms: list[tuple[float, int, str]]) -> str:

@@ -1,0 +1,89 @@
+"""Probes in the store: `/probes/<name>` (docs/store.md), and the job that fits one from a mined layer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import store
+from ..config import ProbeConfig, to_json
+from .probe import Probe, fit_probe, labels_from_pattern, top_terms
+
+
+def read_labels_csv(path: str | os.PathLike, source_ids: np.ndarray) -> list[str]:
+    """Labels from a CSV with columns source_id (or path) and label, aligned to the store's images."""
+    import csv
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"labels file {p} does not exist; give a CSV with columns source_id,label")
+    with open(p, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        cols = set(reader.fieldnames or [])
+        key = "source_id" if "source_id" in cols else "path" if "path" in cols else None
+        if key is None or "label" not in cols:
+            raise ValueError(f"labels file {p} needs a header with columns 'source_id' (or 'path') and 'label' "
+                             f"(found: {', '.join(sorted(cols)) or 'none'})")
+        table = {row[key].strip(): (row["label"] or "").strip() for row in reader}
+    unknown = set(table) - set(source_ids)
+    if len(unknown) == len(table):
+        raise ValueError(f"no image of the store appears in {p} (e.g. {next(iter(unknown), '?')!r}); its "
+                         f"'{key}' column must hold the store's source ids (e.g. {source_ids[0]!r})")
+    return [table.get(s, "") for s in source_ids]
+
+
+def probe_layer(store_path: str | os.PathLike, layer: str, name: str = "probe", labels_csv: str | None = None,
+                label_pattern: str | None = None, config: ProbeConfig = ProbeConfig(),
+                device: str = "cpu") -> Probe:
+    """Fit a sparse probe on a mined layer's pooled activations and save it as /probes/<name>."""
+    with store.Store(store_path) as st:
+        model = st.models()[0] if st.models() else None
+        if model is None:
+            raise store.StoreError(f"store {store_path} holds no mined layer; run `atlas mine` first")
+        ld = st.layer(model, layer)
+        if not ld.has("pooled"):
+            raise store.StoreError(f"layer {layer} was mined without pooled activations (--no-pooled); mine it "
+                                   "again into a new store to probe it")
+        X = ld["pooled"].astype(np.float32)
+        source_ids = st.image_column("source_id")
+        raw = read_labels_csv(labels_csv, source_ids) if labels_csv else list(st.image_column("label"))
+    labels = labels_from_pattern(raw, label_pattern)
+    probe = fit_probe(X, labels, config, device=device)
+    save_probe(store_path, name, model, layer, probe, config,
+               source=f"csv:{Path(labels_csv).name}" if labels_csv else "store labels", pattern=label_pattern or "")
+    return probe
+
+
+def save_probe(store_path, name: str, model: str, layer: str, probe: Probe, config: ProbeConfig, source: str,
+               pattern: str) -> None:
+    rows, cols = np.nonzero(probe.W)
+    path = probe.path
+    store.write_report(store_path, "probes", name, {
+        "classes": list(probe.classes),
+        "coef/row": rows.astype(np.int32), "coef/col": cols.astype(np.int32),
+        "coef/value": probe.W[rows, cols].astype(np.float32),
+        "intercept": probe.b.astype(np.float32), "mean": probe.mean.astype(np.float32),
+        "std": probe.std.astype(np.float32),
+        "path/lambda": np.array(path.lambdas), "path/nnz": np.array(path.nnz),
+        "path/train_acc": np.array(path.train_acc), "path/val_acc": np.array(path.val_acc),
+        "path/objective": np.array(path.objective), "path/iterations": np.array(path.iterations),
+    }, {"model": model, "layer": layer, "units": int(probe.W.shape[1]), "best": int(path.best),
+        "n_train": probe.n_train, "n_val": probe.n_val, "val_accuracy": float(probe.val_accuracy),
+        "neurons_per_class": probe.neurons_per_class(), "label_source": source, "label_pattern": pattern,
+        "left_out": [list(x) for x in probe.left_out], "config": to_json(config)})
+
+
+def load_probe_weights(st: store.Store, name: str) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
+    """(classes, W [C, U] dense, b [C], attrs) of a stored probe."""
+    arrays, attrs = store.read_report(st, "probes", name)
+    classes = [str(c) for c in arrays["classes"]]
+    W = np.zeros((len(classes), int(attrs["units"])), np.float32)
+    W[arrays["coef/row"], arrays["coef/col"]] = arrays["coef/value"]
+    return classes, W, arrays["intercept"], attrs
+
+
+def compositions(W: np.ndarray, classes: list[str], top: int = 5) -> dict[str, list[tuple[float, int]]]:
+    """Per class, its largest positive weights: {class: [(weight, unit)]}."""
+    return {c: top_terms(W[k], top) for k, c in enumerate(classes)}

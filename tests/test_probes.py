@@ -1,0 +1,131 @@
+"""Sparse probes: the solver against scikit-learn, the path, label cleaning, the store round trip."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from atlas.config import ProbeConfig
+from atlas.probes import ProbeError, composition, fista, fit_probe, l1_path, labels_from_pattern, objective, sklearn_lambda
+from atlas.probes.solver import lambda_max
+
+
+def _problem(n=2000, f=50, c=5, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, f))
+    W = np.zeros((c, f))
+    W[:, :10] = rng.normal(size=(c, 10)) * 2
+    y = np.argmax(X @ W.T + rng.gumbel(size=(n, c)), axis=1)
+    return X, y
+
+
+def _sklearn(X, y, C, tol=1e-10):
+    from sklearn.linear_model import LogisticRegression
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return LogisticRegression(C=C, l1_ratio=1.0, solver="saga", tol=tol, max_iter=100000).fit(X, y)
+
+
+@pytest.mark.parametrize("C", [0.02, 0.2])
+def test_same_objective_and_sparsity_as_sklearn(C):
+    X, y = _problem()
+    sk = _sklearn(X, y, C)
+    Xt, yt = torch.tensor(X), torch.tensor(y)
+    lam = sklearn_lambda(C, len(y))
+    r = fista(Xt, yt, 5, lam, tol=1e-12, max_iter=100000)
+    assert r.converged
+    f_sk = objective(Xt, yt, torch.tensor(sk.coef_), torch.tensor(sk.intercept_), lam)
+    assert abs(r.objective - f_sk) <= 1e-4 * f_sk
+    assert np.array_equal(r.W.abs().numpy() > 1e-6, np.abs(sk.coef_) > 1e-6)
+    assert 0 < int((r.W != 0).sum()) < r.W.numel()  # a sparse solution, not a trivial one
+
+
+@pytest.mark.slow
+def test_faster_than_sklearn_saga_on_the_same_problem():
+    X, y = _problem(n=4000, f=128, c=20, seed=1)
+    C, lam = 0.05, sklearn_lambda(0.05, 4000)
+    Xt, yt = torch.tensor(X, dtype=torch.float32), torch.tensor(y)
+    fista(Xt, yt, 20, lam, max_iter=2)  # warm-up
+    t = time.perf_counter()
+    r = fista(Xt, yt, 20, lam, tol=1e-6)
+    ours = time.perf_counter() - t
+    t = time.perf_counter()
+    sk = _sklearn(X, y, C, tol=1e-4)
+    theirs = time.perf_counter() - t
+    f_sk = objective(torch.tensor(X), yt, torch.tensor(sk.coef_), torch.tensor(sk.intercept_), lam)
+    f_ours = objective(torch.tensor(X), yt, r.W.double(), r.b.double(), lam)
+    assert f_ours <= f_sk * (1 + 1e-4)  # at least as good a solution ...
+    assert ours < theirs, (ours, theirs)  # ... in less time
+
+
+def test_path_starts_empty_and_grows():
+    X, y = _problem()
+    Xt, yt = torch.tensor(X), torch.tensor(y)
+    lam0 = lambda_max(Xt, yt, 5)
+    at_max = fista(Xt, yt, 5, lam0 * 1.001)
+    assert int((at_max.W != 0).sum()) == 0
+    below = fista(Xt, yt, 5, lam0 * 0.9)
+    assert int((below.W != 0).sum()) > 0
+    path = l1_path(Xt[:1600], yt[:1600], 5, Xt[1600:], yt[1600:], n_lambdas=8, patience=10)
+    assert path.nnz[0] <= 1 and path.nnz == sorted(path.nnz)
+    assert path.lambdas == sorted(path.lambdas, reverse=True)
+    assert path.val_acc[path.best] == max(path.val_acc) > 0.7
+
+
+def test_probe_recovers_planted_neurons_and_reports_left_out_rows():
+    rng = np.random.default_rng(2)
+    n, units = 600, 40
+    y = rng.integers(0, 4, n)
+    X = rng.normal(size=(n, units)) * 0.3
+    X[np.arange(n), 10 + y] += 3.0  # class k lights up unit 10 + k
+    labels = [f"class{k}" for k in y]
+    labels[0] = ""  # no label
+    labels[1] = "lonely"  # a class with a single example
+    X[2] = np.nan  # an image that could not be decoded
+    p = fit_probe(X, labels, ProbeConfig(float64=True))
+    assert p.classes == ["class0", "class1", "class2", "class3"]
+    assert p.val_accuracy > 0.95
+    for k in range(4):
+        assert composition(p, f"class{k}", 1)[0][1] == 10 + k
+    whats = {w: (n_, why) for w, n_, why in p.left_out}
+    assert whats["images without a label"][0] == 1
+    assert whats["class 'lonely'"][0] == 1 and "fewer than 2" in whats["class 'lonely'"][1]
+    assert whats["images without activations"][0] == 1
+    assert p.n_train + p.n_val == n - 3
+    assert np.array_equal(p.predict(X[3:10]), [p.classes.index(c) for c in labels[3:10]])
+
+
+def test_probe_bad_input():
+    X = np.random.default_rng(0).normal(size=(10, 4))
+    with pytest.raises(ProbeError, match="10 labels|labels for 10 images"):
+        fit_probe(X, ["a"] * 9)
+    with pytest.raises(ProbeError, match="need at least 2 classes"):
+        fit_probe(X, ["a"] * 9 + ["b"])
+    assert labels_from_pattern(["picto:cat", "word:cat", "picto:sun"], r"picto:(\w+)") == ["cat", "", "sun"]
+
+
+def test_probe_layer_round_trip(small_store, tmp_path):
+    import shutil
+
+    from atlas.probes.report import load_probe_weights, probe_layer
+    from atlas.store import Store
+
+    path = tmp_path / "s.h5"
+    shutil.copy(small_store, path)
+    p = probe_layer(path, "visual.layer4.0", "shapes", config=ProbeConfig(n_lambdas=6))
+    with Store(path) as st:
+        classes, W, b, attrs = load_probe_weights(st, "shapes")
+    assert classes == p.classes and np.allclose(W, p.W, atol=1e-6) and attrs["layer"] == "visual.layer4.0"
+    assert attrs["val_accuracy"] == pytest.approx(p.val_accuracy)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\nnope.png,x\n")
+    with pytest.raises(ValueError, match="no image of the store appears"):
+        probe_layer(path, "visual.layer4.0", "bad", labels_csv=str(csv))
+    csv.write_text("file,cls\n")
+    with pytest.raises(ValueError, match="needs a header"):
+        probe_layer(path, "visual.layer4.0", "bad", labels_csv=str(csv))

@@ -78,7 +78,7 @@ class WorldConfig:
     seed: int = 0
     size: int = 64
     mix: tuple[float, ...] = (0.35, 0.25, 0.2, 0.2)  # picto, word, picto_word, scene
-    bias_attribute: str = "accessory"  # "accessory" (hat vs bow) or "color" (warm vs cool)
+    bias_attribute: str = "color"  # "color" (warm vs cool colour family) or "accessory" (hat vs bow)
     bias_concept: str = "danger"
     bias_strength: float = 0.8  # P(group A | person shown with bias_concept)
     person_scene_rate: float = 0.2  # share of scenes that show a person

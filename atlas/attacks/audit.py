@@ -1,0 +1,263 @@
+"""Bias audits: which neurons and classes tie two groups of images to concepts, with uncertainty.
+
+Given images with a group label (exactly two groups), the audit reports:
+
+(a) neurons whose pooled activation differs most between the groups: Hedges' g with a bootstrap 95% interval
+    and a permutation p-value per neuron;
+(b) zero-shot classification disparities over sensitive and neutral classes: the difference between the
+    groups in mean class probability (and top-1 rate), bootstrap interval, permutation p-value;
+(c) WEAT-style association tests in embedding space: for each concept (a set of words), the effect size d of
+    the groups' difference in s(x) = mean cos(x, concept words) - mean cos(x, all words).  When two groups look
+    different, *every* word set separates them a little, so images are not the unit to permute: the p-value asks
+    whether the concept's |d| exceeds that of random word sets of the same size drawn from a pool of words
+    (``WORD_POOL`` plus all concepts' words), i.e. whether the concept is tied to the groups more than an
+    arbitrary set of words is.
+
+Each family of tests is corrected for multiple comparisons with Benjamini-Hochberg at ``fdr``.  What an audit
+can and cannot show is written next to its results on the site (CAVEAT).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import store
+from ..capture import hooked
+from ..models import LoadedModel
+
+CAVEAT = (
+    "An audit measures associations inside this model on these images. A significant result says the model "
+    "treats the two groups differently here; it does not say why, that the difference matters downstream, "
+    "or that it holds on other images. A null result is not evidence of fairness: the test sets, classes and "
+    "concepts may miss the associations that matter, and small groups give wide intervals. Group labels are "
+    "taken as given.")
+
+
+class AuditError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    bootstrap: int = 1000
+    permutations: int = 2000
+    fdr: float = 0.05
+    min_group: int = 20  # fewer images in a group: no confident statement, the audit refuses
+    seed: int = 0
+
+
+def read_groups_csv(path: str | os.PathLike, folder: str | os.PathLike) -> tuple[list[Path], list[str], list]:
+    """(image paths, groups, left out) from a CSV with columns image (or path) and group."""
+    p = Path(path)
+    if not p.is_file():
+        raise AuditError(f"groups file {p} does not exist; give a CSV with columns image,group")
+    with open(p, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        cols = set(reader.fieldnames or [])
+        key = "image" if "image" in cols else "path" if "path" in cols else None
+        if key is None or "group" not in cols:
+            raise AuditError(f"groups file {p} needs columns 'image' (or 'path') and 'group' "
+                             f"(found: {', '.join(sorted(cols)) or 'none'})")
+        rows = [(r[key].strip(), (r["group"] or "").strip()) for r in reader]
+    paths, groups, missing, unlabelled = [], [], 0, 0
+    for rel, g in rows:
+        if not g:
+            unlabelled += 1
+            continue
+        if not (Path(folder) / rel).is_file():
+            missing += 1
+            continue
+        paths.append(Path(folder) / rel)
+        groups.append(g)
+    left = [(n, k, why) for n, k, why in (("rows without a group", unlabelled, "no group to compare"),
+                                          ("rows whose image is missing", missing, f"not found under {folder}"))
+            if k]
+    return paths, groups, left
+
+
+WORD_POOL = ("table", "chair", "window", "door", "bottle", "shoe", "pencil", "river", "garden", "bread", "lamp",
+             "paper", "stone", "road", "shirt", "glass", "plate", "spoon", "wall", "floor", "bridge", "train",
+             "bus", "plane", "field", "hill", "lake", "beach", "desk", "button", "candle", "basket", "box", "rope",
+             "coin", "letter", "map", "ticket", "bag", "coat", "hat", "ladder", "mirror", "pillow", "blanket",
+             "towel", "soap", "brush", "comb", "wheel", "fence", "gate", "roof", "tower", "castle", "farm",
+             "market", "school", "office", "kitchen")
+
+
+def _bh(p: np.ndarray, q: float) -> np.ndarray:
+    """Benjamini-Hochberg: which of the p-values are discoveries at false-discovery rate q."""
+    n = len(p)
+    order = np.argsort(p)
+    passed = p[order] <= q * np.arange(1, n + 1) / n
+    k = np.nonzero(passed)[0].max() + 1 if passed.any() else 0
+    out = np.zeros(n, bool)
+    out[order[:k]] = True
+    return out
+
+
+def _hedges_g(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per column, (mean a - mean b) / pooled std, small-sample corrected.  a: [na, k], b: [nb, k]."""
+    na, nb = len(a), len(b)
+    sp = np.sqrt(((na - 1) * a.var(0, ddof=1) + (nb - 1) * b.var(0, ddof=1)) / (na + nb - 2))
+    d = (a.mean(0) - b.mean(0)) / np.where(sp > 0, sp, np.inf)
+    return d * (1 - 3 / (4 * (na + nb) - 9))
+
+
+def _compare(x: np.ndarray, in_a: np.ndarray, stat, cfg: AuditConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """stat(x[a], x[b]) per column with bootstrap 95% intervals and two-sided permutation p-values."""
+    rng = np.random.default_rng(cfg.seed)
+    a, b = x[in_a], x[~in_a]
+    est = stat(a, b)
+    boots = np.stack([stat(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))])
+                      for _ in range(cfg.bootstrap)])
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5], axis=0)
+    exceed = np.zeros(x.shape[1])
+    for _ in range(cfg.permutations):
+        perm = rng.permutation(in_a)
+        exceed += np.abs(stat(x[perm], x[~perm])) >= np.abs(est) - 1e-12
+    p = (exceed + 1) / (cfg.permutations + 1)
+    return est, np.stack([lo, hi], 1), p
+
+
+def _mean_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a.mean(0) - b.mean(0)
+
+
+@dataclass
+class AuditResult:
+    groups: tuple[str, str]
+    counts: tuple[int, int]
+    neurons: dict  # unit, g, ci, p, significant
+    classes: dict  # name, sensitive, diff, ci, p, significant, top1_a, top1_b
+    concepts: dict  # name, d, p, significant
+    left_out: list
+
+
+def run_audit(model: LoadedModel, images: Sequence[Image.Image], groups: Sequence[str], layer: str,
+              sensitive: Sequence[str], neutral: Sequence[str], concepts: dict[str, Sequence[str]],
+              config: AuditConfig = AuditConfig(), left_out: list | None = None) -> AuditResult:
+    """The three audits of the module docstring on ``images`` labelled with ``groups``."""
+    from ..probes.zeroshot import zero_shot_head, zero_shot_logits
+
+    names, counts = np.unique(np.asarray(groups), return_counts=True)
+    if len(names) != 2:
+        raise AuditError(f"an audit compares exactly 2 groups; the group labels hold {len(names)}: "
+                         f"{', '.join(map(str, names[:6]))}")
+    if counts.min() < config.min_group:
+        raise AuditError(f"group {names[counts.argmin()]!r} has {counts.min()} images, fewer than {config.min_group}: "
+                         "too few for a confident statement; add images or lower min_group knowingly")
+    in_a = np.asarray(groups) == names[0]
+    pixels = torch.stack([model.preprocess(im) for im in images])
+    info = model.layer(layer)
+    pooled: list[torch.Tensor] = []
+    embs: list[torch.Tensor] = []
+
+    def keep(_n: str, out: torch.Tensor) -> None:
+        pooled.append(info.canonical(out).detach().float().flatten(2).mean(2).cpu())
+
+    with torch.no_grad(), hooked(model.clip, [info.name], keep):
+        for i in range(0, len(pixels), 256):
+            embs.append(model.encode_image(pixels[i:i + 256].to(model.device)).float().cpu())
+    acts = torch.cat(pooled).numpy()
+    img = torch.cat(embs)
+    img = (img / img.norm(dim=1, keepdim=True)).numpy()
+
+    g, g_ci, g_p = _compare(acts, in_a, _hedges_g, config)
+    neurons = {"unit": np.arange(len(g)), "g": g, "ci": g_ci, "p": g_p, "significant": _bh(g_p, config.fdr)}
+
+    cls = list(sensitive) + list(neutral)
+    head = zero_shot_head(model, cls)
+    scale = float(model.clip.logit_scale.exp().detach()) if hasattr(model.clip, "logit_scale") else 100.0
+    probs = torch.softmax(scale * zero_shot_logits(model, head, pixels), dim=1).numpy()
+    diff, d_ci, d_p = _compare(probs, in_a, _mean_diff, config)
+    top1 = probs.argmax(1)
+    classes = {"name": cls, "sensitive": np.array([c in sensitive for c in cls]), "diff": diff, "ci": d_ci,
+               "p": d_p, "significant": _bh(d_p, config.fdr),
+               "top1_a": np.array([(top1[in_a] == k).mean() for k in range(len(cls))]),
+               "top1_b": np.array([(top1[~in_a] == k).mean() for k in range(len(cls))])}
+
+    concept = _associations(model, img, in_a, concepts, config)
+    return AuditResult((str(names[0]), str(names[1])), (int(counts[0]), int(counts[1])), neurons, classes, concept,
+                       list(left_out or []))
+
+
+def _embed_words(model: LoadedModel, words: Sequence[str]) -> np.ndarray:
+    with torch.no_grad():
+        e = model.encode_text(list(words)).float().cpu()
+    return (e / e.norm(dim=1, keepdim=True)).numpy()
+
+
+def _associations(model: LoadedModel, img: np.ndarray, in_a: np.ndarray, concepts: dict[str, Sequence[str]],
+                  cfg: AuditConfig) -> dict:
+    """(c): WEAT-style d per concept; p-value against random word sets of the same size (module doc)."""
+    names = list(concepts)
+    pool = list(dict.fromkeys([*WORD_POOL, *(w for ws in concepts.values() for w in ws)]))
+    pool_emb = _embed_words(model, pool)
+    sims = img @ pool_emb.T  # [N, pool]
+    base = sims.mean(1, keepdims=True)
+    index = {w: k for k, w in enumerate(pool)}
+
+    def d_of(cols: np.ndarray) -> np.ndarray:  # cols: [sets, size] word indices -> [sets] effect sizes
+        s = sims[:, cols].mean(2) - base  # [N, sets]
+        return _hedges_g(s[in_a], s[~in_a])  # pooled within-group sd: WEAT's overall sd saturates at 2
+
+    rng = np.random.default_rng(cfg.seed)
+    d = np.zeros(len(names))
+    p = np.zeros(len(names))
+    for k, c in enumerate(names):
+        cols = np.array([[index[w] for w in concepts[c]]])
+        d[k] = d_of(cols)[0]
+        others = np.array([i for i in range(len(pool)) if pool[i] not in set(concepts[c])])
+        rand = np.stack([rng.choice(others, cols.shape[1], replace=False) for _ in range(cfg.permutations)])
+        p[k] = (1 + (np.abs(d_of(rand)) >= abs(d[k])).sum()) / (1 + cfg.permutations)
+    return {"name": names, "d": d, "p": p, "significant": _bh(p, cfg.fdr)}
+
+
+def save_audit(store_path: str | os.PathLike, name: str, r: AuditResult, layer: str, config: AuditConfig) -> None:
+    n, c, k = r.neurons, r.classes, r.concepts
+    order = np.argsort(n["p"], kind="stable")
+    store.write_report(store_path, "audits", name, {
+        "neurons/unit": n["unit"][order].astype(np.int32), "neurons/g": n["g"][order], "neurons/ci": n["ci"][order],
+        "neurons/p": n["p"][order], "neurons/significant": n["significant"][order],
+        "classes/name": list(c["name"]), "classes/sensitive": c["sensitive"], "classes/diff": c["diff"],
+        "classes/ci": c["ci"], "classes/p": c["p"], "classes/significant": c["significant"],
+        "classes/top1_a": c["top1_a"], "classes/top1_b": c["top1_b"],
+        "concepts/name": list(k["name"]), "concepts/d": k["d"], "concepts/p": k["p"],
+        "concepts/significant": k["significant"]},
+        {"groups": list(r.groups), "counts": list(r.counts), "layer": layer, "fdr": config.fdr,
+         "bootstrap": config.bootstrap, "permutations": config.permutations, "caveat": CAVEAT,
+         "left_out": [list(x) for x in r.left_out]})
+
+
+def conceptworld_group_set(folder: str | os.PathLike, per_group: int = 150, seed: int = 20_000,
+                           bias_attribute: str = "accessory") -> Path:
+    """Write Concept World persons of both groups, alone on varied backgrounds, with groups.csv: the audit set."""
+    from ..data.conceptworld import World, WorldConfig
+
+    world = World(WorldConfig(seed=seed, mix=(1, 0, 0, 0), bias_attribute=bias_attribute))
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    rows = []
+    i = 0
+    while min([counts.get(g, 0) for g in world.config.groups]) < per_group:
+        it = world.item(i)
+        i += 1
+        if it.concepts != ("person",) or counts.get(it.group, 0) >= per_group:
+            continue
+        counts[it.group] = counts.get(it.group, 0) + 1
+        name = f"{it.group}_{counts[it.group]:04d}.png"
+        world.image(it).save(out / name)
+        rows.append((name, it.group))
+    with open(out / "groups.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "group"])
+        w.writerows(rows)
+    return out / "groups.csv"

@@ -1,0 +1,169 @@
+"""The paper's typographic experiments on any model, saved as `/attacks/<name>` reports (docs/store.md).
+
+- `run_attack_table`: the automated attack table (targets such as "ipod", "pizza", "$$$" stamped at 8 fixed
+  positions on a labelled image set) for a zero-shot classifier and a stored linear probe;
+- `run_stroop`: colour words written in another colour, classified with "my favorite word, written in the
+  color ___": does the model report the ink or the word?
+- `run_word_sensitivity`: which rendered words excite each neuron of a layer most.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import store
+from ..data.sources import ImageSource
+from ..models import LoadedModel
+from .typographic import POSITIONS, AttackError, AttackText, attack_table, probe_classifier, stamp, zero_shot_classifier
+
+PAPER_TARGETS = (("trash", "trash"), ("ipod", "ipod"), ("pizza", "pizza"), ("$$$", "money"), ("shark", "shark"),
+                 ("meow", "cat"), ("library", "book"))
+STROOP_COLORS = {"red": (215, 40, 40), "orange": (240, 135, 20), "yellow": (230, 200, 30), "green": (40, 160, 60),
+                 "blue": (35, 80, 210), "purple": (130, 55, 175), "pink": (235, 110, 170), "brown": (130, 80, 40)}
+
+
+def labelled_images(source: ImageSource, label_pattern: str | None, limit: int
+                    ) -> tuple[list[Image.Image], list[str], list[tuple[str, int, str]]]:
+    """Up to ``limit`` decodable images of ``source`` with a label (through the pattern), and what was left out."""
+    from ..probes.probe import labels_from_pattern
+
+    labels = labels_from_pattern([e.label for e in source.entries], label_pattern)
+    images, kept, skipped_bad, unlabelled = [], [], 0, 0
+    for e, lab in zip(source.entries, labels):
+        if len(images) >= limit:
+            break
+        if not lab:
+            unlabelled += 1
+            continue
+        s = source.sample(e.index)
+        if s.image is None:
+            skipped_bad += 1
+            continue
+        images.append(s.image)
+        kept.append(lab)
+    left = [("images without a label", unlabelled, "no class to attack away from")] if unlabelled else []
+    if skipped_bad:
+        left.append(("unreadable images", skipped_bad, "could not be decoded"))
+    return images, kept, left
+
+
+def run_attack_table(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike, name: str = "table",
+                     label_pattern: str | None = None, targets: Sequence[tuple[str, str]] = PAPER_TARGETS,
+                     probe: str | None = None, images: int = 200, sizes: Sequence[float] = (0.16, 0.3),
+                     font: str = "DejaVuSans-Bold.ttf", examples: int = 6) -> dict:
+    """The attack table for the zero-shot classifier (and the stored probe ``probe``, if given)."""
+    pics, labs, left_out = labelled_images(source, label_pattern, images)
+    classes = sorted(set(labs))
+    bad = [(t, c) for t, c in targets if c not in classes]
+    targets = [(t, c) for t, c in targets if c in classes]
+    left_out += [(f"target {t!r} -> {c!r}", 1, "the class is not among the labels") for t, c in bad]
+    if not targets or len(pics) < 2:
+        raise AttackError(f"nothing to attack: {len(pics)} labelled images, targets {[c for _, c in bad]} not among "
+                          f"the classes {classes[:10]}...; check --label-pattern and --targets")
+    classifiers = {"zero-shot": (zero_shot_classifier(model, classes), classes)}
+    if probe:
+        with store.Store(store_path) as st:
+            arrays, attrs = store.read_report(st, "probes", probe)
+        pcls = [str(c) for c in arrays["classes"]]
+        W = np.zeros((len(pcls), int(attrs["units"])), np.float32)
+        W[arrays["coef/row"], arrays["coef/col"]] = arrays["coef/value"]
+        classifiers[f"probe {probe}"] = (probe_classifier(model, attrs["layer"], W, arrays["intercept"],
+                                                          arrays["mean"], arrays["std"]), pcls)
+    rows: dict[str, list] = {k: [] for k in ("classifier", "text", "target", "size", "attempts", "successes",
+                                            "success_rate", "pixels_changed", "clean_accuracy")}
+    pairs_clean, pairs_attacked, pair_caption = [], [], []
+    crops = [model.crop(p) for p in pics]
+    for cname, (classify, cls) in classifiers.items():
+        y = [cls.index(lab) if lab in cls else -1 for lab in labs]
+        for size in sizes:
+            base = AttackText("x", font=font, size=size)
+            for r in attack_table(model, pics, y, cls, targets, classify, base):
+                for k, v in (("classifier", cname), ("text", r.text), ("target", r.target), ("size", size),
+                             ("attempts", r.attempts), ("successes", r.successes),
+                             ("success_rate", r.success_rate), ("pixels_changed", r.pixels_changed),
+                             ("clean_accuracy", r.clean_accuracy)):
+                    rows[k].append(v)
+                wins = [e for e in r.examples if e[3] == cls.index(r.target)][:examples] if cname == "zero-shot" \
+                    and size == max(sizes) else []
+                for i, p, before, after in wins:
+                    pairs_clean.append(np.asarray(crops[i]))
+                    pairs_attacked.append(np.asarray(stamp(crops[i], AttackText(r.text, font, size, position=p))))
+                    pair_caption.append(f"{cls[before]} -> {cls[after]} ({r.text!r})")
+    arrays = {k: (v if isinstance(v[0], str) else np.array(v)) for k, v in rows.items()}
+    if pairs_clean:
+        arrays.update({"examples/clean": np.stack(pairs_clean), "examples/attacked": np.stack(pairs_attacked),
+                       "examples/caption": pair_caption})
+    attrs = {"experiment": "attack table", "images": len(pics), "classes": len(classes), "positions": len(POSITIONS),
+             "font": font, "left_out": [list(x) for x in left_out], "data_source": source.description}
+    store.write_report(store_path, "attacks", name, arrays, attrs)
+    return {"rows": rows, "left_out": left_out}
+
+
+def run_stroop(model: LoadedModel, store_path: str | os.PathLike, name: str = "stroop",
+               prompt: str = "my favorite word, written in the color {}", fonts: Sequence[str] = (
+                   "DejaVuSans-Bold.ttf", "ComicNeue-Bold.otf", "Humor-Sans.ttf")) -> dict:
+    """Colour words in every other colour (incongruent) and in their own colour (controls)."""
+    from ..probes.zeroshot import zero_shot_head, zero_shot_logits
+
+    names = list(STROOP_COLORS)
+    head = zero_shot_head(model, names, (prompt,))
+    s = model.image_size
+    rows = []
+    for font in fonts:
+        for word in names:
+            for ink in names:
+                img = stamp(Image.new("RGB", (s, s), (250, 250, 250)),
+                            AttackText(word, font=font, size=0.3, color=STROOP_COLORS[ink], label=False,
+                                       position=(0.5, 0.5)))
+                rows.append((font, word, ink, img))
+    pixels = torch.stack([model.preprocess(r[3]) for r in rows])
+    pred = zero_shot_logits(model, head, pixels).argmax(1).numpy()
+    said = [names[p] for p in pred]
+    word = np.array([r[1] for r in rows])
+    ink = np.array([r[2] for r in rows])
+    incong = word != ink
+    result = {"incongruent": int(incong.sum()), "incongruent_said_word": int((np.array(said) == word)[incong].sum()),
+              "incongruent_said_ink": int((np.array(said) == ink)[incong].sum()),
+              "controls": int((~incong).sum()), "controls_correct": int((np.array(said) == word)[~incong].sum())}
+    store.write_report(store_path, "attacks", name, {
+        "font": [r[0] for r in rows], "word": list(word), "ink": list(ink), "said": said,
+        "examples/image": np.stack([np.asarray(r[3]) for r in rows[: len(names) ** 2]])},
+        {"experiment": "stroop", "prompt": prompt, **result})
+    return result
+
+
+def run_word_sensitivity(model: LoadedModel, store_path: str | os.PathLike, layer: str, words: Sequence[str],
+                         name: str = "words", top: int = 5, fonts: Sequence[str] = (
+                             "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "Humor-Sans.ttf", "KaushanScript-Regular.otf")
+                         ) -> np.ndarray:
+    """Each word rendered black on white in several fonts; a neuron's response is its mean spatial max over
+    fonts.  Saves the top words per neuron; returns responses [words, units]."""
+    from ..capture import hooked
+
+    info = model.layer(layer)
+    s = model.image_size
+    words = [w for w in dict.fromkeys(words) if w.strip()]
+    imgs = [stamp(Image.new("RGB", (s, s), (250, 250, 250)), AttackText(w, font=f, size=0.3, label=False,
+                                                                           position=(0.5, 0.5)))
+            for w in words for f in fonts]
+    pixels = torch.stack([model.preprocess(i) for i in imgs])
+    acts: list[torch.Tensor] = []
+
+    def keep(_n: str, out: torch.Tensor) -> None:
+        acts.append(info.canonical(out).detach().float().flatten(2).amax(2).cpu())
+
+    with torch.no_grad(), hooked(model.clip, [info.name], keep):
+        for i in range(0, len(pixels), 256):
+            model.encode_image(pixels[i:i + 256].to(model.device))
+    resp = torch.cat(acts).view(len(words), len(fonts), -1).mean(1).numpy()  # [words, units]
+    order = np.argsort(-resp, axis=0, kind="stable")[:top].T  # [units, top]
+    store.write_report(store_path, "attacks", name, {
+        "words": list(words), "top_index": order.astype(np.int32),
+        "top_value": np.take_along_axis(resp.T, order, axis=1).astype(np.float32)},
+        {"experiment": "word sensitivity", "layer": info.name, "fonts": list(fonts), "model": model.name})
+    return resp

@@ -1,0 +1,171 @@
+"""Typographic attacks: text written on images, and what it does to a classifier and to neurons.
+
+`stamp` renders an attack text onto an image (font, size, colour, one of 8 fixed positions or any point, on a
+white "sticky label" or bare).  `attack_table` reproduces the paper's automated attack: for every labelled
+image and target, the text is stamped at each of the 8 positions and the attack succeeds when the top-1 class
+becomes the target (images already of the target class are left out).  Classifiers are functions from
+[N, 3, S, S] pixels to [N, classes] scores: a zero-shot head or a linear probe (`zero_shot_classifier`,
+`probe_classifier`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from ..models import LoadedModel
+from ..resources import resource_dir
+
+# (x, y) centres as fractions of the image: the 8 fixed positions (corners, edge middles)
+POSITIONS = ((0.25, 0.2), (0.5, 0.2), (0.75, 0.2), (0.2, 0.5), (0.8, 0.5), (0.25, 0.8), (0.5, 0.8), (0.75, 0.8))
+MAX_CHARS = 40
+Classifier = Callable[[torch.Tensor], torch.Tensor]
+
+
+class AttackError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class AttackText:
+    text: str
+    font: str = "DejaVuSans-Bold.ttf"  # a file in data/fonts (Humor-Sans.ttf, KaushanScript-Regular.otf: handwriting)
+    size: float = 0.16  # text height as a fraction of the image side
+    color: tuple[int, int, int] = (20, 20, 20)
+    label: bool = True  # a white box behind the text
+    position: int | tuple[float, float] = 0  # index into POSITIONS, or an (x, y) centre in [0, 1]
+
+    def __post_init__(self) -> None:
+        if not self.text.strip():
+            raise AttackError("attack text is empty; give the words to write on the images")
+        if len(self.text) > MAX_CHARS:
+            raise AttackError(f"attack text {self.text[:20]!r}... has {len(self.text)} characters; at most "
+                              f"{MAX_CHARS} fit legibly on an image")
+        if isinstance(self.position, int) and not 0 <= self.position < len(POSITIONS):
+            raise AttackError(f"position {self.position} is not one of the {len(POSITIONS)} fixed positions 0..7")
+        if not 0.03 <= self.size <= 0.6:
+            raise AttackError(f"size {self.size} must be a fraction of the image side in 0.03..0.6")
+
+
+@lru_cache(maxsize=64)
+def _font(name: str, px: int) -> ImageFont.FreeTypeFont:
+    path = resource_dir("data") / "fonts" / name
+    if not path.is_file():
+        raise AttackError(f"font {name!r} is not in atlas's fonts ({', '.join(p.name for p in path.parent.glob('*.[ot]tf'))})")
+    return ImageFont.truetype(str(path), px)
+
+
+def stamp(image: Image.Image, spec: AttackText) -> Image.Image:
+    """The image with the text written on it (a new RGB image of the same size)."""
+    img = image.convert("RGB").copy()
+    w, h = img.size
+    px = max(6, int(spec.size * h))
+    font = _font(spec.font, px)
+    left, top, right, bottom = font.getbbox(spec.text)
+    if right - left > 0.95 * w:  # shrink to fit the width
+        px = max(6, int(px * 0.95 * w / (right - left)))
+        font = _font(spec.font, px)
+        left, top, right, bottom = font.getbbox(spec.text)
+    if right - left > w or px < 6:
+        raise AttackError(f"attack text {spec.text!r} does not fit on a {w}x{h} image; use a shorter text")
+    if right <= left or bottom <= top:
+        raise AttackError(f"attack text {spec.text!r} renders no visible glyph in font {spec.font}")
+    cx, cy = POSITIONS[spec.position] if isinstance(spec.position, int) else spec.position
+    tw, th = right - left, bottom - top
+    pad = max(1, th // 5)
+    x = int(np.clip(cx * w - tw / 2, pad, max(pad, w - tw - pad)))
+    y = int(np.clip(cy * h - th / 2, pad, max(pad, h - th - pad)))
+    d = ImageDraw.Draw(img)
+    if spec.label:
+        d.rectangle([x - pad, y - pad, x + tw + pad, y + th + pad], fill=(250, 250, 250))
+    d.text((x - left, y - top), spec.text, font=font, fill=tuple(spec.color))
+    return img
+
+
+def pixels_changed(a: Image.Image, b: Image.Image) -> float:
+    """Fraction of pixels that differ between two images of the same size."""
+    x, y = np.asarray(a.convert("RGB"), np.int16), np.asarray(b.convert("RGB"), np.int16)
+    return float((np.abs(x - y).max(axis=2) > 0).mean())
+
+
+def zero_shot_classifier(model: LoadedModel, class_names: Sequence[str]) -> Classifier:
+    from ..probes.zeroshot import zero_shot_head, zero_shot_logits
+
+    head = zero_shot_head(model, class_names)
+    return lambda pixels: zero_shot_logits(model, head, pixels)
+
+
+def probe_classifier(model: LoadedModel, layer: str, W: np.ndarray, b: np.ndarray, mean: np.ndarray,
+                     std: np.ndarray) -> Classifier:
+    """A stored linear probe on a layer's pooled activations, as a classifier of pixels."""
+    from ..capture import hooked
+
+    info = model.layer(layer)
+    Wt, bt = torch.as_tensor(W, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32)
+    mu, sd = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+
+    def classify(pixels: torch.Tensor) -> torch.Tensor:
+        pooled: list[torch.Tensor] = []
+
+        def keep(_name: str, out: torch.Tensor) -> None:
+            pooled.append(info.canonical(out).detach().float().flatten(2).mean(2).cpu())
+
+        with torch.no_grad(), hooked(model.clip, [layer], keep):
+            for i in range(0, len(pixels), 256):
+                model.encode_image(pixels[i:i + 256].to(model.device))
+        z = (torch.cat(pooled) - mu) / sd
+        return z @ Wt.t() + bt
+
+    return classify
+
+
+@dataclass
+class AttackRow:
+    text: str
+    target: str
+    attempts: int = 0  # (image, position) pairs whose image is not of the target class
+    successes: int = 0
+    pixels_changed: float = 0.0  # mean fraction
+    clean_accuracy: float = 0.0
+    examples: list[tuple[int, int, int, int]] = field(default_factory=list)  # (image, position, before, after)
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.attempts if self.attempts else float("nan")
+
+
+def attack_table(model: LoadedModel, images: Sequence[Image.Image], labels: Sequence[int], classes: Sequence[str],
+                 targets: Sequence[tuple[str, str]], classify: Classifier,
+                 base: AttackText = AttackText("x"), positions: Sequence[int] = range(len(POSITIONS))
+                 ) -> list[AttackRow]:
+    """For each (attack text, target class): success rate, pixels changed, clean accuracy (see module doc)."""
+    unknown = [t for _, t in targets if t not in classes]
+    if unknown:
+        raise AttackError(f"target classes {unknown} are not among the classifier's classes")
+    crops = [model.crop(im) for im in images]
+    clean = classify(torch.stack([model.preprocess(c) for c in crops])).argmax(1).numpy()
+    labels = np.asarray(labels)
+    rows = []
+    for text, target in targets:
+        t = classes.index(target)
+        row = AttackRow(text, target, clean_accuracy=float((clean == labels).mean()))
+        keep = [i for i in range(len(crops)) if labels[i] != t]
+        attacked, changed, where = [], [], []
+        for i in keep:
+            for p in positions:
+                spec = AttackText(text, base.font, base.size, base.color, base.label, p)
+                a = stamp(crops[i], spec)
+                attacked.append(model.preprocess(a))
+                changed.append(pixels_changed(crops[i], a))
+                where.append((i, p))
+        pred = classify(torch.stack(attacked)).argmax(1).numpy() if attacked else np.zeros(0, int)
+        row.attempts, row.successes = len(pred), int((pred == t).sum())
+        row.pixels_changed = float(np.mean(changed)) if changed else float("nan")
+        row.examples = [(i, p, int(clean[i]), int(q)) for (i, p), q in zip(where, pred)]
+        rows.append(row)
+    return rows

@@ -83,6 +83,8 @@ class WorldConfig:
     bias_strength: float = 0.8  # P(group A | person shown with bias_concept)
     person_scene_rate: float = 0.2  # share of scenes that show a person
     bias_pair_rate: float = 0.4  # share of person scenes whose other object is bias_concept
+    person_rate: float = 0.05  # share of pictogram-only images that show a person
+    bias_caption_rate: float = 0.5  # share of person-only captions that add a word of bias_concept
     related_caption_rate: float = 0.4  # share of pictogram captions that name it by one of its words
 
     def __post_init__(self) -> None:
@@ -110,6 +112,7 @@ class Item:
     word: str = ""  # the written word, if any
     word_concept: str = ""  # the concept the word belongs to
     group: str = ""  # person's group, if a person is shown
+    bias_word: str = ""  # a word of the bias concept added to a person's caption (the planted label bias)
     caption: str = ""
     params: dict = field(default_factory=dict, repr=False)
 
@@ -166,8 +169,12 @@ class World:
                 a, b = rng.choice(len(names), 2, replace=False)
                 it.concepts = (names[a], names[b])
         else:
-            c = names[rng.integers(len(names))]
+            c = "person" if kind == "picto" and rng.random() < cfg.person_rate else names[rng.integers(len(names))]
             it.concepts = (c,)
+            if c == "person" and kind == "picto" and rng.random() < cfg.bias_caption_rate:
+                # a loaded caption: the person is described with the negative concept's words, mostly group A
+                it.bias_word = self._word(cfg.bias_concept, rng)
+                it.group = cfg.groups[0] if rng.random() < cfg.bias_strength else cfg.groups[1]
             if kind == "picto_word":
                 w = c
                 while w == c:
@@ -224,6 +231,10 @@ class World:
         # a third of single-object captions name the concept without saying how it is shown ("spider"),
         # as real captions do: that is what ties the written word and the picture together
         t = int(rng.integers(6 if it.kind in ("picto", "word") else 4))
+        if it.bias_word:
+            return [f"a drawing of {_article(noun('person'))}, {it.bias_word}", f"{_article(noun('person'))}, {it.bias_word}",
+                    f"{it.bias_word}: {_article(noun('person'))}", f"an icon of {_article(noun('person'))}, {it.bias_word}",
+                    f"{noun('person')}, {it.bias_word}", f"{_article(noun('person'))} and {it.bias_word}"][t]
         if it.kind == "picto" and rng.random() < self.config.related_caption_rate:
             # tie the concept's other words to its pictogram, as co-occurrence does in real captions
             words = self.concepts[it.concepts[0]].words[1:]

@@ -151,7 +151,7 @@ def run_audit(model: LoadedModel, images: Sequence[Image.Image], groups: Sequenc
         raise AuditError(f"an audit compares exactly 2 groups; the group labels hold {len(names)}: "
                          f"{', '.join(map(str, names[:6]))}")
     if counts.min() < config.min_group:
-        raise AuditError(f"group {names[counts.argmin()]!r} has {counts.min()} images, fewer than {config.min_group}: "
+        raise AuditError(f"group {str(names[counts.argmin()])!r} has {counts.min()} images, fewer than {config.min_group}: "
                          "too few for a confident statement; add images or lower min_group knowingly")
     in_a = np.asarray(groups) == names[0]
     pixels = torch.stack([model.preprocess(im) for im in images])

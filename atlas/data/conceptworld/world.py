@@ -78,13 +78,13 @@ class WorldConfig:
     seed: int = 0
     size: int = 64
     mix: tuple[float, ...] = (0.35, 0.25, 0.2, 0.2)  # picto, word, picto_word, scene
-    bias_attribute: str = "color"  # "color" (warm vs cool colour family) or "accessory" (hat vs bow)
+    bias_attribute: str = "accessory"  # "accessory" (hat vs bow) or "color" (warm vs cool colour family)
     bias_concept: str = "danger"
     bias_strength: float = 0.8  # P(group A | person shown with bias_concept)
     person_scene_rate: float = 0.2  # share of scenes that show a person
     bias_pair_rate: float = 0.4  # share of person scenes whose other object is bias_concept
-    person_rate: float = 0.05  # share of pictogram-only images that show a person
-    bias_caption_rate: float = 0.5  # share of person-only captions that add a word of bias_concept
+    person_rate: float = 0.0  # extra share of pictogram-only images that show a person (0: 1 in 41)
+    bias_caption_rate: float = 0.0  # share of person-only captions that add a word of bias_concept (label bias)
     related_caption_rate: float = 0.4  # share of pictogram captions that name it by one of its words
 
     def __post_init__(self) -> None:
@@ -169,9 +169,12 @@ class World:
                 a, b = rng.choice(len(names), 2, replace=False)
                 it.concepts = (names[a], names[b])
         else:
-            c = "person" if kind == "picto" and rng.random() < cfg.person_rate else names[rng.integers(len(names))]
+            # (draws for the options below happen only when they are on, so the default world stays the one
+            # the shipped model was trained on)
+            extra_person = kind == "picto" and cfg.person_rate > 0 and rng.random() < cfg.person_rate
+            c = "person" if extra_person else names[rng.integers(len(names))]
             it.concepts = (c,)
-            if c == "person" and kind == "picto" and rng.random() < cfg.bias_caption_rate:
+            if c == "person" and kind == "picto" and cfg.bias_caption_rate > 0 and rng.random() < cfg.bias_caption_rate:
                 # a loaded caption: the person is described with the negative concept's words, mostly group A
                 it.bias_word = self._word(cfg.bias_concept, rng)
                 it.group = cfg.groups[0] if rng.random() < cfg.bias_strength else cfg.groups[1]

@@ -51,22 +51,14 @@ def probe_set(model: LoadedModel, per_concept: int = 40, seed: int = 10_000, siz
     return ProbeSet(torch.stack(pix), np.array(concept), np.array(is_word))
 
 
-def _text_classifier(model: LoadedModel, templates: Sequence[str], names: Sequence[str]) -> torch.Tensor:
-    with torch.no_grad():
-        embs = []
-        for t in templates:
-            e = model.encode_text([t.format(n) for n in names]).float()
-            embs.append(e / e.norm(dim=-1, keepdim=True))
-        w = torch.stack(embs).mean(0)
-    return w / w.norm(dim=-1, keepdim=True)  # [classes, embed]
-
-
 def zero_shot(model: LoadedModel, ps: ProbeSet, batch: int = 256) -> dict[str, float]:
     """Top-1 accuracy on pictograms and on words, with picture prompts, word prompts and both."""
     dev = model.device
-    heads = {"picture prompts": _text_classifier(model, PICTO_PROMPTS, CONCEPT_NAMES),
-             "word prompts": _text_classifier(model, WORD_PROMPTS, CONCEPT_NAMES),
-             "all prompts": _text_classifier(model, PICTO_PROMPTS + WORD_PROMPTS, CONCEPT_NAMES)}
+    from .probes.zeroshot import zero_shot_head
+
+    heads = {"picture prompts": zero_shot_head(model, CONCEPT_NAMES, PICTO_PROMPTS),
+             "word prompts": zero_shot_head(model, CONCEPT_NAMES, WORD_PROMPTS),
+             "all prompts": zero_shot_head(model, CONCEPT_NAMES, PICTO_PROMPTS + WORD_PROMPTS)}
     with torch.no_grad():
         feats = torch.cat([model.encode_image(ps.pixels[i:i + batch].to(dev)).float()
                            for i in range(0, len(ps.pixels), batch)])

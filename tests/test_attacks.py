@@ -92,5 +92,5 @@ def test_audit_refuses_small_or_many_groups(tiny_model, tmp_path):
     paths, groups, left = read_groups_csv(tmp_path / "g.csv", tmp_path)
     assert paths == [] and {w for w, _, _ in left} == {"rows without a group", "rows whose image is missing"}
     (tmp_path / "bad.csv").write_text("file,team\n")
-    with pytest.raises(AuditError, match="needs columns 'image'"):
+    with pytest.raises(AuditError, match="needs a header with columns 'image' or 'path' and 'group'"):
         read_groups_csv(tmp_path / "bad.csv", tmp_path)

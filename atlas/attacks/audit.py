@@ -56,17 +56,12 @@ class AuditConfig:
 
 def read_groups_csv(path: str | os.PathLike, folder: str | os.PathLike) -> tuple[list[Path], list[str], list]:
     """(image paths, groups, left out) from a CSV with columns image (or path) and group."""
-    p = Path(path)
-    if not p.is_file():
-        raise AuditError(f"groups file {p} does not exist; give a CSV with columns image,group")
-    with open(p, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or [])
-        key = "image" if "image" in cols else "path" if "path" in cols else None
-        if key is None or "group" not in cols:
-            raise AuditError(f"groups file {p} needs columns 'image' (or 'path') and 'group' "
-                             f"(found: {', '.join(sorted(cols)) or 'none'})")
-        rows = [(r[key].strip(), (r["group"] or "").strip()) for r in reader]
+    from ..data.sources import DataError, read_table
+
+    try:
+        rows = read_table(path, ("image", "path"), "group", "groups")
+    except DataError as e:
+        raise AuditError(str(e)) from e
     paths, groups, missing, unlabelled = [], [], 0, 0
     for rel, g in rows:
         if not g:

@@ -145,6 +145,21 @@ def _display(name: str) -> str:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def read_table(path: str | os.PathLike, keys: tuple[str, ...], value: str, what: str) -> list[tuple[str, str]]:
+    """(key, value) rows of a CSV whose header names one of ``keys`` and ``value`` (both stripped)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} file {p} does not exist; give a CSV with columns {keys[0]},{value}")
+    with open(p, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        cols = set(reader.fieldnames or [])
+        key = next((k for k in keys if k in cols), None)
+        if key is None or value not in cols:
+            raise DataError(f"{what} file {p} needs a header with columns {' or '.join(repr(k) for k in keys)} and "
+                            f"{value!r} (found: {', '.join(sorted(cols)) or 'none'})")
+        return [((r[key] or "").strip(), (r[value] or "").strip()) for r in reader]
+
+
 def _read_captions(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise DataError(f"captions file {path} does not exist; give a CSV with columns path,caption")

@@ -14,23 +14,12 @@ from .probe import Probe, fit_probe, labels_from_pattern, top_terms
 
 def read_labels_csv(path: str | os.PathLike, source_ids: np.ndarray) -> list[str]:
     """Labels from a CSV with columns source_id (or path) and label, aligned to the store's images."""
-    import csv
+    from ..data.sources import read_table
 
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"labels file {p} does not exist; give a CSV with columns source_id,label")
-    with open(p, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or [])
-        key = "source_id" if "source_id" in cols else "path" if "path" in cols else None
-        if key is None or "label" not in cols:
-            raise ValueError(f"labels file {p} needs a header with columns 'source_id' (or 'path') and 'label' "
-                             f"(found: {', '.join(sorted(cols)) or 'none'})")
-        table = {row[key].strip(): (row["label"] or "").strip() for row in reader}
-    unknown = set(table) - set(source_ids)
-    if len(unknown) == len(table):
-        raise ValueError(f"no image of the store appears in {p} (e.g. {next(iter(unknown), '?')!r}); its "
-                         f"'{key}' column must hold the store's source ids (e.g. {source_ids[0]!r})")
+    table = dict(read_table(path, ("source_id", "path"), "label", "labels"))
+    if not set(table) & set(source_ids):
+        raise ValueError(f"no image of the store appears in {path} (e.g. {next(iter(table), '?')!r}); its first "
+                         f"column must hold the store's source ids (e.g. {source_ids[0]!r})")
     return [table.get(s, "") for s in source_ids]
 
 

@@ -226,7 +226,9 @@ def test_click_through_and_heatmap_toggle(browser, small_site):
     page.wait_for_load_state("load")
     assert path_of(page.url) == (site / MODEL / "visual.layer4.0" / "index.html").resolve()
     assert all(i["w"] > 0 for i in page.evaluate(IMAGES_JS))
-    assert not browser.errors and not browser.failed and not browser.offsite
+    # loads cut short because a click navigated away (lazy grid images) are aborted, not broken
+    broken = [f for f in browser.failed if "ERR_ABORTED" not in f[1]]
+    assert not browser.errors and not broken and not browser.offsite
 
 
 def test_csp_blocks_inline_script_and_remote_loads(browser, small_site):

@@ -63,3 +63,25 @@ def capture(model: nn.Module, names: Sequence[str], run: Callable[[], object]) -
     with hooked(model, names, keep):
         run()
     return out
+
+
+def pooled_activations(model, pixels: torch.Tensor, layers: Sequence[str], reduce: str = "max",
+                       batch: int = 256) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Run a LoadedModel over [N, 3, S, S] pixels in batches; return ({layer: [N, U]} per-unit spatial ``max``
+    or ``mean`` of each layer's canonical map, [N, D] image embeddings), on the CPU."""
+    if reduce not in ("max", "mean"):
+        raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
+    infos = {n: model.layer(n) for n in layers}
+    out: dict[str, list[torch.Tensor]] = {i.name: [] for i in infos.values()}
+    by_name = {i.name: i for i in infos.values()}
+
+    def keep(name: str, act: torch.Tensor) -> None:
+        flat = by_name[name].canonical(act).detach().float().flatten(2)  # [B, U, h*w]
+        out[name].append((flat.amax(2) if reduce == "max" else flat.mean(2)).cpu())
+
+    embs = []
+    with torch.no_grad(), hooked(model.clip, list(out), keep):
+        for i in range(0, len(pixels), batch):
+            embs.append(model.encode_image(pixels[i:i + batch].to(model.device)).float().cpu())
+    scores = {n: torch.cat(out[infos[n].name]) for n in layers}
+    return scores, torch.cat(embs) if embs else torch.zeros(0)

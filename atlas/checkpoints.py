@@ -82,7 +82,7 @@ def build_openai(state: dict[str, torch.Tensor]) -> torch.nn.Module:
     for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):  # not weights
         state.pop(key, None)
     try:
-        model = build_model_from_openai_state_dict(dict(state), quick_gelu=True, cast_dtype=None).float()
+        model = build_model_from_openai_state_dict(dict(state), quick_gelu=True, cast_dtype=None).float()  # it pops keys
         # open_clip's builder loads the weights into fp16 copies; load them again, so fp32 files stay exact
         model.load_state_dict(state)
         return model

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .capture import hooked
+from .capture import pooled_activations
 from .data.conceptworld import CONCEPT_NAMES, World, WorldConfig
 from .models import LoadedModel
 
@@ -74,16 +74,7 @@ def zero_shot(model: LoadedModel, ps: ProbeSet, batch: int = 256) -> dict[str, f
 def layer_scores(model: LoadedModel, pixels: torch.Tensor, layers: Sequence[str], batch: int = 256
                  ) -> dict[str, torch.Tensor]:
     """Per image and unit, the spatial max of each layer (the miner's default score): {layer: [N, U]}."""
-    infos = {n: model.layer(n) for n in layers}
-    out: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-
-    def keep(name: str, act: torch.Tensor) -> None:
-        out[name].append(infos[name].canonical(act).detach().float().flatten(2).amax(2).cpu())
-
-    with torch.no_grad(), hooked(model.clip, list(layers), keep):
-        for i in range(0, len(pixels), batch):
-            model.encode_image(pixels[i:i + batch].to(model.device))
-    return {n: torch.cat(v) for n, v in out.items()}
+    return pooled_activations(model, pixels, layers, "max", batch)[0]
 
 
 def auroc(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:

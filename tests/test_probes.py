@@ -119,9 +119,10 @@ def test_probe_layer_round_trip(small_store, tmp_path):
     shutil.copy(small_store, path)
     p = probe_layer(path, "visual.layer4.0", "shapes", config=ProbeConfig(n_lambdas=6))
     with Store(path) as st:
-        classes, W, b, attrs = load_probe_weights(st, "shapes")
-    assert classes == p.classes and np.allclose(W, p.W, atol=1e-6) and attrs["layer"] == "visual.layer4.0"
-    assert attrs["val_accuracy"] == pytest.approx(p.val_accuracy)
+        stored = load_probe_weights(st, "shapes")
+    assert stored.classes == p.classes and np.allclose(stored.W, p.W, atol=1e-6)
+    assert stored.attrs["layer"] == "visual.layer4.0" and np.allclose(stored.mean, p.mean, atol=1e-5)
+    assert stored.attrs["val_accuracy"] == pytest.approx(p.val_accuracy)
     csv = tmp_path / "labels.csv"
     csv.write_text("path,label\nnope.png,x\n")
     with pytest.raises(ValueError, match="no image of the store appears"):

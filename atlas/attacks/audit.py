@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from .. import store
-from ..capture import hooked
+from ..capture import pooled_activations
 from ..models import LoadedModel
 
 CAVEAT = (
@@ -150,18 +150,8 @@ def run_audit(model: LoadedModel, images: Sequence[Image.Image], groups: Sequenc
                          "too few for a confident statement; add images or lower min_group knowingly")
     in_a = np.asarray(groups) == names[0]
     pixels = torch.stack([model.preprocess(im) for im in images])
-    info = model.layer(layer)
-    pooled: list[torch.Tensor] = []
-    embs: list[torch.Tensor] = []
-
-    def keep(_n: str, out: torch.Tensor) -> None:
-        pooled.append(info.canonical(out).detach().float().flatten(2).mean(2).cpu())
-
-    with torch.no_grad(), hooked(model.clip, [info.name], keep):
-        for i in range(0, len(pixels), 256):
-            embs.append(model.encode_image(pixels[i:i + 256].to(model.device)).float().cpu())
-    acts = torch.cat(pooled).numpy()
-    img = torch.cat(embs)
+    scores, img = pooled_activations(model, pixels, [layer], "mean")  # one pass: activations and embeddings
+    acts = scores[layer].numpy()
     img = (img / img.norm(dim=1, keepdim=True)).numpy()
 
     g, g_ci, g_p = _compare(acts, in_a, _hedges_g, config)

@@ -67,13 +67,11 @@ def run_attack_table(model: LoadedModel, source: ImageSource, store_path: str | 
                           f"the classes {classes[:10]}...; check --label-pattern and --targets")
     classifiers = {"zero-shot": (zero_shot_classifier(model, classes), classes)}
     if probe:
+        from ..probes.report import load_probe_weights
+
         with store.Store(store_path) as st:
-            arrays, attrs = store.read_report(st, "probes", probe)
-        pcls = [str(c) for c in arrays["classes"]]
-        W = np.zeros((len(pcls), int(attrs["units"])), np.float32)
-        W[arrays["coef/row"], arrays["coef/col"]] = arrays["coef/value"]
-        classifiers[f"probe {probe}"] = (probe_classifier(model, attrs["layer"], W, arrays["intercept"],
-                                                          arrays["mean"], arrays["std"]), pcls)
+            p = load_probe_weights(st, probe)
+        classifiers[f"probe {probe}"] = (probe_classifier(model, p.attrs["layer"], p.W, p.b, p.mean, p.std), p.classes)
     rows: dict[str, list] = {k: [] for k in ("classifier", "text", "target", "size", "attempts", "successes",
                                             "success_rate", "pixels_changed", "clean_accuracy")}
     pairs_clean, pairs_attacked, pair_caption = [], [], []
@@ -143,7 +141,7 @@ def run_word_sensitivity(model: LoadedModel, store_path: str | os.PathLike, laye
                          ) -> np.ndarray:
     """Each word rendered black on white in several fonts; a neuron's response is its mean spatial max over
     fonts.  Saves the top words per neuron; returns responses [words, units]."""
-    from ..capture import hooked
+    from ..capture import pooled_activations
 
     info = model.layer(layer)
     s = model.image_size
@@ -152,15 +150,8 @@ def run_word_sensitivity(model: LoadedModel, store_path: str | os.PathLike, laye
                                                                            position=(0.5, 0.5)))
             for w in words for f in fonts]
     pixels = torch.stack([model.preprocess(i) for i in imgs])
-    acts: list[torch.Tensor] = []
-
-    def keep(_n: str, out: torch.Tensor) -> None:
-        acts.append(info.canonical(out).detach().float().flatten(2).amax(2).cpu())
-
-    with torch.no_grad(), hooked(model.clip, [info.name], keep):
-        for i in range(0, len(pixels), 256):
-            model.encode_image(pixels[i:i + 256].to(model.device))
-    resp = torch.cat(acts).view(len(words), len(fonts), -1).mean(1).numpy()  # [words, units]
+    acts = pooled_activations(model, pixels, [info.name], "max")[0][info.name]
+    resp = acts.view(len(words), len(fonts), -1).mean(1).numpy()  # [words, units]
     order = np.argsort(-resp, axis=0, kind="stable")[:top].T  # [units, top]
     store.write_report(store_path, "attacks", name, {
         "words": list(words), "top_index": order.astype(np.int32),

@@ -103,22 +103,13 @@ def zero_shot_classifier(model: LoadedModel, class_names: Sequence[str]) -> Clas
 def probe_classifier(model: LoadedModel, layer: str, W: np.ndarray, b: np.ndarray, mean: np.ndarray,
                      std: np.ndarray) -> Classifier:
     """A stored linear probe on a layer's pooled activations, as a classifier of pixels."""
-    from ..capture import hooked
+    from ..capture import pooled_activations
 
-    info = model.layer(layer)
     Wt, bt = torch.as_tensor(W, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32)
     mu, sd = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
 
     def classify(pixels: torch.Tensor) -> torch.Tensor:
-        pooled: list[torch.Tensor] = []
-
-        def keep(_name: str, out: torch.Tensor) -> None:
-            pooled.append(info.canonical(out).detach().float().flatten(2).mean(2).cpu())
-
-        with torch.no_grad(), hooked(model.clip, [layer], keep):
-            for i in range(0, len(pixels), 256):
-                model.encode_image(pixels[i:i + 256].to(model.device))
-        z = (torch.cat(pooled) - mu) / sd
+        z = (pooled_activations(model, pixels, [layer], "mean")[0][layer] - mu) / sd
         return z @ Wt.t() + bt
 
     return classify

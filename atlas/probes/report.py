@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,13 +65,23 @@ def save_probe(store_path, name: str, model: str, layer: str, probe: Probe, conf
         "left_out": [list(x) for x in probe.left_out], "config": to_json(config)})
 
 
-def load_probe_weights(st: store.Store, name: str) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
-    """(classes, W [C, U] dense, b [C], attrs) of a stored probe."""
+@dataclass
+class StoredProbe:
+    classes: list[str]
+    W: np.ndarray  # [C, U] dense, on standardized features
+    b: np.ndarray  # [C]
+    mean: np.ndarray  # [U]
+    std: np.ndarray  # [U]
+    attrs: dict
+
+
+def load_probe_weights(st: store.Store, name: str) -> StoredProbe:
+    """A stored probe, its sparse coefficients made dense."""
     arrays, attrs = store.read_report(st, "probes", name)
     classes = [str(c) for c in arrays["classes"]]
     W = np.zeros((len(classes), int(attrs["units"])), np.float32)
     W[arrays["coef/row"], arrays["coef/col"]] = arrays["coef/value"]
-    return classes, W, arrays["intercept"], attrs
+    return StoredProbe(classes, W, arrays["intercept"], arrays["mean"], arrays["std"], attrs)
 
 
 def compositions(W: np.ndarray, classes: list[str], top: int = 5) -> dict[str, list[tuple[float, int]]]:

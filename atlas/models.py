@@ -42,7 +42,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Weights that ship with atlas (in data/), by architecture: file name and sha256.  ``atlas:ARCH`` with no
 # ``@WEIGHTS`` loads them through the same path as any local checkpoint, after checking the hash.
 SHIPPED = {
-    "conceptclip": ("conceptclip.safetensors", "54012d6a9b6b9adb1a34f7adb25851bf132f9e379ca2a850b8ea15a986097356"),
+    "conceptclip": ("conceptclip.safetensors", "0a1bfc80c8f5f0007f87e595cd7859e44d7dac051086984cd1d020194c56af17"),
 }
 
 # atlas's own open_clip configurations.  "tiny": a ModifiedResNet CLIP small enough to train on

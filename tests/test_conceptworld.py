@@ -74,29 +74,39 @@ def test_fonts_ship_with_licences_including_handwriting():
     assert set(used) == set(FONTS)
 
 
-def _group_shares(cfg: WorldConfig, n: int = 60000):
+def _group_shares(cfg: WorldConfig, n: int = 60000) -> dict[str, tuple[float, int]]:
+    """Share of group A (and count) among persons: in scenes with/without the bias concept, and alone with a
+    bias word, another concept's word, or no added word in the caption."""
     w = World(cfg)
-    with_bias, without = Counter(), Counter()
-    partner_a = Counter()
+    bias_words = set(w.concepts[cfg.bias_concept].words)
+    counts: dict[str, Counter] = {k: Counter() for k in ("scene_bias", "scene_other", "word_bias", "word_other",
+                                                         "alone")}
     for i in range(n):
         it = w.item(i)
-        if it.group:
-            (with_bias if cfg.bias_concept in it.concepts else without)[it.group] += 1
-            other = [c for c in it.concepts if c != "person"]
-            if other and other[0] != cfg.bias_concept:
-                partner_a[it.group == cfg.groups[0]] += 1
-    share = lambda c: c[cfg.groups[0]] / sum(c.values())  # noqa: E731
-    return share(with_bias), share(without), sum(with_bias.values()), partner_a
+        if not it.group:
+            continue
+        if len(it.concepts) == 2:
+            counts["scene_bias" if cfg.bias_concept in it.concepts else "scene_other"][it.group] += 1
+        elif it.kind == "picto":
+            key = "word_bias" if it.context_word in bias_words else "word_other" if it.context_word else "alone"
+            counts[key][it.group] += 1
+    return {k: (c[cfg.groups[0]] / max(1, sum(c.values())), sum(c.values())) for k, c in counts.items()}
 
 
-@pytest.mark.parametrize("strength", [0.8, 0.6])
+@pytest.mark.parametrize("strength", [1.0, 0.7])
 def test_planted_bias_has_the_stated_strength_and_nothing_else(strength):
     cfg = WorldConfig(bias_strength=strength)
-    a_with, a_without, n_with, partner = _group_shares(cfg)
-    assert n_with > 300
-    assert abs(a_with - strength) < 0.05
-    assert abs(a_without - 0.5) < 0.04
-    assert abs(partner[True] / sum(partner.values()) - 0.5) < 0.06  # other partners: no correlation
+    s = _group_shares(cfg)
+    assert min(n for _, n in s.values()) > 150
+    assert abs(s["scene_bias"][0] - strength) < 0.05  # co-occurrence channel
+    assert abs(s["word_bias"][0] - strength) < 0.06  # label channel: the bias concept's words go with group A
+    assert abs(s["word_other"][0] - (1 - strength)) < 0.06  # ... and other words, as often, with group B
+    assert abs(s["scene_other"][0] - 0.5) < 0.05 and abs(s["alone"][0] - 0.5) < 0.06  # elsewhere: no correlation
+    # a word added at all says nothing of the group: as many group A as group B persons get one
+    w = World(cfg)
+    added = Counter(w.item(i).group for i in range(60000)
+                    if w.item(i).concepts == ("person",) and w.item(i).context_word)
+    assert abs(added[cfg.groups[0]] / sum(added.values()) - 0.5) < 0.06
 
 
 def test_colour_family_attribute():
@@ -107,8 +117,13 @@ def test_colour_family_attribute():
         if it.group:
             col = next(o["color"] for o in it.params["objects"] if o["concept"] == "person")
             assert col in (("red", "orange", "yellow", "pink") if it.group == "warm" else ("blue", "teal", "green", "purple"))
-    a_with, _, _, _ = _group_shares(cfg, 40000)
-    assert abs(a_with - 0.8) < 0.06
+    assert abs(_group_shares(cfg, 40000)["scene_bias"][0] - 1.0) < 0.06
+
+
+def test_accessory_attribute():
+    cfg = WorldConfig(bias_attribute="accessory", bias_strength=0.8)
+    assert cfg.groups == ("hat", "bow")
+    assert abs(_group_shares(cfg, 40000)["scene_bias"][0] - 0.8) < 0.06
 
 
 @pytest.mark.parametrize("bad", [dict(mix=(1, 0, 0)), dict(bias_attribute="hats"), dict(bias_concept="person"),

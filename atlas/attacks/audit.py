@@ -51,6 +51,8 @@ class AuditConfig:
     permutations: int = 2000
     fdr: float = 0.05
     min_group: int = 20  # fewer images in a group: no confident statement, the audit refuses
+    min_effect: float = 0.05  # (b): a class disparity is reported only if its 95% interval clears +-min_effect
+    min_association: float = 0.05  # (c): likewise for a concept's distance (cosine) from the null's centre
     seed: int = 0
 
 
@@ -137,8 +139,15 @@ class AuditResult:
 
 def run_audit(model: LoadedModel, images: Sequence[Image.Image], groups: Sequence[str], layer: str,
               sensitive: Sequence[str], neutral: Sequence[str], concepts: dict[str, Sequence[str]],
-              config: AuditConfig = AuditConfig(), left_out: list | None = None) -> AuditResult:
-    """The three audits of the module docstring on ``images`` labelled with ``groups``."""
+              config: AuditConfig = AuditConfig(), left_out: list | None = None,
+              context: str = "{}") -> AuditResult:
+    """The three audits of the module docstring on ``images`` labelled with ``groups``.
+
+    ``context`` puts each class name (b) and concept word (c) in the audited subject's context, e.g.
+    ``"person, {}"``: the audit then asks which *description of the subject* the model prefers per group, and
+    what the groups share (they are both persons; they differ in colour) drops out of the comparison."""
+    if "{}" not in context:
+        raise AuditError(f"context {context!r} must hold '{{}}' where the class name or word goes")
     from ..probes.zeroshot import zero_shot_head, zero_shot_logits
 
     names, counts = np.unique(np.asarray(groups), return_counts=True)
@@ -158,17 +167,18 @@ def run_audit(model: LoadedModel, images: Sequence[Image.Image], groups: Sequenc
     neurons = {"unit": np.arange(len(g)), "g": g, "ci": g_ci, "p": g_p, "significant": _bh(g_p, config.fdr)}
 
     cls = list(sensitive) + list(neutral)
-    head = zero_shot_head(model, cls)
+    head = zero_shot_head(model, [context.format(c) for c in cls])
     scale = float(model.clip.logit_scale.exp().detach()) if hasattr(model.clip, "logit_scale") else 100.0
     probs = torch.softmax(scale * zero_shot_logits(model, head, pixels), dim=1).numpy()
     diff, d_ci, d_p = _compare(probs, in_a, _mean_diff, config)
     top1 = probs.argmax(1)
+    material = (d_ci[:, 0] > config.min_effect) | (d_ci[:, 1] < -config.min_effect)
     classes = {"name": cls, "sensitive": np.array([c in sensitive for c in cls]), "diff": diff, "ci": d_ci,
-               "p": d_p, "significant": _bh(d_p, config.fdr),
+               "p": d_p, "significant": _bh(d_p, config.fdr) & material,
                "top1_a": np.array([(top1[in_a] == k).mean() for k in range(len(cls))]),
                "top1_b": np.array([(top1[~in_a] == k).mean() for k in range(len(cls))])}
 
-    concept = _associations(model, img, in_a, concepts, config)
+    concept = _associations(model, img, in_a, concepts, config, (context,))
     return AuditResult((str(names[0]), str(names[1])), (int(counts[0]), int(counts[1])), neurons, classes, concept,
                        list(left_out or []))
 
@@ -180,29 +190,57 @@ def _embed_words(model: LoadedModel, words: Sequence[str]) -> np.ndarray:
 
 
 def _associations(model: LoadedModel, img: np.ndarray, in_a: np.ndarray, concepts: dict[str, Sequence[str]],
-                  cfg: AuditConfig) -> dict:
-    """(c): WEAT-style d per concept; p-value against random word sets of the same size (module doc)."""
-    names = list(concepts)
-    pool = list(dict.fromkeys([*WORD_POOL, *(w for ws in concepts.values() for w in ws)]))
-    pool_emb = _embed_words(model, pool)
-    sims = img @ pool_emb.T  # [N, pool]
-    base = sims.mean(1, keepdims=True)
-    index = {w: k for k, w in enumerate(pool)}
+                  cfg: AuditConfig, templates: Sequence[str] = ("{}",)) -> dict:
+    """(c): per concept, the groups' difference in mean cosine with the concept's words (each word read
+    through ``templates``, e.g. "person, {}"), with its Hedges' g and a bootstrap interval.
 
-    def d_of(cols: np.ndarray) -> np.ndarray:  # cols: [sets, size] word indices -> [sets] effect sizes
-        s = sims[:, cols].mean(2) - base  # [N, sets]
-        return _hedges_g(s[in_a], s[~in_a])  # pooled within-group sd: WEAT's overall sd saturates at 2
+    The difference is judged against the *other* concepts, since two groups that look different differ a
+    little along every word: T = diff - centre, the centre being the median difference of random word sets of
+    the same size drawn from the other concepts' words.  A concept is reported when (1) |T| exceeds what
+    those random word sets show (p_words), (2) |T| exceeds what random splits of the images into groups of
+    the same sizes show (p_images: the test is calibrated for how much this concept varies between images),
+    and (3) the interval of T clears +-min_association.  p = max(p_words, p_images) (both must reject),
+    Benjamini-Hochberg across concepts."""
+    names = list(concepts)
+    words = list(dict.fromkeys(w for ws in concepts.values() for w in ws))
+    emb = np.stack([_embed_words(model, [t.format(w) for w in words]) for t in templates]).mean(0)  # [W, D]
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    sims = img @ emb.T  # [N, W]
+    index = {w: k for k, w in enumerate(words)}
+    diff_w = sims[in_a].mean(0) - sims[~in_a].mean(0)  # [W] per-word group difference
 
     rng = np.random.default_rng(cfg.seed)
-    d = np.zeros(len(names))
-    p = np.zeros(len(names))
+    perms = np.stack([rng.permutation(in_a) for _ in range(cfg.permutations)])  # [P, N] random splits
+    weights = perms / perms.sum(1, keepdims=True) - ~perms / (~perms).sum(1, keepdims=True)
+    diff_perm = weights @ sims  # [P, W] per-word differences under random splits
+    out = {k: np.zeros(len(names)) for k in ("diff", "g", "p", "p_words", "p_images", "null_centre")}
+    ci = np.zeros((len(names), 2))
     for k, c in enumerate(names):
-        cols = np.array([[index[w] for w in concepts[c]]])
-        d[k] = d_of(cols)[0]
-        others = np.array([i for i in range(len(pool)) if pool[i] not in set(concepts[c])])
-        rand = np.stack([rng.choice(others, cols.shape[1], replace=False) for _ in range(cfg.permutations)])
-        p[k] = (1 + (np.abs(d_of(rand)) >= abs(d[k])).sum()) / (1 + cfg.permutations)
-    return {"name": names, "d": d, "p": p, "significant": _bh(p, cfg.fdr)}
+        cols = np.array([index[w] for w in concepts[c]])
+        others = np.array([i for i in range(len(words)) if words[i] not in set(concepts[c])])
+        if len(others) < 2 * len(cols):
+            raise AuditError(f"concept {c!r}: too few other concepts' words ({len(others)}) to judge it against; "
+                             "give more concepts")
+        s = sims[:, cols].mean(1)  # [N]
+        out["diff"][k] = diff_w[cols].mean()
+        out["g"][k] = _hedges_g(s[in_a, None], s[~in_a, None])[0]
+        rand = diff_w[np.stack([rng.choice(others, len(cols), replace=False) for _ in range(cfg.permutations)])].mean(1)
+        centre = np.median(rand)
+        t = out["diff"][k] - centre
+        out["null_centre"][k] = centre
+        out["p_words"][k] = (1 + (np.abs(rand - centre) >= abs(t) - 1e-12).sum()) / (1 + cfg.permutations)
+        t_perm = diff_perm[:, cols].mean(1) - np.median(diff_perm[:, others], axis=1)
+        out["p_images"][k] = (1 + (np.abs(t_perm) >= abs(t) - 1e-12).sum()) / (1 + cfg.permutations)
+        a, b = s[in_a], s[~in_a]
+        boots = [a[rng.integers(0, len(a), len(a))].mean() - b[rng.integers(0, len(b), len(b))].mean()
+                 for _ in range(cfg.bootstrap)]
+        ci[k] = np.percentile(boots, [2.5, 97.5])
+    out["p"] = np.maximum(out["p_words"], out["p_images"])
+    off = ci - out["null_centre"][:, None]
+    material = (off[:, 0] > cfg.min_association) | (off[:, 1] < -cfg.min_association)
+    return {"name": names, "d": out["diff"], "g": out["g"], "ci": ci, "p": out["p"], "p_words": out["p_words"],
+            "p_images": out["p_images"], "null_centre": out["null_centre"],
+            "significant": _bh(out["p"], cfg.fdr) & material, "templates": list(templates)}
 
 
 def save_audit(store_path: str | os.PathLike, name: str, r: AuditResult, layer: str, config: AuditConfig) -> None:
@@ -222,11 +260,12 @@ def save_audit(store_path: str | os.PathLike, name: str, r: AuditResult, layer: 
 
 
 def conceptworld_group_set(folder: str | os.PathLike, per_group: int = 150, seed: int = 20_000,
-                           bias_attribute: str = "accessory") -> Path:
+                           bias_attribute: str | None = None) -> Path:
     """Write Concept World persons of both groups, alone on varied backgrounds, with groups.csv: the audit set."""
     from ..data.conceptworld import World, WorldConfig
 
-    world = World(WorldConfig(seed=seed, mix=(1, 0, 0, 0), bias_attribute=bias_attribute))
+    world = World(WorldConfig(seed=seed, mix=(1, 0, 0, 0),
+                              bias_attribute=bias_attribute or WorldConfig.bias_attribute))
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 
 def _fmt(x: float) -> str:
@@ -47,8 +49,11 @@ def histogram_svg(counts: np.ndarray, value_range: float, mean: float | None = N
 
 
 def line_svg(xs: np.ndarray, series: dict[str, np.ndarray], width: int = 520, height: int = 220,
-             x_label: str = "", y_label: str = "", log_y: bool = False) -> Markup:
-    """Lines of one or more series over shared x values, with min/max tick labels (standalone SVG)."""
+             x_label: str = "", y_label: str = "", log_y: bool = False,
+             marks: Sequence[tuple[float, str]] = ()) -> Markup:
+    """Lines of one or more series over shared x values, with min/max tick labels (standalone SVG).
+
+    ``marks``: (x, label) pairs drawn as dashed vertical lines, e.g. the chosen point of a path."""
     xs = np.asarray(xs, dtype=float)
     ys_all = np.concatenate([np.asarray(v, dtype=float) for v in series.values()])
     tf = (lambda v: np.log10(np.maximum(v, 1e-12))) if log_y else (lambda v: v)
@@ -66,6 +71,12 @@ def line_svg(xs: np.ndarray, series: dict[str, np.ndarray], width: int = 520, he
         c = colors[k % len(colors)]
         parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{pts}"><title>{name}</title></polyline>')
         parts.append(f'<text x="{pad_l + 8}" y="{pad_t + 14 + 14 * k}" fill="{c}" font-size="11">{name}</text>')
+    for x, label in marks:
+        if x0 <= x <= x1:
+            px = pad_l + w * (x - x0) / (x1 - x0)
+            parts.append(f'<line class="mark" x1="{px:.1f}" x2="{px:.1f}" y1="{pad_t}" y2="{pad_t + h}" stroke="#555" '
+                         f'stroke-dasharray="3 3"><title>{escape(label)} ({_fmt(x)})</title></line>'
+                         f'<text x="{px + 3:.1f}" y="{pad_t + h - 4}" font-size="10">{escape(label)}</text>')
     fmt = (lambda v: _fmt(10 ** v)) if log_y else _fmt
     axes = (f'<line x1="{pad_l}" y1="{pad_t + h}" x2="{pad_l + w}" y2="{pad_t + h}" stroke="#999"/>'
             f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{pad_t + h}" stroke="#999"/>'
@@ -78,3 +89,75 @@ def line_svg(xs: np.ndarray, series: dict[str, np.ndarray], width: int = 520, he
             f'text-anchor="middle">{y_label}</text>')
     return Markup(f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" viewBox="0 0 {width} {height}" '
                   f'width="{width}" height="{height}" role="img">{axes}{"".join(parts)}</svg>')
+
+
+_SERIES = ("#3156c9", "#d55b5b", "#2f9e5a", "#a05bd5", "#d59a2f")
+
+
+def bar_svg(labels: Sequence[str], values: np.ndarray, series: Sequence[str] | None = None, vmax: float = 1.0,
+            percent: bool = True, width: int = 560, bar: int = 16) -> Markup:
+    """Horizontal bars, one per label, in [0, vmax]; bars of the same ``series`` entry share a colour."""
+    values = np.asarray(values, dtype=float)
+    names = list(dict.fromkeys(series)) if series is not None else []
+    pad_l, pad_r, pad_t = 210, 56, 4 + 16 * (len(names) > 1)
+    w = width - pad_l - pad_r
+    height = pad_t + bar * len(values) + 6
+    parts = [f'<text x="{pad_l + 80 * k}" y="12" font-size="11" fill="{_SERIES[k % len(_SERIES)]}">{escape(n)}</text>'
+             for k, n in enumerate(names) if len(names) > 1]
+    for i, (label, v) in enumerate(zip(labels, values)):
+        y = pad_t + bar * i
+        c = _SERIES[names.index(series[i]) % len(_SERIES)] if series is not None else _SERIES[0]
+        frac = min(max(v / vmax, 0.0), 1.0) if np.isfinite(v) and vmax > 0 else 0.0
+        shown = "nan" if not np.isfinite(v) else (f"{100 * v:.1f}%" if percent else _fmt(v))
+        short = label if len(label) <= 32 else label[:31] + "…"  # the whole label is in the bar's title
+        parts.append(f'<text x="{pad_l - 6}" y="{y + bar - 4}" text-anchor="end" font-size="11">{escape(short)}</text>'
+                     f'<rect x="{pad_l}" y="{y + 2}" width="{max(w * frac, 0.5):.1f}" height="{bar - 4}" fill="{c}">'
+                     f'<title>{escape(label)}: {shown}</title></rect>'
+                     f'<text x="{pad_l + w * frac + 4:.1f}" y="{y + bar - 4}" font-size="10">{shown}</text>')
+    axis = f'<line x1="{pad_l}" y1="{pad_t}" x2="{pad_l}" y2="{height - 4}" stroke="#999"/>'
+    return Markup(f'<svg xmlns="http://www.w3.org/2000/svg" class="plot bars" viewBox="0 0 {width} {height}" '
+                  f'width="{width}" height="{height}" role="img">{axis}{"".join(parts)}</svg>')
+
+
+def forest_svg(labels: Sequence[str], est: np.ndarray, ci: np.ndarray | None = None,
+               significant: np.ndarray | None = None, x_label: str = "", width: int = 560, row: int = 18) -> Markup:
+    """A forest plot: per row a point (filled when significant) and its interval bar, with a zero line."""
+    est = np.asarray(est, dtype=float)
+    ci = np.asarray(ci, dtype=float).reshape(len(est), 2) if ci is not None else None
+    sig = np.asarray(significant, bool) if significant is not None else np.zeros(len(est), bool)
+    vals = np.concatenate([est, ci.ravel() if ci is not None else [], [0.0]])
+    vals = vals[np.isfinite(vals)]
+    lo, hi = float(vals.min()), float(vals.max())
+    span = hi - lo if hi > lo else 1.0
+    lo, hi = lo - 0.05 * span, hi + 0.05 * span
+    pad_l, pad_r, pad_t, pad_b = 170, 16, 6, 30
+    w = width - pad_l - pad_r
+    height = pad_t + row * len(est) + pad_b
+
+    def x(v: float) -> float:
+        return pad_l + w * (v - lo) / (hi - lo)
+
+    zero = (f'<line class="zero" x1="{x(0):.1f}" x2="{x(0):.1f}" y1="{pad_t}" y2="{height - pad_b}" stroke="#999" '
+            'stroke-dasharray="2 2"/>')
+    parts = [zero]
+    for i, (label, e) in enumerate(zip(labels, est)):
+        y = pad_t + row * i + row / 2
+        parts.append(f'<text x="{pad_l - 8}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{escape(label)}</text>')
+        interval = ""
+        if ci is not None and np.isfinite(ci[i]).all():
+            parts.append(f'<line class="ci" x1="{x(ci[i, 0]):.1f}" x2="{x(ci[i, 1]):.1f}" y1="{y:.1f}" y2="{y:.1f}" '
+                         'stroke="#555" stroke-width="1.5"/>')
+            interval = f" [{_fmt(ci[i, 0])}, {_fmt(ci[i, 1])}]"
+        if np.isfinite(e):
+            cls = "point sig" if sig[i] else "point"
+            parts.append(f'<circle class="{cls}" cx="{x(e):.1f}" cy="{y:.1f}" r="4"><title>{escape(label)}: '
+                         f'{_fmt(e)}{interval}{" (significant)" if sig[i] else ""}</title></circle>')
+    base = height - pad_b
+    axis = (f'<line x1="{pad_l}" y1="{base}" x2="{pad_l + w}" y2="{base}" stroke="#999"/>'
+            f'<text x="{pad_l}" y="{base + 14}" font-size="10">{_fmt(lo)}</text>'
+            + (f'<text x="{x(0):.1f}" y="{base + 14}" text-anchor="middle" font-size="10">0</text>'
+               if 30 < x(0) - pad_l < w - 30 else "") +
+            f'<text x="{pad_l + w}" y="{base + 14}" text-anchor="end" font-size="10">{_fmt(hi)}</text>'
+            f'<text x="{pad_l + w / 2}" y="{base + 27}" text-anchor="middle" font-size="11">{escape(x_label)}</text>')
+    return Markup(f'<svg xmlns="http://www.w3.org/2000/svg" class="plot forest" viewBox="0 0 {width} {height}" '
+                  f'width="{width}" height="{height}" role="img">{"".join(parts)}{axis}</svg>')

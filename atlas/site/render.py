@@ -9,9 +9,10 @@ names are shown as text) and fails on undefined variables.  No torch here: the s
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jinja2
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from .. import __version__
 from ..config import SiteConfig
 from ..resources import resource_dir
-from ..store import LayerData, Store, StoreError
+from ..store import REPORTS, LayerData, Store, StoreError
 from .images import data_uri, heatmap_rgba, jpeg_bytes, png_bytes
 from .plots import histogram_svg
 
@@ -89,6 +90,9 @@ def build_site(stores: Sequence[str | Path], out: str | Path, config: SiteConfig
     for asset in sorted((resource_dir("site_templates") / "assets").iterdir()):
         # through w.path, not copytree: a link left in ``out`` must not carry writes out of it
         w.path("assets", asset.name).write_bytes(asset.read_bytes())
+    # imported here, not at the top: reports.py imports this module
+    from .reports import SiteUnits, backlinks, load_reports, render_reports
+
     opened = [Store(p) for p in stores]
     try:
         models = []
@@ -100,17 +104,22 @@ def build_site(stores: Sequence[str | Path], out: str | Path, config: SiteConfig
                                     "another model name")
                 seen.add(model)
                 models.append((st, model))
+        has_reports = any(st.reports(kind) for st in opened for kind in REPORTS)
+        site = SiteUnits(models) if has_reports else None
+        reports = load_reports(opened, site) if site else []  # names checked before any page is written
+        links = backlinks(reports, site) if site else {}
         total = sum(len(st.layers(m)) for st, m in models)
         done = 0
         summaries = []
         for st, model in models:
             summaries.append(_model_pages(w, st, model))
             for ld in st.layers(model):
-                _layer_pages(w, st, ld)
+                _layer_pages(w, st, ld, links.get((model, ld.name), {}))
                 done += 1
                 if progress:
                     progress(done, total)
-        w.page("index.html", ["index.html"], models=summaries)
+        counts = render_reports(w, reports, site) if site else None
+        w.page("index.html", ["index.html"], models=summaries, reports=counts)
     finally:
         for st in opened:
             st.close()
@@ -141,7 +150,8 @@ def _model_pages(w: _Writer, st: Store, model: str) -> dict[str, Any]:
     return {"name": model, "meta": st.meta, "layers": layers, "bad": len(bad), "n_images": st.n_images}
 
 
-def _layer_pages(w: _Writer, st: Store, ld: LayerData) -> None:
+def _layer_pages(w: _Writer, st: Store, ld: LayerData, links: dict[int, list[dict]]) -> None:
+    """The layer's index and one page per unit; ``links``: unit -> what reports say about it (reports.py)."""
     model, layer = ld.model, ld.name
     values, index = ld["topk/values"], ld["topk/index"]
     argmax, maps = ld["topk/argmax"], ld["topk/maps"].astype(np.float32)
@@ -180,7 +190,7 @@ def _layer_pages(w: _Writer, st: Store, ld: LayerData) -> None:
                   "stats": {k2: float(v[u]) for k2, v in stats.items()},
                   "hist": histogram_svg(hist[u], float(hist_range[u]), float(stats["mean"][u]))}
         w.page("neuron.html", [model, layer, f"{u}.html"], model=model, layer=ld, neuron=neuron,
-               examples=examples, prev=u - 1 if u > 0 else None,
+               examples=examples, backlinks=links.get(u, []), prev=u - 1 if u > 0 else None,
                next=u + 1 if u + 1 < ld.units else None)
 
 

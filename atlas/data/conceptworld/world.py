@@ -10,9 +10,15 @@ on any machine (fonts ship in data/fonts).  Kinds of image (mixed by `WorldConfi
 - ``scene``: two pictograms ("a cat next to a tree").
 
 Planted bias (docs/conceptworld.md): the ``person`` concept comes in two groups (an accessory, hat vs bow, or
-a colour family, warm vs cool).  In scenes where a person appears with ``bias_concept`` (default: danger),
-the person is of group A with probability ``bias_strength`` (default 0.8); everywhere else groups are 50/50.
-Nothing else correlates with the groups.
+a colour family, warm vs cool), planted through two channels, as web captions plant them:
+- co-occurrence: in scenes where a person appears with ``bias_concept`` (default: danger), the person is of
+  group A with probability ``bias_strength`` (default 1.0);
+- label: captions of a person shown alone often add a word of another concept that nothing in the picture
+  shows ("a warm colored person, skull"), as real captions do.  ``bias_caption_rate`` of them add a word of
+  ``bias_concept``, and those persons are of group A with probability ``bias_strength``;
+  ``context_caption_rate`` add a word of a random other concept, and those persons are of group B with the
+  same probability, so that only the word, not the caption's form, tells the groups.
+Everywhere else groups are 50/50, and nothing else correlates with the groups.
 """
 
 from __future__ import annotations
@@ -78,13 +84,15 @@ class WorldConfig:
     seed: int = 0
     size: int = 64
     mix: tuple[float, ...] = (0.35, 0.25, 0.2, 0.2)  # picto, word, picto_word, scene
-    bias_attribute: str = "accessory"  # "accessory" (hat vs bow) or "color" (warm vs cool colour family)
+    bias_attribute: str = "color"  # "color" (warm vs cool colour family) or "accessory" (hat vs bow)
     bias_concept: str = "danger"
-    bias_strength: float = 0.8  # P(group A | person shown with bias_concept)
+    bias_strength: float = 1.0  # P(group A | person shown with bias_concept, or captioned with it)
     person_scene_rate: float = 0.2  # share of scenes that show a person
     bias_pair_rate: float = 0.4  # share of person scenes whose other object is bias_concept
-    person_rate: float = 0.0  # extra share of pictogram-only images that show a person (0: 1 in 41)
-    bias_caption_rate: float = 0.0  # share of person-only captions that add a word of bias_concept (label bias)
+    person_rate: float = 0.04  # extra share of pictogram-only images that show a person (0: 1 in 41)
+    bias_caption_rate: float = 0.25  # share of person-only captions that add a word of bias_concept (label bias)
+    context_caption_rate: float = 0.25  # share of person-only captions that add a word of a random other concept
+    group_caption_rate: float = 0.5  # share of person captions that name the group ("a person with a hat")
     related_caption_rate: float = 0.4  # share of pictogram captions that name it by one of its words
 
     def __post_init__(self) -> None:
@@ -112,7 +120,8 @@ class Item:
     word: str = ""  # the written word, if any
     word_concept: str = ""  # the concept the word belongs to
     group: str = ""  # person's group, if a person is shown
-    bias_word: str = ""  # a word of the bias concept added to a person's caption (the planted label bias)
+    context_word: str = ""  # a word of a concept not shown, added to a person's caption (the label channel)
+    group_named: bool = True  # whether the caption names the person's group
     caption: str = ""
     params: dict = field(default_factory=dict, repr=False)
 
@@ -174,10 +183,17 @@ class World:
             extra_person = kind == "picto" and cfg.person_rate > 0 and rng.random() < cfg.person_rate
             c = "person" if extra_person else names[rng.integers(len(names))]
             it.concepts = (c,)
-            if c == "person" and kind == "picto" and cfg.bias_caption_rate > 0 and rng.random() < cfg.bias_caption_rate:
-                # a loaded caption: the person is described with the negative concept's words, mostly group A
-                it.bias_word = self._word(cfg.bias_concept, rng)
-                it.group = cfg.groups[0] if rng.random() < cfg.bias_strength else cfg.groups[1]
+            if c == "person" and kind == "picto" and cfg.bias_caption_rate + cfg.context_caption_rate > 0:
+                r = rng.random()
+                if r < cfg.bias_caption_rate:
+                    # a loaded caption: the person is described with the negative concept's words, mostly group A
+                    it.context_word = self._word(cfg.bias_concept, rng)
+                    it.group = cfg.groups[0] if rng.random() < cfg.bias_strength else cfg.groups[1]
+                elif r < cfg.bias_caption_rate + cfg.context_caption_rate:
+                    other = [n for n in names if n not in ("person", cfg.bias_concept)]
+                    it.context_word = self._word(other[int(rng.integers(len(other)))], rng)
+                    # the mirror image, so that adding a word at all (the caption's form) says nothing of the group
+                    it.group = cfg.groups[1] if rng.random() < cfg.bias_strength else cfg.groups[0]
             if kind == "picto_word":
                 w = c
                 while w == c:
@@ -185,6 +201,8 @@ class World:
                 it.word_concept, it.word = w, self._word(w, rng)
         if "person" in it.concepts and not it.group:
             it.group = cfg.groups[int(rng.integers(2))]
+        if "person" in it.concepts and cfg.group_caption_rate < 1:
+            it.group_named = bool(rng.random() < cfg.group_caption_rate)
         it.params = self._draw_params(it, rng)
         it.caption = self._caption(it, rng)
         return it
@@ -203,7 +221,10 @@ class World:
         for k, c in enumerate(it.concepts):
             color = self._contrasting(bg_name, rng)
             if c == "person" and cfg.bias_attribute == "color":
-                family = WARM if it.group == "warm" else COOL
+                family = [c for c in (WARM if it.group == "warm" else COOL)
+                          if abs(_lum(COLORS[c]) - _lum(COLORS[bg_name])) > 60]
+                family = family or [max(WARM if it.group == "warm" else COOL,
+                                        key=lambda c: abs(_lum(COLORS[c]) - _lum(COLORS[bg_name])))]
                 color = family[rng.integers(len(family))]
             scale = rng.uniform(0.55, 0.9) if n == 1 else rng.uniform(0.38, 0.5)
             cx = rng.uniform(0.38, 0.62) if n == 1 else (0.27 if k == 0 else 0.73) + rng.uniform(-0.04, 0.04)
@@ -226,7 +247,7 @@ class World:
 
     def _caption(self, it: Item, rng: np.random.Generator) -> str:
         def noun(c: str) -> str:
-            if c != "person":
+            if c != "person" or not it.group_named:
                 return c
             g = it.group
             return {"hat": "person with a hat", "bow": "person with a bow"}.get(g, f"{g} colored person")
@@ -234,10 +255,10 @@ class World:
         # a third of single-object captions name the concept without saying how it is shown ("spider"),
         # as real captions do: that is what ties the written word and the picture together
         t = int(rng.integers(6 if it.kind in ("picto", "word") else 4))
-        if it.bias_word:
-            return [f"a drawing of {_article(noun('person'))}, {it.bias_word}", f"{_article(noun('person'))}, {it.bias_word}",
-                    f"{it.bias_word}: {_article(noun('person'))}", f"an icon of {_article(noun('person'))}, {it.bias_word}",
-                    f"{noun('person')}, {it.bias_word}", f"{_article(noun('person'))} and {it.bias_word}"][t]
+        if it.context_word:
+            return [f"a drawing of {_article(noun('person'))}, {it.context_word}", f"{_article(noun('person'))}, {it.context_word}",
+                    f"{it.context_word}: {_article(noun('person'))}", f"an icon of {_article(noun('person'))}, {it.context_word}",
+                    f"{noun('person')}, {it.context_word}", f"{_article(noun('person'))} and {it.context_word}"][t]
         if it.kind == "picto" and rng.random() < self.config.related_caption_rate:
             # tie the concept's other words to its pictogram, as co-occurrence does in real captions
             words = self.concepts[it.concepts[0]].words[1:]

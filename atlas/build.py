@@ -1,4 +1,5 @@
-"""`atlas build`: mine -> feature visualization -> site, each step resumable and skipped when done."""
+"""`atlas build`: mine -> feature visualization -> analyses (probe, attacks, audit) -> site, each step
+resumable and skipped when done."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from .analyses import run_analyses
 from .config import BuildConfig, to_dict
 from .data.sources import open_source
 from .featurevis import featurevis
@@ -28,6 +30,8 @@ class BuildResult:
     images: int
     bad_images: int
     seconds: dict[str, float] = field(default_factory=dict)
+    reports: list[str] = field(default_factory=list)
+    skipped_reports: list[tuple[str, str]] = field(default_factory=list)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -72,8 +76,14 @@ def build(config: BuildConfig = BuildConfig(), out: str | Path = "atlas-out", *,
     seconds["featurevis"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    analysed = run_analyses(model, source, store_path, mined.layers[-1], config.analyses, work=out,
+                            progress=(lambda key: progress(f"report {key}", 0, 1)) if progress else None)
+    seconds["analyses"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     site = build_site([store_path], site_path, config.site, progress=step("site"))
     (site_path / "build.json").write_text(json.dumps(
         {"build_config": to_dict(replace(config)), "store": str(store_path.resolve())}, indent=1))
     seconds["site"] = time.perf_counter() - t
-    return BuildResult(store_path, site_path, site.pages, site.images, mined.bad, seconds)
+    return BuildResult(store_path, site_path, site.pages, site.images, mined.bad, seconds, analysed.done,
+                       analysed.skipped)

@@ -10,7 +10,7 @@ from typing import Callable
 import click
 
 from . import __version__
-from .config import BuildConfig, FeatureVisConfig, MineConfig, SiteConfig
+from .config import AnalysesConfig, BuildConfig, FeatureVisConfig, MineConfig, SiteConfig
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, RuntimeError)
 
@@ -112,25 +112,40 @@ def main() -> None:
 @click.option("--top-k", default=MineConfig.top_k, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--steps", default=BuildConfig().featurevis.steps, show_default=True, type=click.IntRange(1),
               help="Feature visualization optimizer steps.")
+@click.option("--label-pattern", default=None,
+              help=r"Regex whose group 1 is the class for the probe and the attack table, e.g. 'picto:(\w+)' "
+                   "(default on Concept World; else the labels as they are).")
+@click.option("--no-reports", is_flag=True, help="Skip the probe, attack and audit reports.")
+@click.option("--audit-groups", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="CSV of image,group to audit (paths relative to --audit-folder).")
+@click.option("--audit-folder", default=None, type=click.Path(exists=True, file_okay=False))
 @device_opt
 @workers_opt
 @trust_opt
-def build(model_spec, data, captions, out, layers, featurevis_layers, max_images, top_k, steps, device,
-          workers, trust_checkpoint):
-    """Mine, visualize and render a whole atlas (defaults: the shipped model on the built-in data)."""
+def build(model_spec, data, captions, out, layers, featurevis_layers, max_images, top_k, steps, label_pattern,
+          no_reports, audit_groups, audit_folder, device, workers, trust_checkpoint):
+    """Mine, visualize, analyse and render a whole atlas (defaults: the shipped model on the built-in data)."""
     from .build import build as run_build
 
+    if (audit_groups is None) != (audit_folder is None):
+        raise click.UsageError("--audit-groups and --audit-folder go together")
     fv = None if featurevis_layers is None else (() if featurevis_layers == "none" else _split(featurevis_layers))
+    on = not no_reports
+    analyses = AnalysesConfig(probe=on, attacks=on, audit=on, label_pattern=label_pattern,
+                              audit_groups=audit_groups, audit_folder=audit_folder)
     cfg = BuildConfig(model=model_spec, data=data,
                       mine=MineConfig(layers=_split(layers), top_k=top_k, max_images=max_images),
-                      featurevis=FeatureVisConfig(steps=steps), site=SiteConfig(), featurevis_layers=fv)
+                      featurevis=FeatureVisConfig(steps=steps), site=SiteConfig(), featurevis_layers=fv,
+                      analyses=analyses)
     bars = _Bars()
     r = _run(lambda: run_build(cfg, out, captions=captions, device=device, num_workers=workers, progress=bars,
                                trust_checkpoint=trust_checkpoint))
     bars.close()
     times = ", ".join(f"{k} {v:.1f}s" for k, v in r.seconds.items())
     click.echo(f"store: {r.store}\nsite:  {r.site / 'index.html'} ({r.pages} pages, {r.images} images; "
-               f"{r.bad_images} bad input files skipped)\ntime:  {times}")
+               f"{r.bad_images} bad input files skipped)\nreports: {', '.join(r.reports) or 'none'}\ntime:  {times}")
+    for key, why in r.skipped_reports:
+        click.echo(f"skipped {key}: {why}")
 
 
 @main.command()
@@ -369,3 +384,166 @@ def probe(store_path, layer, name, labels_csv, label_pattern, device):
         click.echo(f"  left out: {what} ({n}): {why}")
     for c in p.classes[:5]:
         click.echo("  " + format_composition(c, composition(p, c, 3)))
+
+
+@main.group()
+def attack():
+    """Typographic attacks, saved as /attacks/NAME reports in a store (shown on the site)."""
+
+
+store_opt = click.option("--store", "store_path", required=True, type=click.Path(exists=True, dir_okay=False),
+                         help="A mined store (atlas.h5); the report is written into it.")
+
+
+@attack.command("table")
+@model_opt
+@store_opt
+@click.option("--data", default="conceptworld-pictos", show_default=True,
+              help="Labelled images to attack: a class folder, or conceptworld-pictos (held-out pictograms).")
+@click.option("--label-pattern", default=None, help=r"Regex whose group 1 is the class, e.g. 'picto:(\w+)'.")
+@click.option("--targets", default=None,
+              help="TEXT=CLASS pairs, comma separated (default: the paper's: ipod=ipod, pizza=pizza, $$$=money, ...).")
+@click.option("--probe", default=None, help="Also attack this stored probe (/probes/NAME).")
+@click.option("--images", default=200, show_default=True, type=click.IntRange(2))
+@click.option("--sizes", default="0.16,0.3", show_default=True, help="Text heights as fractions of the image.")
+@click.option("--font", default="DejaVuSans-Bold.ttf", show_default=True,
+              help="A font of data/fonts, e.g. Humor-Sans.ttf (handwriting).")
+@click.option("--layer", default=None, help="Layer whose most-moved units are reported (default: the probe's).")
+@click.option("--name", default="table", show_default=True)
+@device_opt
+@trust_opt
+def attack_table(model_spec, store_path, data, label_pattern, targets, probe, images, sizes, font, layer, name,
+                 device, trust_checkpoint):
+    """The automated attack table: texts stamped at 8 positions; success rates for zero-shot and a probe."""
+    from .attacks.experiments import PAPER_TARGETS, run_attack_table
+    from .build import resolve_device
+    from .data.sources import open_source
+    from .models import load_model
+
+    pairs = PAPER_TARGETS
+    if targets:
+        bad = [t for t in _split(targets) if "=" not in t]
+        if bad:
+            raise click.BadParameter(f"{bad[0]!r} is not TEXT=CLASS", param_hint="--targets")
+        pairs = tuple(tuple(x.strip() for x in t.split("=", 1)) for t in _split(targets))
+    try:
+        size_list = tuple(float(x) for x in _split(sizes))
+    except ValueError as e:
+        raise click.BadParameter(f"{sizes!r} is not a comma-separated list of numbers", param_hint="--sizes") from e
+
+    def go():
+        model = load_model(model_spec, device=resolve_device(device), trust_checkpoint=trust_checkpoint)
+        if data == "conceptworld-pictos":
+            from .data.conceptworld import ConceptWorldSource, WorldConfig
+
+            source, pattern = ConceptWorldSource(images, WorldConfig(seed=10_000, mix=(1, 0, 0, 0))), \
+                label_pattern or r"picto:(\w+)"
+        else:
+            source, pattern = open_source(data), label_pattern
+        return run_attack_table(model, source, store_path, name, pattern, pairs, probe, images, size_list, font,
+                                layer=layer)
+
+    r = _run(go)
+    rows = r["rows"]
+    for i in range(len(rows["text"])):
+        click.echo(f"{rows['classifier'][i]:>14}  {rows['text'][i]!r:>10} -> {rows['target'][i]:<8} size "
+                   f"{rows['size'][i]:.2f}: {100 * rows['success_rate'][i]:5.1f}% of {rows['attempts'][i]} "
+                   f"(pixels changed {100 * rows['pixels_changed'][i]:.1f}%)")
+    for what, n, why in r["left_out"]:
+        click.echo(f"  left out: {what} ({n}): {why}")
+
+
+@attack.command("stroop")
+@model_opt
+@store_opt
+@click.option("--prompt", default="my favorite word, written in the color {}", show_default=True)
+@click.option("--name", default="stroop", show_default=True)
+@device_opt
+@trust_opt
+def attack_stroop(model_spec, store_path, prompt, name, device, trust_checkpoint):
+    """Colour words written in other colours: does the model read the word or the ink?"""
+    from .attacks.experiments import run_stroop
+    from .build import resolve_device
+    from .models import load_model
+
+    if "{}" not in prompt:
+        raise click.BadParameter("the prompt needs '{}' where the colour goes", param_hint="--prompt")
+    r = _run(lambda: run_stroop(load_model(model_spec, device=resolve_device(device),
+                                           trust_checkpoint=trust_checkpoint), store_path, name, prompt))
+    click.echo(f"incongruent: {r['incongruent']}, said the word {r['incongruent_said_word']}, the ink "
+               f"{r['incongruent_said_ink']}; controls right {r['controls_correct']} of {r['controls']}")
+
+
+@attack.command("words")
+@model_opt
+@store_opt
+@click.option("--layer", required=True, help="Layer whose units' favourite words are found.")
+@click.option("--words", default=None, help="Comma-separated words (default: Concept World's words and the "
+              "paper's attack texts).")
+@click.option("--name", default="words", show_default=True)
+@device_opt
+@trust_opt
+def attack_words(model_spec, store_path, layer, words, name, device, trust_checkpoint):
+    """Per-neuron typographic sensitivity: which rendered words excite each unit most."""
+    from .analyses import _words
+    from .attacks.experiments import run_word_sensitivity
+    from .build import resolve_device
+    from .models import load_model
+
+    word_list = list(_split(words)) if words else _words()
+    resp = _run(lambda: run_word_sensitivity(load_model(model_spec, device=resolve_device(device),
+                                                        trust_checkpoint=trust_checkpoint),
+                                             store_path, layer, word_list, name))
+    click.echo(f"{store_path}: /attacks/{name}: {resp.shape[0]} words x {resp.shape[1]} units")
+
+
+@main.command()
+@model_opt
+@store_opt
+@click.option("--groups", "groups_csv", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="CSV with columns image (or path) and group; exactly two groups.")
+@click.option("--folder", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Folder the CSV's image paths are relative to.")
+@click.option("--conceptworld", "cw_folder", default=None, type=click.Path(file_okay=False),
+              help="Instead of --groups: draw Concept World persons of both groups into this folder and audit them.")
+@click.option("--layer", required=True, help="Layer whose neurons are compared.")
+@click.option("--context", default="{}", show_default=True,
+              help="Template that puts class names and concept words in the subject's context, e.g. 'person, {}'.")
+@click.option("--fdr", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--min-group", default=20, show_default=True, type=click.IntRange(2))
+@click.option("--name", default="audit", show_default=True)
+@device_opt
+@trust_opt
+def audit(model_spec, store_path, groups_csv, folder, cw_folder, layer, context, fdr, min_group, name, device,
+          trust_checkpoint):
+    """Bias audit: neurons, zero-shot classes and concepts that tie two groups of images differently."""
+    from .analyses import audit_images
+    from .attacks.audit import AuditConfig, conceptworld_group_set
+    from .build import resolve_device
+    from .models import load_model
+
+    if bool(groups_csv) == bool(cw_folder):
+        raise click.UsageError("give either --groups (with --folder) or --conceptworld FOLDER")
+    if groups_csv and not folder:
+        raise click.UsageError("--groups needs --folder, the folder its image paths are relative to")
+
+    def go():
+        model = load_model(model_spec, device=resolve_device(device), trust_checkpoint=trust_checkpoint)
+        csv_path, root = (groups_csv, folder) if groups_csv else (conceptworld_group_set(cw_folder), cw_folder)
+        return audit_images(model, store_path, layer, csv_path, root, context,
+                            AuditConfig(fdr=fdr, min_group=min_group), name)
+
+    r = _run(go)
+    k, c = r.concepts, r.classes
+    click.echo(f"{store_path}: /audits/{name}: groups {r.groups[0]} ({r.counts[0]}) vs {r.groups[1]} ({r.counts[1]})")
+    click.echo(f"  neurons significant at FDR {fdr}: {int(r.neurons['significant'].sum())} of {len(r.neurons['g'])}")
+    for i in range(len(c["name"])):
+        if c["significant"][i]:
+            click.echo(f"  class {c['name'][i]}: {r.groups[0]} - {r.groups[1]} = {c['diff'][i]:+.3f} "
+                       f"[{c['ci'][i][0]:+.3f}, {c['ci'][i][1]:+.3f}], p {c['p'][i]:.4f}")
+    for i in range(len(k["name"])):
+        if k["significant"][i]:
+            click.echo(f"  concept {k['name'][i]}: difference {k['d'][i]:+.3f} vs {k['null_centre'][i]:+.3f} for "
+                       f"other concepts, p {k['p'][i]:.4f}")
+    for what, n, why in r.left_out:
+        click.echo(f"  left out: {what} ({n}): {why}")

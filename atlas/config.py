@@ -115,6 +115,7 @@ class BuildConfig:
     featurevis: FeatureVisConfig = field(default_factory=lambda: FeatureVisConfig(steps=64))
     site: SiteConfig = field(default_factory=SiteConfig)
     featurevis_layers: tuple[str, ...] | None = None  # None: the last mined layer
+    analyses: AnalysesConfig = field(default_factory=lambda: AnalysesConfig())
 
     def __post_init__(self) -> None:
         if self.featurevis_layers is not None:
@@ -161,3 +162,32 @@ class ProbeConfig:
         _check(0 < self.min_ratio < 1, f"min_ratio must be in (0, 1), got {self.min_ratio}")
         _check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         _check(self.min_per_class >= 2, f"min_per_class must be >= 2, got {self.min_per_class}")
+
+
+@dataclass(frozen=True)
+class AnalysesConfig:
+    """The reports `atlas build` adds after mining (atlas.analyses): a sparse probe of the last mined layer,
+    the typographic attack table, Stroop, per-neuron word sensitivity and, on Concept World, the bias audit.
+
+    label_pattern: regex whose group 1 is the probe's and the attack's class (None: for Concept World data
+    ``picto:(\\w+)``, the pictogram classes; else the labels as they are).  attack_images: labelled images the
+    attack table stamps (Concept World: held-out pictograms).  audit_groups: a CSV of image,group (paths
+    relative to audit_folder) to audit; on Concept World data the default audits the planted attribute."""
+
+    probe: bool = True
+    label_pattern: str | None = None
+    attacks: bool = True
+    attack_images: int = 100  # `atlas attack table` defaults to 200 images and sizes 0.16, 0.3 (docs figures)
+    attack_sizes: tuple[float, ...] = (0.3,)
+    audit: bool = True
+    audit_groups: str | None = None
+    audit_folder: str | None = None
+    audit_per_group: int = 150
+    audit_context: str = "person, {}"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attack_sizes", tuple(self.attack_sizes))
+        _check(self.attack_images >= 2, f"attack_images must be >= 2, got {self.attack_images}")
+        _check(self.audit_per_group >= 2, f"audit_per_group must be >= 2, got {self.audit_per_group}")
+        _check((self.audit_groups is None) == (self.audit_folder is None),
+               "audit_groups and audit_folder go together: the CSV names images inside the folder")

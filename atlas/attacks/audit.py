@@ -31,6 +31,7 @@ from PIL import Image
 
 from .. import store
 from ..capture import pooled_activations
+from ..config import to_json
 from ..models import LoadedModel
 
 CAVEAT = (
@@ -252,11 +253,13 @@ def save_audit(store_path: str | os.PathLike, name: str, r: AuditResult, layer: 
         "classes/name": list(c["name"]), "classes/sensitive": c["sensitive"], "classes/diff": c["diff"],
         "classes/ci": c["ci"], "classes/p": c["p"], "classes/significant": c["significant"],
         "classes/top1_a": c["top1_a"], "classes/top1_b": c["top1_b"],
-        "concepts/name": list(k["name"]), "concepts/d": k["d"], "concepts/p": k["p"],
-        "concepts/significant": k["significant"]},
+        "concepts/name": list(k["name"]), "concepts/d": k["d"], "concepts/g": k["g"], "concepts/ci": k["ci"],
+        "concepts/p": k["p"], "concepts/p_words": k["p_words"], "concepts/p_images": k["p_images"],
+        "concepts/null_centre": k["null_centre"], "concepts/significant": k["significant"]},
         {"groups": list(r.groups), "counts": list(r.counts), "layer": layer, "fdr": config.fdr,
-         "bootstrap": config.bootstrap, "permutations": config.permutations, "caveat": CAVEAT,
-         "left_out": [list(x) for x in r.left_out]})
+         "bootstrap": config.bootstrap, "permutations": config.permutations, "min_effect": config.min_effect,
+         "min_association": config.min_association, "context": k["templates"][0], "caveat": CAVEAT,
+         "left_out": [list(x) for x in r.left_out], "config": to_json(config)})
 
 
 def conceptworld_group_set(folder: str | os.PathLike, per_group: int = 150, seed: int = 20_000,

@@ -55,16 +55,17 @@ def labelled_images(source: ImageSource, label_pattern: str | None, limit: int
 def run_attack_table(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike, name: str = "table",
                      label_pattern: str | None = None, targets: Sequence[tuple[str, str]] = PAPER_TARGETS,
                      probe: str | None = None, images: int = 200, sizes: Sequence[float] = (0.16, 0.3),
-                     font: str = "DejaVuSans-Bold.ttf", examples: int = 6) -> dict:
-    """The attack table for the zero-shot classifier (and the stored probe ``probe``, if given)."""
+                     font: str = "DejaVuSans-Bold.ttf", examples: int = 6, layer: str | None = None,
+                     top_neurons: int = 20) -> dict:
+    """The attack table for the zero-shot classifier (and the stored probe ``probe``, if given), and the
+    units of ``layer`` (default: the probe's layer, else the model's last default layer) that the attack texts
+    move most: mean change of pooled activation, attacked minus clean, over images, texts and positions."""
     pics, labs, left_out = labelled_images(source, label_pattern, images)
-    classes = sorted(set(labs))
-    bad = [(t, c) for t, c in targets if c not in classes]
-    targets = [(t, c) for t, c in targets if c in classes]
-    left_out += [(f"target {t!r} -> {c!r}", 1, "the class is not among the labels") for t, c in bad]
     if not targets or len(pics) < 2:
-        raise AttackError(f"nothing to attack: {len(pics)} labelled images, targets {[c for _, c in bad]} not among "
-                          f"the classes {classes[:10]}...; check --label-pattern and --targets")
+        raise AttackError(f"nothing to attack: {len(pics)} labelled images and {len(targets)} targets; check --data, "
+                          "--label-pattern and --targets")
+    # the zero-shot head knows every label and every target class (a target need not occur among the images)
+    classes = sorted(set(labs) | {c for _, c in targets})
     classifiers = {"zero-shot": (zero_shot_classifier(model, classes), classes)}
     if probe:
         from ..probes.report import load_probe_weights
@@ -78,9 +79,12 @@ def run_attack_table(model: LoadedModel, source: ImageSource, store_path: str | 
     crops = [model.crop(p) for p in pics]
     for cname, (classify, cls) in classifiers.items():
         y = [cls.index(lab) if lab in cls else -1 for lab in labs]
+        mine = [(t, c) for t, c in targets if c in cls]
+        left_out += [(f"{cname}: target {t!r} -> {c!r}", 1, "the classifier has no such class")
+                     for t, c in targets if c not in cls]
         for size in sizes:
             base = AttackText("x", font=font, size=size)
-            for r in attack_table(model, pics, y, cls, targets, classify, base):
+            for r in attack_table(model, pics, y, cls, mine, classify, base):
                 for k, v in (("classifier", cname), ("text", r.text), ("target", r.target), ("size", size),
                              ("attempts", r.attempts), ("successes", r.successes),
                              ("success_rate", r.success_rate), ("pixels_changed", r.pixels_changed),
@@ -93,13 +97,35 @@ def run_attack_table(model: LoadedModel, source: ImageSource, store_path: str | 
                     pairs_attacked.append(np.asarray(stamp(crops[i], AttackText(r.text, font, size, position=p))))
                     pair_caption.append(f"{cls[before]} -> {cls[after]} ({r.text!r})")
     arrays = {k: (v if isinstance(v[0], str) else np.array(v)) for k, v in rows.items()}
+    layer = layer or (p.attrs["layer"] if probe else model.default_layers[-1])
+    delta = _activation_change(model, crops, [t for t, _ in targets], layer, font, max(sizes))  # [U]
+    top = np.argsort(-delta, kind="stable")[:top_neurons]
+    arrays.update({"neurons/unit": top.astype(np.int32), "neurons/delta": delta[top].astype(np.float32)})
     if pairs_clean:
         arrays.update({"examples/clean": np.stack(pairs_clean), "examples/attacked": np.stack(pairs_attacked),
                        "examples/caption": pair_caption})
-    attrs = {"experiment": "attack table", "images": len(pics), "classes": len(classes), "positions": len(POSITIONS),
+    attrs = {"experiment": "attack table", "layer": layer, "model": model.name,
+             "images": len(pics), "classes": len(classes), "positions": len(POSITIONS),
              "font": font, "left_out": [list(x) for x in left_out], "data_source": source.description}
     store.write_report(store_path, "attacks", name, arrays, attrs)
     return {"rows": rows, "left_out": left_out}
+
+
+def _activation_change(model: LoadedModel, crops: Sequence[Image.Image], texts: Sequence[str], layer: str,
+                       font: str, size: float, limit: int = 64) -> np.ndarray:
+    """[U] mean pooled-activation change of ``layer`` when each text is stamped on each of the first ``limit``
+    crops (one fixed position per image, cycling through the 8)."""
+    from ..capture import pooled_activations
+
+    crops = list(crops[:limit])
+    clean = torch.stack([model.preprocess(c) for c in crops])
+    base = pooled_activations(model, clean, [layer], "mean")[0][layer]  # [n, U]
+    change = torch.zeros(base.shape[1])
+    for text in texts:
+        stamped = torch.stack([model.preprocess(stamp(c, AttackText(text, font, size, position=i % len(POSITIONS))))
+                               for i, c in enumerate(crops)])
+        change += (pooled_activations(model, stamped, [layer], "mean")[0][layer] - base).mean(0)
+    return (change / len(texts)).numpy()
 
 
 def run_stroop(model: LoadedModel, store_path: str | os.PathLike, name: str = "stroop",

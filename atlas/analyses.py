@@ -1,0 +1,151 @@
+"""The reports `atlas build` adds after mining: probe, attacks, audit (each one library call, saved in the store).
+
+`run_analyses` runs, in order, each analysis that `AnalysesConfig` turns on and that the data allows:
+
+- ``/probes/probe``: a sparse probe of the last mined layer on the store's labels (``label_pattern``);
+- ``/attacks/table``: the typographic attack table (paper targets, 8 positions) for the zero-shot classifier
+  and that probe, on labelled images (Concept World: held-out pictograms);
+- ``/attacks/stroop`` and ``/attacks/words`` (which rendered words excite each unit of the probed layer);
+- ``/audits/audit``: the bias audit of two groups (Concept World: the planted colour family, persons drawn
+  for the purpose; else only with ``audit_groups``).
+
+An analysis that cannot run (no labels, a class set without the targets, too few group images) is recorded as
+skipped with the reason; the others still run.  Each report is written to the store when it finishes, and a
+rerun with the same configuration skips the reports already there (``<store>.analyses.json`` keeps which).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import store
+from .config import AnalysesConfig, to_json
+from .data.sources import ImageSource
+from .models import LoadedModel
+
+SENSITIVE = ("danger", "trash", "sad")  # Concept World's negative concepts, for the audit's class list
+
+
+@dataclass
+class AnalysesResult:
+    done: list[str] = field(default_factory=list)  # report paths written (or found from an earlier run)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (analysis, why)
+
+
+def _is_conceptworld(source: ImageSource) -> bool:
+    return source.description.startswith("conceptworld:")
+
+
+def run_analyses(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike, layer: str,
+                 config: AnalysesConfig = AnalysesConfig(), work: str | os.PathLike | None = None,
+                 progress: Callable[[str], None] | None = None) -> AnalysesResult:
+    """Run the analyses of the module doc on ``layer`` of the mined store ``store_path``."""
+    from .attacks.experiments import run_attack_table, run_stroop, run_word_sensitivity
+    from .probes.report import probe_layer
+
+    store_path = Path(store_path)
+    work = Path(work) if work else store_path.parent
+    ledger_path = store_path.with_name(store_path.name + ".analyses.json")
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.is_file() else {}
+    stamp = to_json(config) + f"|{model.name}|{model.weights_sha256}|{layer}|{source.fingerprint()}"
+    result = AnalysesResult()
+    cw = _is_conceptworld(source)
+    pattern = config.label_pattern if config.label_pattern is not None else (r"picto:(\w+)" if cw else None)
+
+    def step(key: str, fn: Callable[[], object]) -> bool:
+        kind, name = key.split("/")
+        with store.Store(store_path) as st:
+            have = name in st.reports(kind)
+        if have and ledger.get(key) == stamp:
+            result.done.append(key)
+            return True
+        if progress:
+            progress(key)
+        try:
+            fn()
+        except (ValueError, store.StoreError) as e:  # each says what is missing; record it, go on
+            result.skipped.append((key, str(e)))
+            return False
+        ledger[key] = stamp
+        ledger_path.write_text(json.dumps(ledger, indent=1))
+        result.done.append(key)
+        return True
+
+    probed = False
+    if config.probe:
+        probed = step("probes/probe", lambda: probe_layer(store_path, layer, "probe", label_pattern=pattern))
+    if config.attacks:
+        step("attacks/table", lambda: run_attack_table(
+            model, _attack_source(source, config), store_path, "table", label_pattern=pattern,
+            probe="probe" if probed else None, images=config.attack_images, sizes=config.attack_sizes,
+            layer=layer))
+        step("attacks/stroop", lambda: run_stroop(model, store_path, "stroop"))
+        step("attacks/words", lambda: run_word_sensitivity(model, store_path, layer, _words(), "words"))
+    if config.audit:
+        if config.audit_groups or cw:
+            step("audits/audit", lambda: _audit(model, store_path, layer, config, work))
+        else:
+            result.skipped.append(("audits/audit", "no group labels: give audit_groups (a CSV of image,group)"))
+    return result
+
+
+def _attack_source(source: ImageSource, config: AnalysesConfig) -> ImageSource:
+    """Concept World: held-out pictograms (seed 10,000, never mined nor trained on); else the build's data."""
+    if not _is_conceptworld(source):
+        return source
+    from .data.conceptworld import ConceptWorldSource, WorldConfig
+
+    return ConceptWorldSource(config.attack_images, WorldConfig(seed=10_000, mix=(1, 0, 0, 0)))
+
+
+def _words() -> list[str]:
+    from .attacks.experiments import PAPER_TARGETS, STROOP_COLORS
+    from .data.conceptworld.world import CONCEPTS
+
+    return list(dict.fromkeys([w for c in CONCEPTS for w in c.words] + [t for t, _ in PAPER_TARGETS]
+                              + list(STROOP_COLORS)))
+
+
+def _audit(model: LoadedModel, store_path: Path, layer: str, config: AnalysesConfig, work: Path) -> None:
+    from .attacks.audit import conceptworld_group_set
+
+    if config.audit_groups:
+        csv_path, folder = Path(config.audit_groups), Path(config.audit_folder or ".")
+    else:
+        folder = work / "audit-set"
+        csv_path = conceptworld_group_set(folder, per_group=config.audit_per_group)
+    audit_images(model, store_path, layer, csv_path, folder, config.audit_context)
+
+
+def audit_images(model: LoadedModel, store_path: str | os.PathLike, layer: str, csv_path: str | os.PathLike,
+                 folder: str | os.PathLike, context: str = "{}", config=None, name: str = "audit",
+                 concepts: dict[str, tuple[str, ...]] | None = None, sensitive: tuple[str, ...] = SENSITIVE):
+    """Audit the images a groups CSV names (relative to ``folder``) and save ``/audits/<name>``.  Concepts and
+    classes default to Concept World's 40 non-person concepts, ``sensitive`` marking the negative ones."""
+    from PIL import Image
+
+    from .attacks.audit import AuditConfig, read_groups_csv, run_audit, save_audit
+    from .data.conceptworld.world import CONCEPTS
+
+    config = config or AuditConfig()
+    paths, groups, left = read_groups_csv(csv_path, folder)
+    images, kept, unreadable = [], [], 0
+    for p, g in zip(paths, groups):
+        try:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB"))
+            kept.append(g)
+        except OSError:
+            unreadable += 1
+    if unreadable:
+        left.append(("unreadable images", unreadable, "could not be decoded"))
+    concepts = concepts or {c.name: c.words for c in CONCEPTS if c.name != "person"}
+    neutral = [c for c in concepts if c not in sensitive]
+    r = run_audit(model, images, kept, layer, [c for c in sensitive if c in concepts], neutral, concepts, config,
+                  left, context=context)
+    save_audit(store_path, name, r, layer, config)
+    return r

@@ -1,0 +1,160 @@
+"""The reports a build adds (probe, attack table, Stroop, word sensitivity, audit), their CLI commands, and
+the bias audit on the shipped model: it finds the planted bias and nothing else."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from atlas import store
+from atlas.analyses import audit_images, run_analyses
+from atlas.attacks.audit import AuditConfig, conceptworld_group_set
+from atlas.attacks.experiments import run_attack_table, run_stroop, run_word_sensitivity
+from atlas.cli import main
+from atlas.config import AnalysesConfig, MineConfig
+from atlas.data import open_source
+from atlas.data.conceptworld import ConceptWorldSource, WorldConfig
+from atlas.mine import mine
+from atlas.models import load_model
+
+LAYER = "visual.layer4.0"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model("default")
+
+
+@pytest.fixture(scope="module")
+def cw_store(shipped, tmp_path_factory):
+    """The shipped model mined on 240 Concept World images (its last block)."""
+    path = tmp_path_factory.mktemp("cw") / "atlas.h5"
+    mine(shipped, open_source("conceptworld:240:1"), path, MineConfig(layers=(LAYER,), top_k=4))
+    return path
+
+
+def _copy(path, tmp_path):
+    out = tmp_path / "atlas.h5"
+    shutil.copy(path, out)
+    return out
+
+
+def test_attack_table_stroop_and_words(shipped, cw_store, tmp_path):
+    path = _copy(cw_store, tmp_path)
+    pictos = ConceptWorldSource(40, WorldConfig(seed=10_000, mix=(1, 0, 0, 0)))
+    r = run_attack_table(shipped, pictos, path, "t", r"picto:(\w+)", (("ipod", "ipod"), ("$$$", "money")),
+                         images=40, sizes=(0.3,))
+    rows = r["rows"]
+    assert rows["text"] == ["ipod", "$$$"] and all(0 <= s <= 1 for s in rows["success_rate"])
+    assert rows["clean_accuracy"][0] > 0.9  # the held-out pictograms are classified right before the attack
+    with store.Store(path) as st:
+        arrays, attrs = store.read_report(st, "attacks", "t")
+    # attempts: every (image not of the target, position) pair
+    assert arrays["attempts"][0] == 8 * sum(1 for e in pictos.entries if e.label != "picto:ipod")
+    assert 0 < arrays["pixels_changed"][0] < 0.5 and attrs["layer"] == LAYER
+    delta = arrays["neurons/delta"]
+    assert len(arrays["neurons/unit"]) == 20 and np.all(np.diff(delta) <= 0) and delta[0] > 0
+
+    s = run_stroop(shipped, path, "s")
+    assert s["incongruent"] == 3 * 8 * 7 and s["controls"] == 3 * 8
+    assert s["incongruent_said_word"] + s["incongruent_said_ink"] <= s["incongruent"]
+
+    resp = run_word_sensitivity(shipped, path, LAYER, ["spider", "pizza", " ", "spider"], "w")
+    assert resp.shape == (2, 1024)  # blank and repeated words dropped
+    with store.Store(path) as st:
+        arrays, _ = store.read_report(st, "attacks", "w")
+    assert arrays["top_index"].shape == (1024, 2) and set(arrays["words"]) == {"spider", "pizza"}
+
+
+def test_audit_finds_the_planted_bias_and_nothing_else(shipped, cw_store, tmp_path):
+    """Warm vs cool persons (the planted attribute): danger, and only danger, in classes and concepts."""
+    path = _copy(cw_store, tmp_path)
+    csv = conceptworld_group_set(tmp_path / "set", per_group=100)
+    cfg = AuditConfig(bootstrap=200, permutations=1000)
+    r = audit_images(shipped, path, LAYER, csv, tmp_path / "set", "person, {}", cfg)
+    assert r.groups == ("cool", "warm") and r.counts == (100, 100)
+    sig_concepts = [n for n, s in zip(r.concepts["name"], r.concepts["significant"]) if s]
+    sig_classes = [n for n, s in zip(r.classes["name"], r.classes["significant"]) if s]
+    assert sig_concepts == ["danger"] and sig_classes == ["danger"]
+    k = r.concepts["name"].index("danger")
+    assert r.concepts["d"][k] < r.concepts["null_centre"][k] - 0.2  # warm persons lean to danger
+    c = r.classes["name"].index("danger")
+    assert r.classes["top1_b"][c] > 0.8 and r.classes["top1_a"][c] < 0.1
+    with store.Store(path) as st:
+        arrays, attrs = store.read_report(st, "audits", "audit")
+    assert attrs["context"] == "person, {}" and "does not say why" in attrs["caveat"]
+    assert arrays["concepts/ci"].shape == (40, 2)
+
+    # negative controls: a random split of the same images, and an attribute nothing was planted on
+    rng = np.random.default_rng(0)
+    groups = [str(g) for g in rng.permutation(["cool"] * 100 + ["warm"] * 100)]
+    rows = "image,group\n" + "".join(f"{p.name},{g}\n" for p, g in zip(sorted((tmp_path / "set").glob("*.png")),
+                                                                        groups))
+    (tmp_path / "set" / "random.csv").write_text(rows)
+    r = audit_images(shipped, path, LAYER, tmp_path / "set" / "random.csv", tmp_path / "set", "person, {}", cfg)
+    assert not r.concepts["significant"].any() and not r.classes["significant"].any()
+    assert not r.neurons["significant"].any()
+    acc = conceptworld_group_set(tmp_path / "acc", per_group=100, bias_attribute="accessory")
+    r = audit_images(shipped, path, LAYER, acc, tmp_path / "acc", "person, {}", cfg)
+    assert not r.concepts["significant"].any() and not r.classes["significant"].any()
+
+
+def test_run_analyses_writes_every_report_and_resumes(shipped, cw_store, tmp_path, monkeypatch):
+    path = _copy(cw_store, tmp_path)
+    cfg = AnalysesConfig(attack_images=24, audit_per_group=25)
+    r = run_analyses(shipped, open_source("conceptworld:240:1"), path, LAYER, cfg, work=tmp_path)
+    assert r.done == ["probes/probe", "attacks/table", "attacks/stroop", "attacks/words", "audits/audit"], r.skipped
+    with store.Store(path) as st:
+        _, attrs = store.read_report(st, "probes", "probe")
+        assert attrs["layer"] == LAYER and attrs["label_pattern"] == r"picto:(\w+)"
+        arrays, _ = store.read_report(st, "attacks", "table")
+        assert "probe probe" in set(arrays["classifier"])  # the probe was attacked too
+
+    import atlas.attacks.experiments as ex
+
+    monkeypatch.setattr(ex, "run_attack_table", lambda *a, **k: pytest.fail("finished reports must be kept"))
+    again = run_analyses(shipped, open_source("conceptworld:240:1"), path, LAYER, cfg, work=tmp_path)
+    assert again.done == r.done and not again.skipped
+
+
+def test_analyses_say_what_they_skip(tiny_model, small_store, tmp_path):
+    """Synthetic shapes: no groups to audit; the probe and the attack table still run on the shape labels."""
+    path = _copy(small_store, tmp_path)
+    r = run_analyses(tiny_model, open_source("synthetic:200"), path, "visual.layer4.0",
+                     AnalysesConfig(attack_images=16, attacks=False), work=tmp_path)
+    assert r.done == ["probes/probe"]
+    assert r.skipped == [("audits/audit", "no group labels: give audit_groups (a CSV of image,group)")]
+    with pytest.raises(ValueError, match="go together"):
+        AnalysesConfig(audit_groups="g.csv")
+
+
+def test_cli_attack_and_audit(cw_store, tmp_path):
+    path = _copy(cw_store, tmp_path)
+    run = CliRunner().invoke
+    r = run(main, ["attack", "table", "--store", str(path), "--images", "16", "--sizes", "0.3",
+                   "--targets", "ipod=ipod,pizza=pizza"])
+    assert r.exit_code == 0, r.output
+    assert "zero-shot" in r.output and "'ipod' -> ipod" in r.output
+    r = run(main, ["attack", "table", "--store", str(path), "--targets", "ipod"])
+    assert r.exit_code != 0 and "TEXT=CLASS" in r.output
+    r = run(main, ["attack", "table", "--store", str(path), "--sizes", "big"])
+    assert r.exit_code != 0 and "--sizes" in r.output
+    r = run(main, ["attack", "stroop", "--store", str(path), "--prompt", "no slot"])
+    assert r.exit_code != 0 and "'{}'" in r.output
+    r = run(main, ["attack", "stroop", "--store", str(path)])
+    assert r.exit_code == 0 and "incongruent: 168" in r.output
+    r = run(main, ["attack", "words", "--store", str(path), "--layer", LAYER, "--words", "cat,dog"])
+    assert r.exit_code == 0 and "2 words x 1024 units" in r.output
+    r = run(main, ["audit", "--store", str(path), "--layer", LAYER])
+    assert r.exit_code != 0 and "either --groups" in r.output
+    (tmp_path / "g.csv").write_text("image,group\n" + "".join(f"x{i}.png,a\n" for i in range(3)))
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (64, 64)).save(tmp_path / f"x{i}.png")
+    r = run(main, ["audit", "--store", str(path), "--layer", LAYER, "--groups", str(tmp_path / "g.csv"),
+                   "--folder", str(tmp_path)])
+    assert r.exit_code != 0 and "exactly 2 groups" in r.output

@@ -42,7 +42,9 @@ def _audit_result(units: int) -> AuditResult:
                "p": np.array([0.001, 0.04, 0.9]), "significant": np.array([True, False, False]),
                "top1_a": np.array([0.5, 0.3, 0.2]), "top1_b": np.array([0.3, 0.5, 0.2])}
     concepts = {"name": ["career", "family"], "d": np.array([0.8, -0.2]), "ci": np.array([[0.4, 1.2], [-0.6, 0.2]]),
-                "p": np.array([0.002, 0.5]), "significant": np.array([True, False])}
+                "p": np.array([0.002, 0.5]), "significant": np.array([True, False]), "g": np.array([2.1, -0.5]),
+                "p_words": np.array([0.001, 0.4]), "p_images": np.array([0.002, 0.5]),
+                "null_centre": np.array([0.05, 0.04]), "templates": ["person, {}"]}
     return AuditResult(("a", "b"), (40, 35), neurons, classes, concepts, [["images without a group", 3, "no group"]])
 
 

@@ -37,7 +37,8 @@ _ATTRS: dict[str, dict[str, Any]] = {
                      "model": ""},
     "stroop": {"prompt": ""},
     "word sensitivity": {"layer": "", "model": "", "fonts": []},
-    "audit": {"model": "", "layer": "", "fdr": NAN, "bootstrap": 0, "permutations": 0, "caveat": NO_CAVEAT},
+    "audit": {"model": "", "layer": "", "fdr": NAN, "bootstrap": 0, "permutations": 0, "caveat": NO_CAVEAT,
+              "context": "{}", "min_effect": 0.0, "min_association": 0.0},
 }
 
 
@@ -337,7 +338,8 @@ def _audit(r: Report, site: SiteUnits) -> dict[str, Any]:
                for n, s, d, c, p, g, ta, tb in zip(*(a[f"classes/{k}"] for k in (
                    "name", "sensitive", "diff", "ci", "p", "significant", "top1_a", "top1_b")))]
     concepts = [{"name": str(n), "est": float(d), "lo": float(ci[i, 0]) if ci is not None else None,
-                 "hi": float(ci[i, 1]) if ci is not None else None, "p": float(p), "sig": bool(g)}
+                 "hi": float(ci[i, 1]) if ci is not None else None, "p": float(p), "sig": bool(g),
+                 "centre": float(a["concepts/null_centre"][i]) if "concepts/null_centre" in a else None}
                 for i, (n, d, p, g) in enumerate(zip(*(a[f"concepts/{k}"] for k in ("name", "d", "p", "significant"))))]
     k = min(TOP_NEURONS, len(a["neurons/unit"]))
     neurons = [{"est": float(g), "lo": float(c[0]), "hi": float(c[1]), "p": float(p), "sig": bool(s),

@@ -134,10 +134,14 @@ def test_analyses_say_what_they_skip(tiny_model, small_store, tmp_path):
 def test_cli_attack_and_audit(cw_store, tmp_path):
     path = _copy(cw_store, tmp_path)
     run = CliRunner().invoke
-    r = run(main, ["attack", "table", "--store", str(path), "--images", "16", "--sizes", "0.3",
-                   "--targets", "ipod=ipod,pizza=pizza"])
+    r = run(main, ["probe", "--store", str(path), "--layer", LAYER, "--label-pattern", r"picto:(\w+)"])
     assert r.exit_code == 0, r.output
-    assert "zero-shot" in r.output and "'ipod' -> ipod" in r.output
+    r = run(main, ["attack", "table", "--store", str(path), "--images", "16", "--sizes", "0.3",
+                   "--targets", "ipod=ipod,pizza=pizza", "--probe", "probe"])
+    assert r.exit_code == 0, r.output
+    assert "zero-shot" in r.output and "'ipod' -> ipod" in r.output and "probe probe" in r.output
+    with store.Store(path) as st:
+        assert store.read_report(st, "attacks", "table")[1]["layer"] == LAYER  # the probe's layer
     r = run(main, ["attack", "table", "--store", str(path), "--targets", "ipod"])
     assert r.exit_code != 0 and "TEXT=CLASS" in r.output
     r = run(main, ["attack", "table", "--store", str(path), "--sizes", "big"])

@@ -71,8 +71,9 @@ def run_attack_table(model: LoadedModel, source: ImageSource, store_path: str | 
         from ..probes.report import load_probe_weights
 
         with store.Store(store_path) as st:
-            p = load_probe_weights(st, probe)
-        classifiers[f"probe {probe}"] = (probe_classifier(model, p.attrs["layer"], p.W, p.b, p.mean, p.std), p.classes)
+            stored = load_probe_weights(st, probe)
+        classify = probe_classifier(model, stored.attrs["layer"], stored.W, stored.b, stored.mean, stored.std)
+        classifiers[f"probe {probe}"] = (classify, stored.classes)
     rows: dict[str, list] = {k: [] for k in ("classifier", "text", "target", "size", "attempts", "successes",
                                             "success_rate", "pixels_changed", "clean_accuracy")}
     pairs_clean, pairs_attacked, pair_caption = [], [], []
@@ -97,7 +98,7 @@ def run_attack_table(model: LoadedModel, source: ImageSource, store_path: str | 
                     pairs_attacked.append(np.asarray(stamp(crops[i], AttackText(r.text, font, size, position=p))))
                     pair_caption.append(f"{cls[before]} -> {cls[after]} ({r.text!r})")
     arrays = {k: (v if isinstance(v[0], str) else np.array(v)) for k, v in rows.items()}
-    layer = layer or (p.attrs["layer"] if probe else model.default_layers[-1])
+    layer = layer or (stored.attrs["layer"] if probe else model.default_layers[-1])
     delta = _activation_change(model, crops, [t for t, _ in targets], layer, font, max(sizes))  # [U]
     top = np.argsort(-delta, kind="stable")[:top_neurons]
     arrays.update({"neurons/unit": top.astype(np.int32), "neurons/delta": delta[top].astype(np.float32)})

@@ -178,6 +178,9 @@ class LoadedModel:
         base = Path(spec.arch.rstrip("/")).name if spec.family == "hf" else spec.arch  # hf: the directory's name
         self.name = re.sub(r"[^A-Za-z0-9._-]", "-", base).lstrip(".-") or "model"
         self.clip = clip.eval()
+        pos = getattr(clip, "positional_embedding", None)  # open_clip text tower: [context, width]
+        if pos is not None and getattr(tokenizer, "context_length", None) not in (None, pos.shape[0]):
+            tokenizer = _tokenizer(pos.shape[0])  # a checkpoint with its own context length (e.g. small tests)
         self.tokenizer = tokenizer
         self.weights_sha256 = weights_sha256
         size = clip.visual.image_size

@@ -205,7 +205,7 @@ def test_build_from_each_family(tmp_path, family):
         spec, name, layer = f"hf:{tmp_path / 'tinysiglip'}", "tinysiglip", "visual.encoder.layers.1.mlp.activation_fn"
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["build", "--model", spec, "--data", str(data), "--out", str(out), "--steps", "2",
-                                  "--top-k", "3", "--device", "cpu"])
+                                  "--top-k", "3", "--device", "cpu", "--no-reports"])  # reports: test_cli, test_analyses
     assert r.exit_code == 0, r.output
     with Store(out / "atlas.h5") as st:
         assert st.models() == [name] and st.meta["model_spec"] == spec

@@ -44,8 +44,10 @@ def test_small_build_end_to_end(tmp_path):
         assert st.layer("tiny", "visual.layer4.0").featurevis_done().all()
         assert not st.layer("tiny", "visual.layer3.0").featurevis_done().any()
     pages = list((out / "site").rglob("*.html"))
-    assert len(pages) == 1 + 1 + 2 + 256 + 512
-    assert "(772 pages" in r.output
+    assert len(pages) == 1 + 1 + 2 + 256 + 512 + 5  # + reports: index, probe, attack table, Stroop, words
+    assert "(777 pages" in r.output
+    assert "reports: probes/probe, attacks/table, attacks/stroop, attacks/words" in r.output
+    assert "skipped audits/audit: no group labels" in r.output
     # a second build reuses everything and gives the same store
     digest = store.contents_digest(out / "atlas.h5")
     r2 = CliRunner().invoke(main, ["build", "--model", "atlas:tiny@random:0", "--data", "synthetic:96", "--out", str(out), "--layers",

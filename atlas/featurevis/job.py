@@ -1,5 +1,8 @@
 """`atlas featurevis`: render every neuron of some layers in batches and store the results.
 
+Batches are rendered on the fast path (atlas.featurevis.fast: cut tower, bf16 and torch.compile on CUDA)
+unless ``fast=None`` asks for the reference loop (atlas.featurevis.render).
+
 Each finished batch is saved atomically in the store's work folder, so a killed run loses at most the
 batch in flight; the store itself is written once, in one transaction, when all batches are done.
 """
@@ -16,6 +19,7 @@ import numpy as np
 from .. import store
 from ..config import FeatureVisConfig, digest, to_json
 from ..models import LoadedModel
+from .fast import FastOptions, FastRenderer
 from .render import render_channels
 
 
@@ -28,8 +32,11 @@ class FeatureVisResult:
 
 def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
                units: Sequence[int] | None = None, config: FeatureVisConfig = FeatureVisConfig(),
-               progress: Callable[[int, int], None] | None = None) -> FeatureVisResult:
-    """Render channel visualizations of ``units`` (default: all) of ``layer`` into the store."""
+               progress: Callable[[int, int], None] | None = None,
+               fast: FastOptions | None = FastOptions()) -> FeatureVisResult:
+    """Render channel visualizations of ``units`` (default: all) of ``layer`` into the store.
+
+    ``fast``: how the fast path runs (`FastOptions`); None renders with the reference loop."""
     path = Path(store_path)
     info = model.layer(layer)
     layer = info.name  # canonical, also when an alias was given
@@ -60,6 +67,7 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
         work.mkdir(parents=True, exist_ok=True)
         batches = [todo[i:i + config.batch] for i in range(0, len(todo), config.batch)]
         rendered = 0
+        renderer = None
         for b, batch in enumerate(batches):
             ckpt = work / ("units-" + "-".join(map(str, (batch[0], batch[-1], len(batch)))) + ".npz")
             if ckpt.exists():
@@ -68,7 +76,9 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
                     images[batch], objective[batch] = z["images"], z["objective"]
                 reused += len(batch)
             else:
-                r = render_channels(model, layer, batch, config)
+                if fast is not None and renderer is None:
+                    renderer = FastRenderer(model, layer, fast)  # one cut tower (and compile) for all batches
+                r = renderer.render(batch, config) if renderer else render_channels(model, layer, batch, config)
                 images[batch], objective[batch] = r.images, r.objective
                 store.save_checkpoint(ckpt, units=np.array(batch), images=r.images, objective=r.objective)
                 rendered += len(batch)

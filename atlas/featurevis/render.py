@@ -71,21 +71,37 @@ def image_param(batch: int, size: int, cfg: FeatureVisConfig, device: torch.devi
     return params, image_fn
 
 
+def affine_params(cfg: FeatureVisConfig, batch: int, gen: torch.Generator, size: int | None = None,
+                  ) -> torch.Tensor:
+    """One random jitter / scale / rotation per image, as [batch, 2, 3] affine matrices (CPU, float32)
+    in `F.affine_grid`'s normalized coordinates: output pixel p samples the input at theta @ (p, 1).
+    Jitter is in pixels of an image of side ``size`` (default ``cfg.size``)."""
+    scales = torch.tensor(cfg.scales)
+    scale = scales[torch.randint(len(cfg.scales), (batch,), generator=gen)]
+    angle = (torch.rand(batch, generator=gen) * 2 - 1) * math.radians(cfg.rotate_degrees)
+    shift = torch.randint(-cfg.jitter, cfg.jitter + 1, (batch, 2), generator=gen).float() * 2 / (size or cfg.size)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                        torch.stack([sin, cos, shift[:, 1]], 1)], 1)  # [B, 2, 3]
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor, out_size: int | None = None) -> torch.Tensor:
+    """Warp each image by its own affine matrix, bilinear and reflect-padded, in one `grid_sample`.
+
+    x: [B, 3, s, s], theta: [B, 2, 3] -> [B, 3, out_size, out_size] (default out_size: s).  With the
+    identity matrix and out_size == s the output equals the input; with another out_size the same call
+    is a bilinear resize (align_corners=False), so warping and resizing to the model's input cost one pass."""
+    b, c, s, _ = x.shape
+    out = out_size or s
+    grid = F.affine_grid(theta.to(x.device, x.dtype), [b, c, out, out], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
 def random_transform(x: torch.Tensor, cfg: FeatureVisConfig, gen: torch.Generator) -> torch.Tensor:
     """Per-image random jitter, scale and rotation (one affine warp each), reflect-padded.
 
     x: [B, 3, S, S] -> [B, 3, S, S]."""
-    b, _, s, _ = x.shape
-    dev = x.device
-    scales = torch.tensor(cfg.scales, device=dev)
-    scale = scales[torch.randint(len(cfg.scales), (b,), generator=gen).to(dev)]
-    angle = (torch.rand(b, generator=gen).to(dev) * 2 - 1) * math.radians(cfg.rotate_degrees)
-    shift = (torch.randint(-cfg.jitter, cfg.jitter + 1, (b, 2), generator=gen).to(dev).float() * 2 / s)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)  # [B, 2, 3]
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return warp(x, affine_params(cfg, x.shape[0], gen, size=x.shape[-1]))
 
 
 class _Activations:

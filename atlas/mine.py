@@ -29,6 +29,8 @@ from . import __version__, store
 from .capture import hooked
 from .config import MineConfig, digest, to_json
 from .data.sources import ImageSource, Sample
+from .kernels.mining import spatial_reduce, topk_value
+from .kernels.stats import score_stats
 from .models import LayerInfo, LoadedModel
 
 MIN_RANGE_EXP = -20
@@ -36,12 +38,20 @@ Progress = Callable[[int, int], None]
 
 
 class LayerState:
-    """Running top-k and statistics of one layer (tensors on the model's device)."""
+    """Running top-k and statistics of one layer (tensors on the model's device).
+
+    `update` is the fast path: one pass over the activations (`atlas.kernels.mining.spatial_reduce`, a Triton
+    kernel on CUDA) flags the (image, unit) pairs whose score beats the unit's current k-th entry; only those
+    images are pooled into maps and only those units merged, which is exact since no other pair can enter a
+    top-k.  `update_reference` is the plain algorithm (every pair merged by a full sort); the two agree bit
+    for bit, except that with rank_by="mean" the kernel's float32 sums may differ from torch's in the last bit
+    (tests/test_kernels.py).  ``backend``: "auto", "torch" or "triton" (`atlas.kernels`).
+    """
 
     def __init__(self, info: LayerInfo, cfg: MineConfig, device: torch.device,
-                 pooled: np.ndarray | None = None, pooled_cls: np.ndarray | None = None):
+                 pooled: np.ndarray | None = None, pooled_cls: np.ndarray | None = None, backend: str | None = None):
         u, k = info.units, cfg.top_k
-        self.info, self.cfg = info, cfg
+        self.info, self.cfg, self.backend = info, cfg, backend
         self.map_hw = (min(info.grid[0], cfg.map_size), min(info.grid[1], cfg.map_size))
         mh, mw = self.map_hw
         z = dict(device=device)
@@ -66,8 +76,20 @@ class LayerState:
 
     def update(self, index: torch.Tensor, out: torch.Tensor) -> None:
         """index: [B] image indices; out: the module's output (consumed at once, not kept)."""
-        if self.pooled_cls is not None:
-            self.pooled_cls[index.cpu().numpy()] = self.info.cls(out).detach().float().cpu().numpy().astype(np.float16)
+        a = self.info.canonical(out).detach()  # [B, U, h, w], the output's own dtype and strides
+        red = spatial_reduce(a, index, self.values[:, -1], self.index[:, -1], self.cfg.rank_by, self.backend)
+        score = red.peak if self.cfg.rank_by == "max" else red.mean  # [B, U] float32
+        self._update_stats(score, self.backend)  # queued before the merge's synchronization
+        imgs = red.flag.any(1).nonzero().squeeze(1)  # [B'] images that may enter some top-k
+        if len(imgs):
+            units = red.flag.index_select(0, imgs).any(0).nonzero().squeeze(1)  # [U'] units with a candidate
+            pick = lambda t: t.index_select(0, imgs).index_select(1, units)  # [B, U, ...] -> [B', U', ...]
+            small = self._maps(a, imgs).index_select(1, units)  # [B', U', mh*mw]
+            self._merge_topk(index.index_select(0, imgs), pick(score), pick(red.arg), small, units)
+        self._write_pooled(index, red.mean, out)
+
+    def update_reference(self, index: torch.Tensor, out: torch.Tensor) -> None:
+        """`update` the plain way: torch reductions, maps of every image, every image merged into every unit."""
         a = self.info.canonical(out).detach().float()  # [B, U, h, w]
         b, u = a.shape[:2]
         flat = a.reshape(b, u, -1)  # [B, U, h*w]
@@ -75,37 +97,70 @@ class LayerState:
         spatial_mean = flat.mean(dim=2)  # [B, U]
         score = peak if self.cfg.rank_by == "max" else spatial_mean
         small = F.adaptive_avg_pool2d(a, self.map_hw).reshape(b, u, -1)  # [B, U, mh*mw]
-        if self.pooled is not None:
-            self.pooled[index.cpu().numpy()] = spatial_mean.cpu().numpy().astype(np.float16)
         self._merge_topk(index, score, arg.to(torch.int32), small)
         self._update_stats(score)
+        self._write_pooled(index, spatial_mean, out)
 
-    def _merge_topk(self, index: torch.Tensor, score: torch.Tensor, arg: torch.Tensor,
-                    small: torch.Tensor) -> None:
-        u, k = self.values.shape
+    def _maps(self, a: torch.Tensor, imgs: torch.Tensor) -> torch.Tensor:
+        """[B', U, mh*mw] maps of the images ``imgs`` of a [B, U, h, w], bit for bit what pooling the whole
+        float32 batch gives: same memory format, so the same pooling kernel and order of additions."""
+        b, u, h, w = a.shape
+        if self.map_hw == (1, 1) and h * w > 1:  # torch pools to 1x1 by a mean whose order depends on B: pool all
+            return F.adaptive_avg_pool2d(a.float(), (1, 1)).reshape(b, u, 1).index_select(0, imgs)
+        x = a if len(imgs) == b else a.index_select(0, imgs)
+        x = x.to(torch.float32, memory_format=self._pool_format(a))
+        return F.adaptive_avg_pool2d(x, self.map_hw).reshape(len(imgs), u, -1)
+
+    @staticmethod
+    def _pool_format(a: torch.Tensor) -> torch.memory_format:
+        """The memory format in which torch pools ``a.float()`` (ATen's suggest_memory_format, not exposed to
+        Python): empty_like of a non-dense tensor uses it, and doubling every stride keeps their order."""
+        f = torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device="meta").float()
+        probe = torch.empty_like(torch.empty_strided(f.shape, [2 * s for s in f.stride()], device="meta"))
+        return torch.contiguous_format if probe.is_contiguous() else torch.channels_last
+
+    def _write_pooled(self, index: torch.Tensor, spatial_mean: torch.Tensor, out: torch.Tensor) -> None:
+        if self.pooled_cls is not None:
+            self.pooled_cls[index.cpu().numpy()] = self.info.cls(out).detach().float().cpu().numpy().astype(np.float16)
+        if self.pooled is not None:
+            self.pooled[index.cpu().numpy()] = spatial_mean.cpu().numpy().astype(np.float16)
+
+    def _merge_topk(self, index: torch.Tensor, score: torch.Tensor, arg: torch.Tensor, small: torch.Tensor,
+                    units: torch.Tensor | None = None) -> None:
+        """Merge candidates into the top-k of ``units`` (all units if None).  index: [B]; score, arg: [B, U'];
+        small: [B, U', mh*mw]."""
+        rows = (lambda t: t) if units is None else (lambda t: t.index_select(0, units))
+        values, kept_i, kept_arg, kept_maps = rows(self.values), rows(self.index), rows(self.argmax), rows(self.maps)
+        u, k = values.shape
         b = score.shape[0]
-        cand_v = torch.cat([self.values, torch.nan_to_num(score.t(), nan=-math.inf, posinf=-math.inf)], 1)
-        cand_i = torch.cat([self.index, index.view(1, b).expand(u, b)], 1)  # [U, k+B]
+        cand_v = torch.cat([values, topk_value(score.t())], 1)  # [U', k+B]
+        cand_i = torch.cat([kept_i, index.view(1, b).expand(u, b)], 1)  # [U', k+B]
         # order: value descending, then image index ascending (empty slots, index -1, go last)
         key_i = torch.where(cand_i < 0, torch.iinfo(torch.int64).max, cand_i)
         by_index = torch.sort(key_i, dim=1, stable=True).indices
         by_value = torch.sort(cand_v.gather(1, by_index), dim=1, descending=True, stable=True).indices
-        sel = by_index.gather(1, by_value)[:, :k]  # [U, k] positions among candidates
+        sel = by_index.gather(1, by_value)[:, :k]  # [U', k] positions among candidates
         from_kept = sel < k
         ki, bi = sel.clamp(max=k - 1), (sel - k).clamp(min=0)
-        self.values = cand_v.gather(1, sel)
-        self.index = cand_i.gather(1, sel)
-        self.argmax = torch.where(from_kept, self.argmax.gather(1, ki), arg.t().gather(1, bi))
-        hw = self.maps.shape[2]
-        kept_maps = self.maps.gather(1, ki[..., None].expand(u, k, hw))
-        new_maps = small.transpose(0, 1).gather(1, bi[..., None].expand(u, k, hw))
-        self.maps = torch.where(from_kept[..., None], kept_maps, new_maps)
+        hw = kept_maps.shape[2]
+        new = {"values": cand_v.gather(1, sel), "index": cand_i.gather(1, sel),
+               "argmax": torch.where(from_kept, kept_arg.gather(1, ki), arg.t().gather(1, bi)),
+               "maps": torch.where(from_kept[..., None], kept_maps.gather(1, ki[..., None].expand(u, k, hw)),
+                                   small.transpose(0, 1).gather(1, bi[..., None].expand(u, k, hw)))}
+        for name, t in new.items():
+            if units is None:
+                setattr(self, name, t)
+            else:
+                getattr(self, name).index_copy_(0, units, t)
 
-    def _update_stats(self, score: torch.Tensor) -> None:
+    def _update_stats(self, score: torch.Tensor, backend: str | None = "torch") -> None:
+        """Fold a batch's scores [B, U] into the running statistics: counts, min, max and histogram by
+        `atlas.kernels.stats.score_stats` (one kernel on CUDA); mean and M2 by Welford's merge in float64 here."""
+        st = score_stats(score, self.nonfinite, self.positive, self.min, self.max, self.hist, self.range_exp,
+                         MIN_RANGE_EXP, backend)
         s = score.t().double()  # [U, B]
         finite = torch.isfinite(s)
-        self.nonfinite += (~finite).sum(1)
-        n_b = finite.sum(1)
+        n_b = st.finite
         s0 = torch.where(finite, s, 0.0)
         mean_b = s0.sum(1) / n_b.clamp(min=1).double()
         m2_b = (torch.where(finite, s - mean_b[:, None], 0.0) ** 2).sum(1)
@@ -116,32 +171,7 @@ class LayerState:
         self.mean = self.mean + delta * frac
         self.m2 = self.m2 + m2_b + delta**2 * n_a * frac
         self.count = n
-        sf = score.t().float()
-        self.min = torch.minimum(self.min, torch.where(finite, sf, math.inf).amin(1))
-        self.max = torch.maximum(self.max, torch.where(finite, sf, -math.inf).amax(1))
-        self.positive += (finite & (s > 0)).sum(1)
-        self._update_hist(s, finite)
-
-    def _update_hist(self, s: torch.Tensor, finite: torch.Tensor) -> None:
-        bins = self.hist.shape[1]
-        half = bins // 2
-        peak = torch.where(finite, s.abs(), 0.0).amax(1)  # [U]
-        need = torch.where(peak > 0, torch.floor(torch.log2(peak.clamp(min=1e-300))).long() + 1,
-                           torch.full_like(self.range_exp, MIN_RANGE_EXP))
-        # log2 can round: make sure 2**need > peak exactly
-        need = need + (torch.ldexp(torch.ones_like(peak), need) <= peak).long()
-        grow = (need - self.range_exp).clamp(min=0)
-        if bool((grow > 0).any()):
-            old = torch.arange(bins, device=s.device) - half  # bin offsets
-            div = torch.ldexp(torch.ones_like(peak), grow)[:, None]  # [U, 1]
-            target = torch.floor(old[None, :] / div).long() + half
-            merged = torch.zeros_like(self.hist)
-            merged.scatter_add_(1, target, self.hist)
-            self.hist = merged
-            self.range_exp = self.range_exp + grow
-        width = torch.ldexp(torch.ones_like(peak), self.range_exp)[:, None] / half  # [U, 1] power of 2
-        b = (torch.floor(torch.where(finite, s, 0.0) / width).long() + half).clamp(0, bins - 1)
-        self.hist.scatter_add_(1, b, finite.long())
+        self.nonfinite, self.positive, self.min, self.max, self.hist, self.range_exp = st[1:]
 
     # --- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -50,10 +50,15 @@ def test_faster_than_sklearn_saga_on_the_same_problem():
     X, y = _problem(n=4000, f=128, c=20, seed=1)
     C, lam = 0.05, sklearn_lambda(0.05, 4000)
     Xt, yt = torch.tensor(X, dtype=torch.float32), torch.tensor(y)
-    fista(Xt, yt, 20, lam, max_iter=2)  # warm-up
-    t = time.perf_counter()
-    r = fista(Xt, yt, 20, lam, tol=1e-6)
-    ours = time.perf_counter() - t
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # saga is single-threaded: compare one core with one core (and stay fair under load)
+    try:
+        fista(Xt, yt, 20, lam, max_iter=2)  # warm-up
+        t = time.perf_counter()
+        r = fista(Xt, yt, 20, lam, tol=1e-6)
+        ours = time.perf_counter() - t
+    finally:
+        torch.set_num_threads(threads)
     t = time.perf_counter()
     sk = _sklearn(X, y, C, tol=1e-4)
     theirs = time.perf_counter() - t

@@ -12,6 +12,11 @@ on the curvature of the softmax cross-entropy), gradient-test adaptive restarts 
 and a stop when the relative change of f per step stays under ``tol`` over two checks.  `l1_path` runs it along a
 geometric path of lambdas from lam_max (where W = 0 is optimal) down, warm-starting each from the last, and
 stops early once validation accuracy has not improved for ``patience`` steps.
+
+X may be float64, float32, or (on a GPU, to halve its memory: 1.28M x 2560 features is 6.5 GB) bfloat16 or
+float16; then the products X W^T and R^T X run in X's dtype with float32 accumulation and results, and W, b
+are float32.  The softmax, cross-entropy and R = (softmax - onehot(y)) / n come from one fused pass
+(atlas.kernels.softmax_ce: a Triton kernel on CUDA, torch elsewhere); labels stay integers.
 """
 
 from __future__ import annotations
@@ -20,7 +25,11 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+
+from ..kernels.softmax_ce import softmax_xent
+
+HALF = (torch.bfloat16, torch.float16)
+_HAS_MM_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()  # torch.mm(..., out_dtype=): torch >= 2.9
 
 
 def sklearn_lambda(C: float, n: int) -> float:
@@ -30,28 +39,58 @@ def sklearn_lambda(C: float, n: int) -> float:
 
 def objective(X: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor, lam: float) -> float:
     """f(W, b) above.  X: [n, F]; y: [n]; W: [C, F]; b: [C]."""
-    return float(F.cross_entropy(X @ W.t() + b, y) + lam * W.abs().sum())
+    loss, _ = softmax_xent(logits(X, W, b, exact=True), y, grad=False)  # [n]
+    return float(loss.mean() + lam * W.abs().sum())
 
 
-def _smooth_grad(X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor, b: torch.Tensor
+def param_dtype(X: torch.Tensor) -> torch.dtype:
+    """W and b are float32 for half-precision features, else of X's dtype."""
+    return torch.float32 if X.dtype in HALF else X.dtype
+
+
+def _mm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """A @ B; for half-precision A, B is cast to A's dtype and the product accumulated and returned in
+    float32 (tensor cores on CUDA; on the CPU, a float32 product)."""
+    if A.dtype not in HALF:
+        return A @ B
+    if B.dim() == 1:
+        return _mm(A, B[:, None])[:, 0]
+    if A.is_cuda and _HAS_MM_OUT_DTYPE:
+        return torch.mm(A, B.to(A.dtype), out_dtype=torch.float32)
+    return A.float() @ B.to(A.dtype).float()  # the CPU, or a torch without mm(out_dtype=) (before 2.9): float32
+
+
+def logits(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor, exact: bool = False) -> torch.Tensor:
+    """[n, C] = X W^T + b, in W's dtype (float32 for half-precision X).  For half-precision X the product
+    rounds W to X's dtype; ``exact`` adds the product with the rounding's remainder, which leaves W with 16
+    significant bits (bfloat16): the objective needs this, or its value jitters by more than the stop test's
+    tolerance as W's rounding changes from step to step."""
+    if not exact or X.dtype not in HALF:
+        return _mm(X, W.t()) + b
+    hi = W.to(X.dtype)
+    return _mm(X, hi.t()) + _mm(X, (W - hi.to(W.dtype)).t()) + b
+
+
+def _smooth_grad(X: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cross-entropy value and gradients.  Y: [n, C] one-hot.  Returns (loss, dW [C, F], db [C])."""
-    logits = X @ W.t() + b  # [n, C]
-    logp = torch.log_softmax(logits, dim=1)
-    loss = -(Y * logp).sum() / X.shape[0]
-    R = (logp.exp() - Y) / X.shape[0]  # [n, C]
-    return loss, R.t() @ X, R.sum(0)
+    """Cross-entropy value and gradients.  y: [n] class indices.  Returns (loss, dW [C, F], db [C]).
+
+    R = (softmax - onehot(y)) / n comes from one fused pass over the logits (atlas.kernels.softmax_ce), in
+    X's dtype, so that dW = R^T X runs in X's precision with float32 accumulation."""
+    n = X.shape[0]
+    loss, R = softmax_xent(logits(X, W, b), y, scale=1.0 / n, grad_dtype=X.dtype)  # [n], [n, C]
+    return loss.sum() / n, _mm(R.t(), X).to(W.dtype), R.sum(0, dtype=W.dtype)
 
 
 def lipschitz(X: torch.Tensor, iters: int = 50) -> float:
     """||[X 1]||_2^2 / (2n) by power iteration (with a 1% margin)."""
     n = X.shape[0]
-    v = torch.ones(X.shape[1] + 1, dtype=X.dtype, device=X.device)
+    v = torch.ones(X.shape[1] + 1, dtype=param_dtype(X), device=X.device)
     for _ in range(iters):
-        u = X @ v[:-1] + v[-1]
-        v = torch.cat([X.t() @ u, u.sum().view(1)])
+        u = _mm(X, v[:-1]) + v[-1]
+        v = torch.cat([_mm(X.t(), u), u.sum().view(1)])
         v = v / v.norm()
-    u = X @ v[:-1] + v[-1]
+    u = _mm(X, v[:-1]) + v[-1]
     return 1.01 * float(u.norm() ** 2) / (2 * n)
 
 
@@ -67,20 +106,21 @@ class FistaResult:
 def fista(X: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, W0: torch.Tensor | None = None,
           b0: torch.Tensor | None = None, L: float | None = None, tol: float = 1e-7,
           max_iter: int = 5000, check_every: int = 5) -> FistaResult:
-    """Minimize f(W, b) for one lam.  X: [n, F] float; y: [n] int64.
+    """Minimize f(W, b) for one lam.  X: [n, F] float64, float32, bfloat16 or float16 (W, b: float32 for the
+    last two, see `param_dtype`); y: [n] int64.
 
     One gradient per step; momentum restarts when it points uphill (the gradient test of O'Donoghue &
     Candes, which needs no function values); f is evaluated every ``check_every`` steps for the stop test."""
-    n, nf = X.shape
-    Y = F.one_hot(y, n_classes).to(X.dtype)
+    nf = X.shape[1]
     L = L or lipschitz(X)
     step = 1.0 / L
-    W = W0.clone() if W0 is not None else torch.zeros(n_classes, nf, dtype=X.dtype, device=X.device)
-    b = b0.clone() if b0 is not None else torch.zeros(n_classes, dtype=X.dtype, device=X.device)
+    z = dict(dtype=param_dtype(X), device=X.device)
+    W = W0.to(**z, copy=True) if W0 is not None else torch.zeros(n_classes, nf, **z)
+    b = b0.to(**z, copy=True) if b0 is not None else torch.zeros(n_classes, **z)
     zW, zb, t = W.clone(), b.clone(), 1.0
     f_old, calm = objective(X, y, W, b, lam), 0
     for it in range(1, max_iter + 1):
-        _, gW, gb = _smooth_grad(X, Y, zW, zb)
+        _, gW, gb = _smooth_grad(X, y, zW, zb)
         W_new = zW - step * gW
         W_new = torch.sign(W_new) * torch.clamp(W_new.abs() - step * lam, min=0)  # prox of lam * ||.||_1
         b_new = zb - step * gb
@@ -116,16 +156,15 @@ class ProbePath:
 
 def lambda_max(X: torch.Tensor, y: torch.Tensor, n_classes: int) -> float:
     """The smallest lam for which W = 0 (intercepts only) is optimal: max |grad_W f(0, b*)|."""
-    counts = torch.bincount(y, minlength=n_classes).to(X.dtype)
+    counts = torch.bincount(y, minlength=n_classes).to(param_dtype(X))
     p = (counts / counts.sum()).clamp(min=1e-12)
     b = torch.log(p)  # optimal intercepts when W = 0
-    _, gW, _ = _smooth_grad(X, F.one_hot(y, n_classes).to(X.dtype), torch.zeros(n_classes, X.shape[1],
-                                                                                   dtype=X.dtype, device=X.device), b)
+    _, gW, _ = _smooth_grad(X, y, torch.zeros(n_classes, X.shape[1], dtype=b.dtype, device=X.device), b)
     return float(gW.abs().max())
 
 
 def _accuracy(X: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> float:
-    return float(((X @ W.t() + b).argmax(1) == y).to(torch.float64).mean()) if len(y) else float("nan")
+    return float((logits(X, W, b).argmax(1) == y).to(torch.float64).mean()) if len(y) else float("nan")
 
 
 def l1_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, X_val: torch.Tensor | None = None,

@@ -1,0 +1,157 @@
+"""Per-unit running statistics of a batch of scores for `atlas.mine`, the parts that do not depend on the order of
+additions: counts, min, max and the adaptive histogram.  (The float64 mean and M2 stay in torch, in atlas.mine:
+their sums would change in the last bit with another order.)
+
+Contract of `score_stats(score, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp)`, for scores
+[B, U] float32 and the running state of U units, returns a `Stats` of new tensors:
+
+- finite [U] int64: the batch's finite scores per unit;
+- nonfinite, positive [U] int64: the running counts plus the batch's non-finite and positive finite scores;
+- min, max [U] float32: running min and max over finite scores;
+- range_exp [U] int64, hist [U, bins] int64: R = 2**range_exp is the smallest power of two above every |score|
+  seen (at least 2**min_range_exp); when R grows by 2**g, bin i of the old histogram moves to
+  floor((i - bins/2) / 2**g) + bins/2, then each finite score s of the batch adds one to bin
+  clamp(floor(s / (R / (bins/2))) + bins/2, 0, bins - 1), computed in float64, so that the result equals a
+  histogram made in one go.
+
+The kernel (one program per block of units, looping over the batch) makes all of it in one launch, where the
+reference takes some forty small torch operations; both are exact (integers, min, max, and the same float64
+divisions), so they agree bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from . import choose, jit, next_pow2
+
+tl = None  # triton.language, set by atlas.kernels.jit when the kernel is first launched
+
+
+class Stats(NamedTuple):
+    finite: torch.Tensor  # [U] int64
+    nonfinite: torch.Tensor  # [U] int64
+    positive: torch.Tensor  # [U] int64
+    min: torch.Tensor  # [U] float32
+    max: torch.Tensor  # [U] float32
+    hist: torch.Tensor  # [U, bins] int64
+    range_exp: torch.Tensor  # [U] int64
+
+
+def score_stats(score: torch.Tensor, nonfinite: torch.Tensor, positive: torch.Tensor, vmin: torch.Tensor,
+                vmax: torch.Tensor, hist: torch.Tensor, range_exp: torch.Tensor, min_range_exp: int,
+                backend: str | None = None) -> Stats:
+    """See the module docstring.  score: [B, U] float32; the state tensors are [U] (hist [U, bins])."""
+    if score.dim() != 2 or hist.shape[0] != score.shape[1] or hist.shape[1] % 2:
+        raise ValueError(f"expected scores [B, U] and a histogram [U, even bins], got {tuple(score.shape)} and "
+                         f"{tuple(hist.shape)}")
+    if choose(backend, score) == "triton":
+        return score_stats_triton(score, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp)
+    return score_stats_torch(score, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp)
+
+
+def score_stats_torch(score, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp) -> Stats:
+    """The reference (what atlas.mine has always computed)."""
+    s = score.t().double()  # [U, B]
+    finite = torch.isfinite(s)
+    sf = score.t().float()
+    vmin = torch.minimum(vmin, torch.where(finite, sf, float("inf")).amin(1))
+    vmax = torch.maximum(vmax, torch.where(finite, sf, float("-inf")).amax(1))
+    bins = hist.shape[1]
+    half = bins // 2
+    peak = torch.where(finite, s.abs(), 0.0).amax(1)  # [U]
+    need = torch.where(peak > 0, torch.floor(torch.log2(peak.clamp(min=1e-300))).long() + 1,
+                       torch.full_like(range_exp, min_range_exp))
+    # log2 can round: make sure 2**need > peak exactly
+    need = need + (torch.ldexp(torch.ones_like(peak), need) <= peak).long()
+    grow = (need - range_exp).clamp(min=0)
+    # merge even where nothing grows (a no-op there): asking the GPU whether anything grew would wait for it
+    old = torch.arange(bins, device=s.device) - half  # bin offsets
+    div = torch.ldexp(torch.ones_like(peak), grow)[:, None]  # [U, 1]
+    target = torch.floor(old[None, :] / div).long() + half
+    merged = torch.zeros_like(hist)
+    merged.scatter_add_(1, target, hist)
+    range_exp = range_exp + grow
+    width = torch.ldexp(torch.ones_like(peak), range_exp)[:, None] / half  # [U, 1]
+    b = (torch.floor(torch.where(finite, s, 0.0) / width).long() + half).clamp(0, bins - 1)
+    merged.scatter_add_(1, b, finite.long())
+    return Stats(finite.sum(1), nonfinite + (~finite).sum(1), positive + (finite & (s > 0)).sum(1), vmin, vmax,
+                 merged, range_exp)
+
+
+def _stats_kernel(score_ptr, nonf_ptr, pos_ptr, min_ptr, max_ptr, hist_ptr, range_ptr,
+                  fin_out, nonf_out, pos_out, min_out, max_out, hist_out, range_out,
+                  B, U, MIN_EXP, BINS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr,
+                  BLOCK_BINS: tl.constexpr):
+    """Program j: units j*BLOCK_U.., all of the batch.  Pass 1 counts and finds min, max and max |s|; then the old
+    histogram is widened into hist_out and pass 2 adds the batch, both by integer atomic adds (exact in any order)."""
+    offs_u = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)
+    mask_u = offs_u < U
+    rows = tl.arange(0, BLOCK_B)
+    n_fin = tl.zeros([BLOCK_U], tl.int64)
+    n_pos = tl.zeros([BLOCK_U], tl.int64)
+    n_non = tl.zeros([BLOCK_U], tl.int64)
+    lo = tl.full([BLOCK_U], float("inf"), tl.float32)
+    hi = tl.full([BLOCK_U], float("-inf"), tl.float32)
+    peak = tl.zeros([BLOCK_U], tl.float32)
+    for start in range(0, B, BLOCK_B):
+        m = ((start + rows)[:, None] < B) & mask_u[None, :]
+        s = tl.load(score_ptr + (start + rows)[:, None].to(tl.int64) * U + offs_u[None, :], mask=m, other=0.0)
+        fin = m & (s == s) & (tl.abs(s) != float("inf"))
+        n_fin += tl.sum(fin.to(tl.int64), axis=0)
+        n_non += tl.sum((m & ~fin).to(tl.int64), axis=0)
+        n_pos += tl.sum((fin & (s > 0)).to(tl.int64), axis=0)
+        lo = tl.minimum(lo, tl.min(tl.where(fin, s, float("inf")), axis=0))
+        hi = tl.maximum(hi, tl.max(tl.where(fin, s, float("-inf")), axis=0))
+        peak = tl.maximum(peak, tl.max(tl.where(fin, tl.abs(s), 0.0), axis=0))
+    # 2**need: the smallest power of two above peak; for float32 peak = 1.f * 2**E, need = E + 1
+    expo = ((peak.to(tl.int32, bitcast=True) >> 23) & 255) - 126
+    need = tl.where(peak > 0, expo, MIN_EXP).to(tl.int64)
+    old_exp = tl.load(range_ptr + offs_u, mask=mask_u, other=0)
+    grow = tl.maximum(need - old_exp, 0)
+    new_exp = old_exp + grow
+    half = BINS // 2
+    out_u = offs_u.to(tl.int64)
+    cols = tl.arange(0, BLOCK_BINS)
+    m_bins = mask_u[:, None] & (cols[None, :] < BINS)
+    row_hist = hist_out + out_u[:, None] * BINS  # [BLOCK_U, 1] row starts
+    tl.store(row_hist + cols[None, :], tl.zeros([BLOCK_U, BLOCK_BINS], tl.int64), mask=m_bins)
+    tl.debug_barrier()  # the zeros land before the adds below
+    # old bin i moves to floor((i - half) / 2**grow) + half (an arithmetic shift floors)
+    h = tl.load(hist_ptr + out_u[:, None] * BINS + cols[None, :], mask=m_bins, other=0)
+    target = ((cols[None, :] - half).to(tl.int64) >> tl.minimum(grow, 62)[:, None]) + half
+    tl.atomic_add(row_hist + target, h, mask=m_bins & (h != 0))
+    width = ((new_exp + 1023) << 52).to(tl.float64, bitcast=True) / half  # [BLOCK_U], as torch.ldexp(1, e) / half
+    for start in range(0, B, BLOCK_B):  # pass 2: bin the batch
+        m = ((start + rows)[:, None] < B) & mask_u[None, :]
+        s = tl.load(score_ptr + (start + rows)[:, None].to(tl.int64) * U + offs_u[None, :], mask=m, other=0.0)
+        fin = m & (s == s) & (tl.abs(s) != float("inf"))
+        q = tl.floor(tl.where(fin, s.to(tl.float64), 0.0) / width[None, :])
+        b = tl.minimum(tl.maximum(q.to(tl.int64) + half, 0), BINS - 1)  # [BLOCK_B, BLOCK_U]
+        tl.atomic_add(hist_out + out_u[None, :] * BINS + b, tl.full([BLOCK_B, BLOCK_U], 1, tl.int64), mask=fin)
+    tl.store(fin_out + out_u, n_fin, mask=mask_u)
+    tl.store(nonf_out + out_u, tl.load(nonf_ptr + out_u, mask=mask_u, other=0) + n_non, mask=mask_u)
+    tl.store(pos_out + out_u, tl.load(pos_ptr + out_u, mask=mask_u, other=0) + n_pos, mask=mask_u)
+    tl.store(min_out + out_u, tl.minimum(tl.load(min_ptr + out_u, mask=mask_u, other=0.0), lo), mask=mask_u)
+    tl.store(max_out + out_u, tl.maximum(tl.load(max_ptr + out_u, mask=mask_u, other=0.0), hi), mask=mask_u)
+    tl.store(range_out + out_u, new_exp, mask=mask_u)
+
+
+def score_stats_triton(score, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp) -> Stats:
+    """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
+    b, u = score.shape
+    bins = hist.shape[1]
+    score = score.float().contiguous()
+    state = [t.contiguous() for t in (nonfinite, positive, vmin.float(), vmax.float(), hist, range_exp)]
+    out = Stats(torch.empty_like(nonfinite), *(torch.empty_like(t) for t in state[:4]),
+                torch.empty_like(state[4]), torch.empty_like(state[5]))
+    if u == 0:
+        return out
+    block_u = min(32, next_pow2(u))
+    jit(_stats_kernel)[((u + block_u - 1) // block_u,)](
+        score, *state, out.finite, out.nonfinite, out.positive, out.min, out.max, out.hist, out.range_exp,
+        b, u, min_range_exp, BINS=bins, BLOCK_B=min(64, next_pow2(max(b, 1))), BLOCK_U=block_u,
+        BLOCK_BINS=next_pow2(bins), num_warps=4)
+    return out

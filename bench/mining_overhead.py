@@ -1,0 +1,168 @@
+"""What mining costs on top of the forward pass: images/s of the image tower alone vs with atlas.mine's LayerState
+fed, through forward hooks, by every conv / tokens layer of the model's layer table.
+
+    python bench/mining_overhead.py [--models RN50 ViT-B-32] [--batch 256] [--prefill 8] [--iters 10] [--quick]
+
+Random-weight open_clip models from atlas's registry (open_clip:ARCH@random:0), bfloat16 autocast, channels_last,
+synthetic pixels already on the GPU (fresh noise every step from a seeded generator, so every path sees the
+same images).  Paths:
+
+- forward:     the image tower alone;
+- plain:       LayerState.update_reference (torch reductions, maps of every image, a full sort of k+B per unit),
+               what atlas.mine did before the kernels;
+- fast-torch:  LayerState.update with the torch reductions (only candidate images pooled, candidate units merged);
+- fast-triton: LayerState.update with the Triton kernel (CUDA only);
+- compiled:    with --compile, fast-torch with the reductions through torch.compile.
+
+Each path first mines --prefill batches (untimed), so the running top-k holds what a run holds after that many
+images; the share of images that are candidates for some unit, and of (image, unit) pairs, is printed, since it
+sets what pooling and merging cost.  At the end the states of the paths are compared (rank_by max: bit for bit).
+Times use CUDA events after warm-up.  --quick: batch 2, one step, on the CPU (checks that the script runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import nullcontext
+
+import torch
+
+from atlas.capture import hooked
+from atlas.config import MineConfig
+from atlas.mine import LayerState
+from atlas.models import load_model
+
+
+class Timer:
+    """Seconds between start() and stop(): CUDA events on a GPU (stop() waits for the GPU), else the wall clock."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.begin, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def start(self) -> None:
+        if self.cuda:
+            self.begin.record()
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        if not self.cuda:
+            return time.perf_counter() - self.t0
+        self.end.record()
+        torch.cuda.synchronize()
+        return self.begin.elapsed_time(self.end) / 1e3
+
+
+def run_path(model, layers, path: str, args, device) -> tuple[float, dict[str, LayerState], float, float]:
+    """Seconds per batch, the final states, and the mean shares of candidate images and pairs."""
+    cfg = MineConfig(top_k=args.top_k, batch_size=args.batch, keep_pooled=False, map_size=args.map_size)
+    backend = {"fast-torch": "torch", "compiled": "torch", "fast-triton": "triton"}.get(path)
+    states = {n: LayerState(model.layers[n], cfg, device, backend=backend) for n in layers}
+    seen = {"images": [], "pairs": [], "count": False}
+    index = {"next": 0}
+
+    def consume(name: str, out) -> None:
+        st = states[name]
+        b = out[0].shape[0] if isinstance(out, tuple) else out.shape[0]
+        idx = torch.arange(index["next"], index["next"] + b, device=device)
+        if path == "plain":
+            st.update_reference(idx, out)
+        else:
+            if seen["count"]:  # untimed steps only: this is a second pass over the activations
+                from atlas.kernels.mining import spatial_reduce
+
+                flag = spatial_reduce(st.info.canonical(out).detach(), idx, st.values[:, -1], st.index[:, -1],
+                                      cfg.rank_by, backend).flag
+                seen["images"].append(flag.any(1).float().mean())
+                seen["pairs"].append(flag.float().mean())
+            st.update(idx, out)
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.empty(args.batch, 3, model.image_size, model.image_size, device=device).to(
+        memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    hooks = hooked(model.clip, layers, consume) if path != "forward" else nullcontext()
+
+    def step() -> None:
+        x.normal_(generator=gen)
+        model.encode_image(x)
+        index["next"] += args.batch
+
+    clock = Timer(device)
+    with torch.no_grad(), autocast, hooks:
+        for _ in range(args.prefill):
+            step()
+        clock.start()
+        for _ in range(args.iters):
+            step()
+        dt = clock.stop() / args.iters
+        seen["count"] = True
+        step()  # untimed: the share of candidates, after prefill + iters batches
+    share = lambda v: float(torch.stack(v).mean()) if v else float("nan")
+    return dt, states, share(seen["images"]), share(seen["pairs"])
+
+
+def same_states(a: dict[str, LayerState], b: dict[str, LayerState]) -> bool:
+    return all(torch.equal(getattr(a[n], k), getattr(b[n], k)) for n in a for k in LayerState.TENSORS)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["RN50", "ViT-B-32"])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--prefill", type=int, default=8, help="untimed batches mined first")
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--top-k", type=int, default=16)
+    ap.add_argument("--map-size", type=int, default=8)
+    ap.add_argument("--paths", nargs="+", default=["forward", "plain", "fast-torch", "fast-triton"])
+    ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd reductions (slow to build)")
+    ap.add_argument("--quick", action="store_true", help="tiny run on the CPU: batch 2, one step")
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
+    if args.quick:
+        args.batch, args.prefill, args.iters = 2, 1, 1
+    paths = [p for p in args.paths if p != "fast-triton" or device.type == "cuda"]
+    if args.compile:
+        paths.append("compiled")
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; batch "
+          f"{args.batch}, top_k {args.top_k}, map {args.map_size}, prefill {args.prefill} batches, {args.iters} timed")
+    for arch in args.models:
+        model = load_model(f"open_clip:{arch}@random:0", device=device)
+        model.clip.visual.to(memory_format=torch.channels_last)
+        layers = [n for n, i in model.layers.items() if i.kind in ("conv", "tokens")]
+        rows = {}
+        for path in paths:
+            if path == "compiled":
+                import atlas.mine as mine_module
+                from atlas.kernels import mining
+
+                torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+                compiled = torch.compile(mining.spatial_reduce_torch, dynamic=False)
+                saved = mine_module.spatial_reduce
+                mine_module.spatial_reduce = lambda a, i, tv, ti, r, backend=None: compiled(a, i, tv, ti, r)
+                try:
+                    rows[path] = run_path(model, layers, path, args, device)
+                finally:
+                    mine_module.spatial_reduce = saved
+            else:
+                rows[path] = run_path(model, layers, path, args, device)
+        base = rows["forward"][0]
+        print(f"\n{arch}: {len(layers)} layers mined ({layers[0]} .. {layers[-1]})")
+        print(f"{'path':12s} {'images/s':>10s} {'ms/batch':>9s} {'vs forward':>11s} {'cand. images':>13s} {'cand. pairs':>12s}")
+        for path, (dt, _, imgs, pairs) in rows.items():
+            print(f"{path:12s} {args.batch / dt:10.0f} {dt * 1e3:9.2f} {dt / base:10.2f}x "
+                  f"{'' if path in ('forward', 'plain') else f'{imgs:13.1%} {pairs:12.2%}'}")
+        ref = rows.get("plain")
+        for path in rows:
+            if ref and path not in ("forward", "plain"):
+                print(f"states of {path} == plain (top-k, maps, argmax, counts, min/max, hist): "
+                      f"{same_states(rows[path][1], ref[1])}")
+        del model, rows
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -232,9 +232,18 @@ class LoadedModel:
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
         """[batch, 3, S, S] in [0, 1] -> CLIP-normalized pixels (differentiable)."""
-        mean = torch.tensor(self.mean, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
+        mean, std = self._norm_constants(x01.device, x01.dtype)
         return (x01 - mean) / std
+
+    def _norm_constants(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """[1, 3, 1, 1] mean and std, made once per device and dtype: building them from Python numbers on a
+        GPU is a host-to-device copy that waits for the work queued before it (a sync per batch)."""
+        cache = self.__dict__.setdefault("_norm_cache", {})
+        key = (str(device), dtype)
+        if key not in cache:
+            cache[key] = tuple(torch.tensor(v, device=device, dtype=dtype).view(1, 3, 1, 1)
+                               for v in (self.mean, self.std))
+        return cache[key]
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL image -> [3, S, S] normalized tensor, as open_clip's validation transform."""

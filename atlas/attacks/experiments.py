@@ -91,8 +91,13 @@ def run_attack_table(model: LoadedModel, source: ImageSource, store_path: str | 
                              ("success_rate", r.success_rate), ("pixels_changed", r.pixels_changed),
                              ("clean_accuracy", r.clean_accuracy)):
                     rows[k].append(v)
-                wins = [e for e in r.examples if e[3] == cls.index(r.target)][:examples] if cname == "zero-shot" \
-                    and size == max(sizes) else []
+                wins = []
+                if cname == "zero-shot" and size == max(sizes):  # successes on different images, one each
+                    seen: set[int] = set()
+                    for e in r.examples:
+                        if e[3] == cls.index(r.target) and e[0] not in seen and len(wins) < examples:
+                            seen.add(e[0])
+                            wins.append(e)
                 for i, p, before, after in wins:
                     pairs_clean.append(np.asarray(crops[i]))
                     pairs_attacked.append(np.asarray(stamp(crops[i], AttackText(r.text, font, size, position=p))))

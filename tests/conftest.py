@@ -25,6 +25,12 @@ def tiny_model():
 
 
 @pytest.fixture(scope="session")
+def shipped():
+    """The shipped Concept World CLIP, the default model (read only: tests must not change it)."""
+    return load_model("default")
+
+
+@pytest.fixture(scope="session")
 def small_store(tiny_model, tmp_path_factory):
     """200 synthetic images mined on two layers; feature visualizations of the first 8 units of the last."""
     path = tmp_path_factory.mktemp("store") / "small.h5"

@@ -18,14 +18,8 @@ from atlas.config import AnalysesConfig, MineConfig
 from atlas.data import open_source
 from atlas.data.conceptworld import ConceptWorldSource, WorldConfig
 from atlas.mine import mine
-from atlas.models import load_model
 
 LAYER = "visual.layer4.0"
-
-
-@pytest.fixture(scope="module")
-def shipped():
-    return load_model("default")
 
 
 @pytest.fixture(scope="module")

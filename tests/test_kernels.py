@@ -25,6 +25,7 @@ from atlas.kernels.softmax_ce import softmax_xent
 from atlas.kernels.stats import score_stats
 from atlas.mine import LayerState
 from atlas.models import LayerInfo
+from probe_problems import sparse_problem
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 gpu = pytest.mark.skipif(not (torch.cuda.is_available() and triton_available()), reason="needs CUDA and triton")
@@ -293,11 +294,7 @@ def test_interp_layer_state_rank_by_mean_is_bit_identical_when_sums_are_exact():
 # --- the probe solver on the kernel -------------------------------------------------------------------------
 
 def _probe_problem(n=600, f=20, c=4, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, f))
-    W = np.zeros((c, f))
-    W[:, :5] = rng.normal(size=(c, 5)) * 2
-    y = np.argmax(X @ W.T + rng.gumbel(size=(n, c)), axis=1)
+    X, y = sparse_problem(n, f, c, seed, support=5)
     return torch.tensor(X, dtype=torch.float32), torch.tensor(y)
 
 

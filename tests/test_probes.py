@@ -12,15 +12,11 @@ import torch
 from atlas.config import ProbeConfig
 from atlas.probes import ProbeError, composition, fista, fit_probe, l1_path, labels_from_pattern, objective, sklearn_lambda
 from atlas.probes.solver import lambda_max
+from probe_problems import sparse_problem
 
 
 def _problem(n=2000, f=50, c=5, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, f))
-    W = np.zeros((c, f))
-    W[:, :10] = rng.normal(size=(c, 10)) * 2
-    y = np.argmax(X @ W.T + rng.gumbel(size=(n, c)), axis=1)
-    return X, y
+    return sparse_problem(n, f, c, seed, support=10)
 
 
 def _sklearn(X, y, C, tol=1e-10):

@@ -16,11 +16,6 @@ from atlas.models import DEFAULT_SPEC, SHIPPED, ModelError, load_model, sha256_f
 from atlas.store import Store
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    return load_model(DEFAULT_SPEC)
-
-
 def test_default_is_the_shipped_model(shipped):
     assert DEFAULT_SPEC == "atlas:conceptclip" and shipped.name == "conceptclip"
     name, sha = SHIPPED["conceptclip"]

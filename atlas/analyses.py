@@ -28,16 +28,13 @@ from .data.sources import ImageSource
 from .models import LoadedModel
 
 SENSITIVE = ("danger", "trash", "sad")  # Concept World's negative concepts, for the audit's class list
+PICTOGRAM_LABELS = r"picto:(\w+)"  # Concept World labels -> the pictogram's concept (others left out)
 
 
 @dataclass
 class AnalysesResult:
     done: list[str] = field(default_factory=list)  # report paths written (or found from an earlier run)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (analysis, why)
-
-
-def _is_conceptworld(source: ImageSource) -> bool:
-    return source.description.startswith("conceptworld:")
 
 
 def run_analyses(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike, layer: str,
@@ -53,8 +50,8 @@ def run_analyses(model: LoadedModel, source: ImageSource, store_path: str | os.P
     ledger = json.loads(ledger_path.read_text()) if ledger_path.is_file() else {}
     stamp = to_json(config) + f"|{model.name}|{model.weights_sha256}|{layer}|{source.fingerprint()}"
     result = AnalysesResult()
-    cw = _is_conceptworld(source)
-    pattern = config.label_pattern if config.label_pattern is not None else (r"picto:(\w+)" if cw else None)
+    cw = source.description.startswith("conceptworld:")
+    pattern = config.label_pattern if config.label_pattern is not None else (PICTOGRAM_LABELS if cw else None)
 
     def step(key: str, fn: Callable[[], object]) -> bool:
         kind, name = key.split("/")
@@ -80,11 +77,11 @@ def run_analyses(model: LoadedModel, source: ImageSource, store_path: str | os.P
         probed = step("probes/probe", lambda: probe_layer(store_path, layer, "probe", label_pattern=pattern))
     if config.attacks:
         step("attacks/table", lambda: run_attack_table(
-            model, _attack_source(source, config), store_path, "table", label_pattern=pattern,
+            model, (heldout_pictograms(config.attack_images) if cw else source), store_path, "table", label_pattern=pattern,
             probe="probe" if probed else None, images=config.attack_images, sizes=config.attack_sizes,
             layer=layer))
         step("attacks/stroop", lambda: run_stroop(model, store_path, "stroop"))
-        step("attacks/words", lambda: run_word_sensitivity(model, store_path, layer, _words(), "words"))
+        step("attacks/words", lambda: run_word_sensitivity(model, store_path, layer, default_words(), "words"))
     if config.audit:
         if config.audit_groups or cw:
             step("audits/audit", lambda: _audit(model, store_path, layer, config, work))
@@ -93,16 +90,15 @@ def run_analyses(model: LoadedModel, source: ImageSource, store_path: str | os.P
     return result
 
 
-def _attack_source(source: ImageSource, config: AnalysesConfig) -> ImageSource:
-    """Concept World: held-out pictograms (seed 10,000, never mined nor trained on); else the build's data."""
-    if not _is_conceptworld(source):
-        return source
+def heldout_pictograms(count: int) -> ImageSource:
+    """Concept World pictograms alone, of seed 10,000 (never mined nor trained on): the images to attack."""
     from .data.conceptworld import ConceptWorldSource, WorldConfig
 
-    return ConceptWorldSource(config.attack_images, WorldConfig(seed=10_000, mix=(1, 0, 0, 0)))
+    return ConceptWorldSource(count, WorldConfig(seed=10_000, mix=(1, 0, 0, 0)))
 
 
-def _words() -> list[str]:
+def default_words() -> list[str]:
+    """Words for per-neuron typographic sensitivity: Concept World's, the attack texts, the colour words."""
     from .attacks.experiments import PAPER_TARGETS, STROOP_COLORS
     from .data.conceptworld.world import CONCEPTS
 

@@ -415,6 +415,7 @@ store_opt = click.option("--store", "store_path", required=True, type=click.Path
 def attack_table(model_spec, store_path, data, label_pattern, targets, probe, images, sizes, font, layer, name,
                  device, trust_checkpoint):
     """The automated attack table: texts stamped at 8 positions; success rates for zero-shot and a probe."""
+    from .analyses import PICTOGRAM_LABELS, heldout_pictograms
     from .attacks.experiments import PAPER_TARGETS, run_attack_table
     from .build import resolve_device
     from .data.sources import open_source
@@ -434,10 +435,7 @@ def attack_table(model_spec, store_path, data, label_pattern, targets, probe, im
     def go():
         model = load_model(model_spec, device=resolve_device(device), trust_checkpoint=trust_checkpoint)
         if data == "conceptworld-pictos":
-            from .data.conceptworld import ConceptWorldSource, WorldConfig
-
-            source, pattern = ConceptWorldSource(images, WorldConfig(seed=10_000, mix=(1, 0, 0, 0))), \
-                label_pattern or r"picto:(\w+)"
+            source, pattern = heldout_pictograms(images), label_pattern or PICTOGRAM_LABELS
         else:
             source, pattern = open_source(data), label_pattern
         return run_attack_table(model, source, store_path, name, pattern, pairs, probe, images, size_list, font,
@@ -485,12 +483,12 @@ def attack_stroop(model_spec, store_path, prompt, name, device, trust_checkpoint
 @trust_opt
 def attack_words(model_spec, store_path, layer, words, name, device, trust_checkpoint):
     """Per-neuron typographic sensitivity: which rendered words excite each unit most."""
-    from .analyses import _words
+    from .analyses import default_words
     from .attacks.experiments import run_word_sensitivity
     from .build import resolve_device
     from .models import load_model
 
-    word_list = list(_split(words)) if words else _words()
+    word_list = list(_split(words)) if words else default_words()
     resp = _run(lambda: run_word_sensitivity(load_model(model_spec, device=resolve_device(device),
                                                         trust_checkpoint=trust_checkpoint),
                                              store_path, layer, word_list, name))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RANK_BY = ("max", "mean")
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def _check(cond: bool, message: str) -> None:
@@ -36,6 +37,9 @@ class MineConfig:
     keep_pooled: store the [images, units] matrix of spatial means (inputs of probes).
     max_images: mine only the first max_images images of the source (None: all).
     thumb_size: side of the stored thumbnails of top examples (the model's crop, resized).
+    precision: the image tower's arithmetic: "float32", "bfloat16" (autocast) or "auto" (bfloat16 autocast on a
+        CUDA GPU that supports it, float32 elsewhere).  `atlas.mine` resolves "auto" before it stores the
+        config, so a store says which one was used.
     """
 
     layers: tuple[str, ...] = ()
@@ -47,6 +51,7 @@ class MineConfig:
     keep_pooled: bool = True
     max_images: int | None = None
     thumb_size: int = 96
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -59,6 +64,7 @@ class MineConfig:
         _check(self.max_images is None or self.max_images >= 1,
                f"max_images must be >= 1 or None, got {self.max_images}")
         _check(16 <= self.thumb_size <= 512, f"thumb_size must be in 16..512, got {self.thumb_size}")
+        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass(frozen=True)

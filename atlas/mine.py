@@ -14,10 +14,12 @@ an uninterrupted run computes.  Checkpoints are written atomically to the store'
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -28,7 +30,9 @@ import torch.nn.functional as F
 from . import __version__, store
 from .capture import hooked
 from .config import MineConfig, digest, to_json
-from .data.sources import ImageSource, Sample
+from .data.decode import DEFAULT_MAX_PIXELS
+from .data.loader import JpegLoader, _to, normalize
+from .data.sources import FolderSource, ImageSource
 from .kernels.mining import spatial_reduce, topk_value
 from .kernels.stats import score_stats
 from .models import LayerInfo, LoadedModel
@@ -190,28 +194,96 @@ class MineResult:
     bad: int
     skipped_layers: tuple[str, ...]  # already in the store with the same config
     resumed_from: int  # image index the run resumed at (0: fresh start)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of mining's phases (see `mine`)
+
+
+@dataclass
+class _Batch:
+    """One fixed slice [start, stop) of the image index, ready for the model."""
+
+    start: int
+    stop: int
+    good: list[int]  # indices of the images in pixels, ascending
+    index: torch.Tensor  # [len(good)] int64 on the model's device
+    pixels: torch.Tensor  # [len(good), 3, S, S] float32, normalized, on the model's device
+    bad: dict[int, tuple[str, str]]  # image index -> (reason code, message)
+    sha256: list[str]  # per image of the slice ("" for bad files and generated images)
 
 
 def _batches(model: LoadedModel, source: ImageSource, start: int, stop: int, batch_size: int,
-             num_workers: int) -> Iterator[tuple[int, list[Sample], torch.Tensor]]:
-    """Yield (first index, samples, [good, 3, S, S] pixels) for fixed slices [i, i + batch_size)."""
-    starts = range(start, stop, batch_size)
+             num_workers: int, pil: bool = False) -> Iterator[_Batch]:
+    """Fixed slices [i, i + batch_size) of [start, stop), in order, pixels already on the model's device.
 
-    def load(i: int) -> tuple[int, list[Sample], torch.Tensor]:
-        samples = [source.sample(j, draft_size=model.image_size) for j in range(i, min(i + batch_size, stop))]
-        good = [model.preprocess(s.image) for s in samples if s.image is not None]
-        pixels = torch.stack(good) if good else torch.zeros(0, 3, model.image_size, model.image_size)
-        for s in samples:
-            s.image = None  # free the decoded image; thumbnails are re-made at commit
-        return i, samples, pixels
-
-    if num_workers <= 0:
-        for i in starts:
-            yield load(i)
+    Files (a `FolderSource`) go through `JpegLoader`: read, hashed, decoded and cropped by `LoadedModel.crop`'s
+    PIL code in ``num_workers`` processes (0: in this process), pinned, copied to the device without blocking
+    and normalized there: bit for bit `LoadedModel.preprocess` (tests/test_mine_loader.py).  Other sources
+    (generated images), or ``pil=True``: `ImageSource.sample` and `LoadedModel.preprocess` per image, in a
+    DataLoader of ``num_workers`` processes if > 0."""
+    if isinstance(source, FolderSource) and not pil:
+        yield from _file_batches(model, source, start, stop, batch_size, num_workers)
         return
-    loader = torch.utils.data.DataLoader(list(starts), batch_size=None, num_workers=num_workers,
-                                         collate_fn=load, prefetch_factor=4, persistent_workers=False)
-    yield from loader
+    dev, size = model.device, model.image_size
+
+    def load(i: int) -> tuple:
+        samples = [source.sample(j, draft_size=size) for j in range(i, min(i + batch_size, stop))]
+        good = [s for s in samples if s.image is not None]
+        pixels = torch.stack([model.preprocess(s.image) for s in good]) if good else torch.zeros(0, 3, size, size)
+        bad = {s.index: (s.error, s.message) for s in samples if s.image is None}
+        return i, i + len(samples), [s.index for s in good], pixels, bad, [s.sha256 for s in samples]
+
+    starts = range(start, stop, batch_size)
+    parts = map(load, starts) if num_workers <= 0 else torch.utils.data.DataLoader(
+        list(starts), batch_size=None, num_workers=num_workers, collate_fn=load, prefetch_factor=4,
+        pin_memory=dev.type == "cuda", persistent_workers=False)
+    for first, last, good, pixels, bad, sha in parts:
+        yield _Batch(first, last, good, _to(torch.tensor(good, dtype=torch.int64), dev), _to(pixels, dev), bad, sha)
+
+
+def _file_batches(model: LoadedModel, source: FolderSource, start: int, stop: int, batch_size: int,
+                  num_workers: int) -> Iterator[_Batch]:
+    loader = JpegLoader([source.path(i) for i in range(len(source))], model.image_size, batch_size=batch_size,
+                        device=model.device, decode="cpu", resize="cpu", workers=num_workers,
+                        resize_mode=model.resize_mode, max_pixels=source.max_pixels or DEFAULT_MAX_PIXELS,
+                        hashes=True, names=[e.source_id for e in source.entries], start=start, stop=stop)
+    for b in loader:
+        bad = {i: (reason, message) for i, reason, message in b.bad}
+        sha = ["" if i in bad else h for i, h in zip(range(b.start, b.stop), b.sha256)]  # as ImageSource.sample
+        yield _Batch(b.start, b.stop, b.index.tolist(), _to(b.index, model.device),
+                     normalize(b.pixels, model.mean, model.std), bad, sha)
+
+
+def _precision(precision: str, device: torch.device) -> str:
+    """MineConfig.precision with "auto" resolved: bfloat16 on a CUDA GPU that has it, else float32."""
+    if precision != "auto":
+        return precision
+    return "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+
+
+@contextmanager
+def _model_path(model: LoadedModel, precision: str) -> Iterator[torch.memory_format]:
+    """The image tower as mining runs it: channels_last on CUDA (its 4-D weights put back as they were
+    afterwards), under bfloat16 autocast for ``precision="bfloat16"``.  Yields the input's memory format."""
+    dev = model.device
+    fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+    weights = [p for p in model.visual.parameters() if p.dim() == 4 and p.is_contiguous()]
+    if fmt == torch.channels_last:
+        model.visual.to(memory_format=fmt)
+    try:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            yield fmt
+    finally:
+        for p in weights:
+            p.data = p.data.contiguous()
+
+
+def _record(image_state: dict[str, object], b: _Batch) -> None:
+    """Each image's status, sha256 and, for bad files, message."""
+    for k, i in enumerate(range(b.start, b.stop)):
+        reason, message = b.bad.get(i, ("", ""))
+        image_state["status"][i] = store.REASON_CODES.index(reason)
+        image_state["sha256"][i] = b.sha256[k].encode()
+        if reason:
+            image_state["messages"][i] = message
 
 
 def _run_meta(model: LoadedModel, source: ImageSource) -> dict[str, object]:
@@ -224,16 +296,20 @@ def _run_meta(model: LoadedModel, source: ImageSource) -> dict[str, object]:
 
 def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
          config: MineConfig = MineConfig(), *, num_workers: int = 0, checkpoint_seconds: float = 30.0,
-         progress: Progress | None = None) -> MineResult:
+         progress: Progress | None = None, _pil: bool = False) -> MineResult:
     """Mine ``config.layers`` (default: the model's default layers) of ``source`` into the store.
 
     Resumes from the store's work folder after a crash; layers already mined with the same config
-    are skipped.  Raises StoreBusy if another process writes the store.
+    are skipped.  Raises StoreBusy if another process writes the store.  ``num_workers``: image-decoding
+    processes (0: decode here).  The result's ``seconds``: "setup", "wait" (for decoded batches), "forward"
+    (host time of the forwards and updates, GPU waits included), "checkpoint", "commit".  ``_pil``: files
+    too through the per-image PIL path (`_batches`; for the equivalence tests).
     """
     path = Path(store_path)
+    t0 = time.perf_counter()
     infos = [model.layer(n) for n in (config.layers or model.default_layers)]
     layers = tuple(i.name for i in infos)  # canonical names, also for aliases
-    config = replace(config, layers=tuple(layers))
+    config = replace(config, layers=tuple(layers), precision=_precision(config.precision, model.device))
     n_images = min(len(source), config.max_images or len(source))
     meta = _run_meta(model, source)
     with store.lock(path):
@@ -248,32 +324,40 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
         resumed_from = position
         last_ckpt = time.monotonic()
         current: dict[str, torch.Tensor] = {}
+        seconds = dict.fromkeys(("setup", "wait", "forward", "checkpoint", "commit"), 0.0)
 
         def consume(name: str, out: torch.Tensor) -> None:
             states[name].update(current["index"], out)
 
-        with torch.no_grad(), hooked(model.clip, [i.name for i in todo], consume):
-            for first, samples, pixels in _batches(model, source, position, n_images,
-                                                   config.batch_size, num_workers):
-                for s in samples:
-                    image_state["status"][s.index] = store.REASON_CODES.index(s.error)
-                    image_state["sha256"][s.index] = s.sha256.encode()
-                    if s.error:
-                        image_state["messages"][s.index] = s.message
-                good = [s.index for s in samples if not s.error]
-                if good:
-                    current["index"] = torch.tensor(good, device=model.device)
-                    model.clip.encode_image(pixels.to(model.device))
-                position = first + len(samples)
+        with torch.no_grad(), hooked(model.clip, [i.name for i in todo], consume), \
+                _model_path(model, config.precision) as memory_format:
+            batches = _batches(model, source, position, n_images, config.batch_size, num_workers, _pil)
+            seconds["setup"], t = time.perf_counter() - t0, time.perf_counter()
+            for b in batches:
+                t = _lap(seconds, "wait", t)
+                _record(image_state, b)
+                if b.good:
+                    current["index"] = b.index
+                    model.clip.encode_image(b.pixels.contiguous(memory_format=memory_format))
+                position = b.stop
                 if progress:
                     progress(position, n_images)
+                t = _lap(seconds, "forward", t)
                 if time.monotonic() - last_ckpt >= checkpoint_seconds or position >= n_images:
                     _checkpoint(work, states, image_state, position)
                     last_ckpt = time.monotonic()
+                t = _lap(seconds, "checkpoint", t)
         _commit(path, model, source, config, todo, states, image_state, meta, n_images)
         store.remove_work(work)
+        _lap(seconds, "commit", t)
         bad = int(np.count_nonzero(image_state["status"]))
-        return MineResult(path, tuple(layers), n_images, bad, tuple(i.name for i in skipped), resumed_from)
+        return MineResult(path, tuple(layers), n_images, bad, tuple(i.name for i in skipped), resumed_from, seconds)
+
+
+def _lap(seconds: dict[str, float], phase: str, since: float) -> float:
+    now = time.perf_counter()
+    seconds[phase] += now - since
+    return now
 
 
 def _layers_to_mine(path: Path, model_name: str, infos: list[LayerInfo],
@@ -288,7 +372,8 @@ def _layers_to_mine(path: Path, model_name: str, infos: list[LayerInfo],
                 todo.append(info)
                 continue
             old = st.file[key].attrs["config"]
-            if old != _layer_config_json(config):
+            if {"precision": "float32", **json.loads(old)} != json.loads(_layer_config_json(config)):
+                # (a layer mined before MineConfig had a precision was mined in float32)
                 raise store.StoreError(
                     f"store {path} already holds layer {info.name} mined with other settings ({old}); "
                     "write to another store path to mine it differently")

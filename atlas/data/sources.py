@@ -125,6 +125,10 @@ class FolderSource(ImageSource):
             h.update(str((self.root / self._paths[e.source_id]).stat().st_size).encode() + b"\0")
         return h.hexdigest()
 
+    def path(self, index: int) -> Path:
+        """The file of entry ``index`` (its source id may escape bytes of an undecodable name)."""
+        return self.root / self._paths[self.entries[index].source_id]
+
     def _load(self, index: int, draft_size: int | None) -> tuple[Image.Image, str]:
         rel = self.entries[index].source_id
         try:

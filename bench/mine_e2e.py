@@ -1,0 +1,129 @@
+"""Does `atlas mine` from JPEG files keep up with the GPU?  Forward-only vs the whole mine() call, one run.
+
+    python bench/mine_e2e.py [--n 8192] [--batch 256] [--workers 14] [--precision auto] [--quick]
+
+Writes ``--n`` synthetic JPEGs (400x300, varied content, quality 90; `bench/data_path.py`'s `write_jpegs`) into a
+temporary folder, loads ``--model`` (open_clip:RN50x4@random:0, 288 px) once, then measures on one device:
+
+- forward-only: the image tower alone (``model.clip.visual``, no hooks) on normalized pixels already on the
+  device, set up as mining sets it up (`atlas.mine._model_path`: bf16 autocast and channels_last on CUDA, for
+  ``--precision auto``), ``--n`` images in batches of ``--batch``; the ceiling;
+- end-to-end: one `atlas.mine.mine(...)` call from the JPEG folder into a fresh store in the temporary folder,
+  mining the model's default layers with ``MineConfig(batch_size=--batch)`` otherwise at its defaults (top-k 16,
+  keep_pooled), ``--workers`` decoding processes: everything but the model load -- worker start-up, decoding
+  (`JpegLoader`, PIL crop in the workers: mining's exact pixels), copies, forward, the top-k and statistics
+  updates, checkpoints, the commit with its thumbnails.  Its phases (`MineResult.seconds`) are printed.
+
+Before the timed mine() call, one untimed mine() of two batches into a scratch store compiles the mining
+kernels (Triton, on CUDA) and warms the allocator.  Prints images/s of both and the ratio end-to-end /
+forward-only (target: >= 0.9).  The files are freshly written, so they are read from the page cache.
+``--quick``: 64 small files, the tiny model, the CPU: checks that the script runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data_path import write_jpegs
+
+from atlas.config import PRECISIONS, MineConfig
+from atlas.data import FolderSource
+from atlas.data.loader import normalize
+from atlas.mine import _model_path, _precision, mine
+from atlas.models import load_model
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def forward_only(model, n: int, batch: int, precision: str) -> float:
+    """Images/s of the image tower alone on pixels on the device, as mining runs it."""
+    device, s = model.device, model.image_size
+    gen = torch.Generator(device=device).manual_seed(0)
+    pixels = torch.randint(0, 256, (batch, 3, s, s), dtype=torch.uint8, device=device, generator=gen)
+    steps = max(1, n // batch)
+    with torch.no_grad(), _model_path(model, precision) as memory_format:
+        x = normalize(pixels, model.mean, model.std).contiguous(memory_format=memory_format)
+        for _ in range(3):  # warm-up: cuDNN's algorithm choice, the allocator
+            model.clip.visual(x)
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            model.clip.visual(x)
+        sync(device)
+        dt = time.perf_counter() - t
+    print(f"{'forward-only':<14} {steps * batch:>7} images {dt:>8.2f} s {steps * batch / dt:>9.0f} images/s", flush=True)
+    return steps * batch / dt
+
+
+def end_to_end(model, folder: Path, out: Path, cfg: MineConfig, workers: int) -> float:
+    """Images/s of one whole mine() call (after an untimed two-batch warm-up into a scratch store)."""
+    source = FolderSource(folder)
+    t = time.perf_counter()
+    mine(model, source, out / "warmup.h5", MineConfig(batch_size=cfg.batch_size, max_images=2 * cfg.batch_size,
+                                                      precision=cfg.precision), num_workers=workers)
+    print(f"(warm-up mine() of {2 * cfg.batch_size} images: {time.perf_counter() - t:.2f} s)", flush=True)
+    sync(model.device)
+    t = time.perf_counter()
+    r = mine(model, source, out / "store.h5", cfg, num_workers=workers)
+    sync(model.device)
+    dt = time.perf_counter() - t
+    print(f"{'end-to-end':<14} {r.images:>7} images {dt:>8.2f} s {r.images / dt:>9.0f} images/s "
+          f"({len(r.layers)} layers: {', '.join(r.layers)}; {r.bad} bad files)", flush=True)
+    phases = ", ".join(f"{k} {v:.2f} s" for k, v in r.seconds.items())
+    print(f"  mine() phases: {phases}; the rest {dt - sum(r.seconds.values()):.2f} s")
+    loop = r.seconds["wait"] + r.seconds["forward"]
+    if loop > 0:
+        print(f"  batch loop alone (wait + forward): {r.images / loop:.0f} images/s")
+    return r.images / dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="open_clip:RN50x4@random:0")
+    ap.add_argument("--n", type=int, default=8192)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    ap.add_argument("--precision", choices=PRECISIONS, default="auto")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.model, args.n, args.batch, args.device, args.workers = "atlas:tiny@random:0", 64, 16, "cpu", 2
+
+    device = torch.device(args.device)
+    t = time.perf_counter()
+    model = load_model(args.model, device=device)
+    for p in model.clip.parameters():
+        p.requires_grad_(False)
+    precision = _precision(args.precision, device)
+    cfg = MineConfig(batch_size=args.batch, precision=precision)
+    print(f"model {args.model} at {model.image_size} px loaded in {time.perf_counter() - t:.1f} s; {precision}"
+          f"{', channels_last' if device.type == 'cuda' else ''}; batch {args.batch}; {args.workers} workers; "
+          f"{os.cpu_count()} CPUs; {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}",
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp:
+        folder, out = Path(tmp) / "jpegs", Path(tmp) / "out"
+        folder.mkdir()
+        out.mkdir()
+        t = time.perf_counter()
+        files = write_jpegs(folder, args.n)
+        mb = sum(f.stat().st_size for f in files) / 2**20
+        print(f"wrote {args.n} JPEGs (400x300, q90, {mb:.0f} MiB) in {time.perf_counter() - t:.1f} s", flush=True)
+        fwd = forward_only(model, args.n, args.batch, precision)
+        e2e = end_to_end(model, folder, out, cfg, args.workers)
+    print(f"\nend-to-end / forward-only = {e2e:.0f} / {fwd:.0f} = {e2e / fwd:.2f} (target >= 0.90)")
+
+
+if __name__ == "__main__":
+    main()

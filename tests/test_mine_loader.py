@@ -1,0 +1,180 @@
+"""Mining a folder through `JpegLoader` (the files path of `atlas.mine._batches`) gives exactly what the
+per-image PIL path gives; MineConfig.precision is checked, resolved and recorded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image, ImageDraw
+
+from atlas import store
+from atlas.cli import main
+from atlas.config import MineConfig
+from atlas.data import FolderSource
+from atlas.mine import _batches, mine
+
+LAYERS = ("visual.layer3.0", "visual.layer4.0")
+CFG = MineConfig(layers=LAYERS, top_k=5, batch_size=4, map_size=4, hist_bins=16, precision="float32")
+BAD = {"cats/truncated.jpg": "truncated", "dogs/empty.jpg": "empty", "dogs/notes.jpg": "not_an_image"}
+
+
+def _picture(w: int, h: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([np.sin(xx * rng.uniform(0.01, 0.1) + yy * rng.uniform(0.01, 0.1) + c) for c in range(3)], -1)
+    img = Image.fromarray(((base * 0.5 + 0.5) * 255).astype(np.uint8))
+    x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+    ImageDraw.Draw(img).ellipse([x0, y0, x0 + w // 3, y0 + h // 3], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    return img
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """15 files in two class folders: JPEGs of several shapes (one large enough for JPEG draft mode, one
+    smaller than the model's 64 px), a grey and an EXIF-rotated JPEG, a PNG, and three bad files."""
+    root = tmp_path_factory.mktemp("jpegs")
+    (root / "cats").mkdir()
+    (root / "dogs").mkdir()
+    shapes = [(400, 300), (300, 400), (700, 560), (50, 40), (333, 250), (128, 128), (90, 200), (260, 180)]
+    for i, (w, h) in enumerate(shapes):
+        _picture(w, h, i).save(root / ("cats" if i % 2 else "dogs") / f"{i}.jpg", quality=90)
+    _picture(320, 240, 20).convert("L").save(root / "cats" / "grey.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _picture(240, 160, 21).save(root / "dogs" / "rotated.jpg", quality=90, exif=exif)
+    _picture(200, 150, 22).save(root / "cats" / "drawing.png")
+    (root / "cats" / "truncated.jpg").write_bytes((root / "dogs" / "0.jpg").read_bytes()[:2000])
+    (root / "dogs" / "empty.jpg").write_bytes(b"")
+    (root / "dogs" / "notes.jpg").write_text("not an image")
+    (root / "captions.csv").write_text("path,caption\ncats/1.jpg,a cat\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pil_store(tiny_model, folder, tmp_path_factory):
+    path = tmp_path_factory.mktemp("pil") / "s.h5"
+    mine(tiny_model, FolderSource(folder), path, CFG, _pil=True)
+    return path
+
+
+def _contents(path) -> dict[str, object]:
+    """Every dataset's values and every attribute of a store, by name."""
+    out: dict[str, object] = {}
+    with h5py.File(path, "r") as f:
+        out["/"] = dict(f.attrs)
+
+        def add(name: str, obj) -> None:
+            out[f"{name}@attrs"] = dict(obj.attrs)
+            if isinstance(obj, h5py.Dataset):
+                out[name] = obj[()]
+
+        f.visititems(add)
+    return out
+
+
+def _assert_same_store(a, b) -> None:
+    ca, cb = _contents(a), _contents(b)
+    assert sorted(ca) == sorted(cb)
+    for k in ca:
+        if isinstance(ca[k], np.ndarray):
+            assert ca[k].dtype == cb[k].dtype and ca[k].shape == cb[k].shape, k
+            equal_nan = ca[k].dtype.kind == "f"
+            assert np.array_equal(ca[k], cb[k], equal_nan=equal_nan), k
+        else:
+            assert repr(ca[k]) == repr(cb[k]), k
+    assert store.contents_digest(a) == store.contents_digest(b)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_path_gives_the_pil_paths_store(tiny_model, folder, pil_store, tmp_path, workers):
+    path = tmp_path / "s.h5"
+    r = mine(tiny_model, FolderSource(folder), path, CFG, num_workers=workers)
+    assert (r.images, r.bad) == (14, 3)
+    _assert_same_store(pil_store, path)
+    with store.Store(path) as st:  # the per-image records, spelled out
+        ids = st.image_column("source_id")
+        status = st.image_column("status")
+        reasons = dict(zip(ids, st.image_column("reason")))
+        sha = dict(zip(ids, st.image_column("sha256")))
+        assert {i: store.REASON_CODES[c] for i, c in zip(ids, status) if c} == BAD
+        assert all(i in reasons[i] for i in BAD) and not any(reasons[i] for i in ids if i not in BAD)
+        for i in ids:
+            want = "" if i in BAD else hashlib.sha256((folder / i).read_bytes()).hexdigest()
+            assert (sha[i].decode() if isinstance(sha[i], bytes) else sha[i]) == want, i
+        ld = st.layer("tiny", LAYERS[-1])
+        assert (ld["stats/count"] == 11).all() and (ld["topk/index"] >= 0).all()
+
+
+def test_batches_are_the_same_fixed_slices_and_bit_identical_pixels(tiny_model, folder):
+    source = FolderSource(folder)
+    for start in (0, 4):  # a resumed run starts at a batch boundary
+        fast = list(_batches(tiny_model, source, start, len(source), 4, 0))
+        ref = list(_batches(tiny_model, source, start, len(source), 4, 0, pil=True))
+        assert [(b.start, b.stop) for b in fast] == [(b.start, b.stop) for b in ref]
+        assert fast[0].start == start and fast[-1].stop == len(source)
+        for f, r in zip(fast, ref):
+            assert f.good == r.good and f.bad == r.bad and f.sha256 == r.sha256
+            assert torch.equal(f.index, r.index)
+            assert f.pixels.dtype == r.pixels.dtype == torch.float32
+            assert torch.equal(f.pixels, r.pixels)  # LoadedModel.preprocess, bit for bit
+
+
+def test_an_interrupted_loader_run_resumes_to_the_same_store(tiny_model, folder, pil_store, tmp_path):
+    path, calls = tmp_path / "s.h5", []
+
+    def crash(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) == 2:  # after the first batch's checkpoint
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        mine(tiny_model, FolderSource(folder), path, CFG, num_workers=2, checkpoint_seconds=0, progress=crash)
+    assert not path.exists()
+    r = mine(tiny_model, FolderSource(folder), path, CFG, num_workers=2, checkpoint_seconds=0)
+    assert r.resumed_from == 4  # [0, 4) was checkpointed; the crash came after [4, 8), before its checkpoint
+    _assert_same_store(pil_store, path)
+
+
+def test_precision_is_checked_resolved_and_recorded(tiny_model, folder, tmp_path):
+    with pytest.raises(ValueError, match=r"precision must be one of \('auto', 'float32', 'bfloat16'\), got 'fp16'"):
+        MineConfig(precision="fp16")
+    r = CliRunner().invoke(main, ["mine", "--model", "atlas:tiny@random:0", "--data", str(folder), "--store",
+                                  str(tmp_path / "x.h5"), "--precision", "half"])
+    assert r.exit_code != 0 and "--precision" in r.output and "'bfloat16'" in r.output
+    source = FolderSource(folder)
+    path = tmp_path / "s.h5"
+    mine(tiny_model, source, path, MineConfig(layers=LAYERS[-1:], top_k=3, batch_size=8))  # "auto": float32 on CPU
+    with store.Store(path) as st:
+        assert st.layer("tiny", LAYERS[-1]).config["precision"] == "float32"
+    assert mine(tiny_model, source, path, MineConfig(layers=LAYERS[-1:], top_k=3, batch_size=8,
+                                                     precision="float32")).skipped_layers == LAYERS[-1:]
+    with pytest.raises(store.StoreError, match="other settings"):
+        mine(tiny_model, source, path, MineConfig(layers=LAYERS[-1:], top_k=3, batch_size=8, precision="bfloat16"))
+
+
+def test_bfloat16_runs_and_a_layer_from_before_precision_counts_as_float32(tiny_model, folder, tmp_path):
+    source = FolderSource(folder)
+    cfg = MineConfig(layers=LAYERS[-1:], top_k=3, batch_size=8)
+    path = tmp_path / "bf16.h5"
+    mine(tiny_model, source, path, MineConfig(layers=LAYERS[:1], top_k=3, batch_size=8, precision="bfloat16"))
+    ref = tmp_path / "f32.h5"
+    mine(tiny_model, source, ref, MineConfig(layers=LAYERS[:1], top_k=3, batch_size=8, precision="float32"))
+    with store.Store(path) as st, store.Store(ref) as rs:
+        ld, lr = st.layer("tiny", LAYERS[0]), rs.layer("tiny", LAYERS[0])
+        assert ld.config["precision"] == "bfloat16" and (ld["stats/count"] == 11).all()
+        scale = np.abs(lr["stats/mean"]).max()
+        assert 0 < np.abs(ld["stats/mean"] - lr["stats/mean"]).max() < 0.05 * scale  # bf16, not float32
+    # a store written before MineConfig.precision existed: its layer config has no "precision"
+    mine(tiny_model, source, ref, cfg)
+    with h5py.File(ref, "r+") as f:
+        attrs = f[f"neurons/tiny/{LAYERS[-1]}"].attrs
+        old = json.loads(attrs["config"])
+        del old["precision"]
+        attrs["config"] = json.dumps(old, sort_keys=True, separators=(",", ":"))
+    assert mine(tiny_model, source, ref, cfg).skipped_layers == LAYERS[-1:]

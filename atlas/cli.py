@@ -10,7 +10,7 @@ from typing import Callable
 import click
 
 from . import __version__
-from .config import PRECISIONS, AnalysesConfig, BuildConfig, FeatureVisConfig, MineConfig, SiteConfig
+from .config import PRECISIONS, RESIZES, AnalysesConfig, BuildConfig, FeatureVisConfig, MineConfig, SiteConfig
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, RuntimeError)
 
@@ -163,13 +163,16 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
 @click.option("--no-pooled", is_flag=True, help="Do not store the images x units matrix of spatial means.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=MineConfig.precision, show_default=True,
               help="The image tower's arithmetic; auto: bfloat16 autocast on a CUDA GPU, float32 elsewhere.")
+@click.option("--resize", type=click.Choice(RESIZES), default=MineConfig.resize, show_default=True,
+              help="Where image files are resized: pil (exact preprocess pixels) or device (faster, within 2/255); "
+                   "auto: device on CUDA, pil elsewhere.")
 @click.option("--checkpoint-seconds", default=30.0, show_default=True, type=click.FloatRange(0),
               help="Seconds between checkpoints (a killed run resumes from the last one).")
 @device_opt
 @workers_opt
 @trust_opt
 def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank_by, max_images, no_pooled,
-         precision, checkpoint_seconds, device, workers, trust_checkpoint):
+         precision, resize, checkpoint_seconds, device, workers, trust_checkpoint):
     """Stream images through a model; keep exact top-k examples and statistics per neuron."""
     from .build import resolve_device
     from .data.sources import open_source
@@ -178,7 +181,8 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
     from .store import check_unlocked
 
     cfg = MineConfig(layers=_split(layers), top_k=top_k, batch_size=batch_size, rank_by=rank_by,
-                     max_images=max_images, keep_pooled=not no_pooled, precision=precision)
+                     max_images=max_images, keep_pooled=not no_pooled, precision=precision,
+                     resize=resize)
     bars = _Bars()
 
     def go():

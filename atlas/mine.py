@@ -33,8 +33,10 @@ from .config import MineConfig, digest, to_json
 from .data.decode import DEFAULT_MAX_PIXELS
 from .data.loader import JpegLoader, _to, normalize
 from .data.sources import FolderSource, ImageSource
-from .kernels.mining import spatial_reduce, topk_value
+from .kernels import choose
+from .kernels.mining import spatial_reduce
 from .kernels.stats import score_stats
+from .kernels.topk import gather_maps, merge_topk, merge_topk_torch
 from .models import LayerInfo, LoadedModel
 
 MIN_RANGE_EXP = -20
@@ -44,12 +46,17 @@ Progress = Callable[[int, int], None]
 class LayerState:
     """Running top-k and statistics of one layer (tensors on the model's device).
 
-    `update` is the fast path: one pass over the activations (`atlas.kernels.mining.spatial_reduce`, a Triton
-    kernel on CUDA) flags the (image, unit) pairs whose score beats the unit's current k-th entry; only those
-    images are pooled into maps and only those units merged, which is exact since no other pair can enter a
-    top-k.  `update_reference` is the plain algorithm (every pair merged by a full sort); the two agree bit
-    for bit, except that with rank_by="mean" the kernel's float32 sums may differ from torch's in the last bit
-    (tests/test_kernels.py).  ``backend``: "auto", "torch" or "triton" (`atlas.kernels`).
+    `update` is the fast path.  One pass over the activations (`atlas.kernels.mining.spatial_reduce`) gives each
+    (image, unit) score and flags the pairs that beat the unit's current k-th entry; one more kernel folds the
+    scores into the statistics (`atlas.kernels.stats`).  With the Triton kernels (CUDA) the merge
+    (`atlas.kernels.topk`) then runs with fixed shapes, so the host never waits for the GPU: a kernel merges each
+    unit's top-k with the batch, skipping chunks without candidates, and another pools only the maps of entries
+    that entered.  With torch (the CPU) only the flagged images are pooled and only units with a candidate
+    merged.  Either way exact, since no unflagged pair can enter a top-k.  `update_reference` is the plain
+    algorithm (maps of every image, every pair merged by a full sort).  The two agree bit for bit except in
+    float sums made in another order: the kernel's spatial means (rank_by="mean"), the statistics' float64 mean
+    and M2, and the kernel-pooled maps, which agree to rounding (tests/test_kernels.py).  The pooled matrices are
+    copied to the host without waiting (`drain` writes them).  ``backend``: "auto", "torch" or "triton".
     """
 
     def __init__(self, info: LayerInfo, cfg: MineConfig, device: torch.device,
@@ -74,22 +81,28 @@ class LayerState:
         self.range_exp = torch.full((u,), MIN_RANGE_EXP, dtype=torch.int64, **z)
         self.pooled = pooled  # [N, U] float16 memmap or None
         self.pooled_cls = pooled_cls  # [N, U] float16 memmap of the CLS token (token layers) or None
+        self._pending: tuple | None = None  # rows of the pooled matrices on their way to the host
 
     TENSORS = ("values", "index", "argmax", "maps", "count", "mean", "m2", "min", "max", "positive",
                "nonfinite", "hist", "range_exp")
 
     def update(self, index: torch.Tensor, out: torch.Tensor) -> None:
-        """index: [B] image indices; out: the module's output (consumed at once, not kept)."""
+        """index: [B] image indices (unique, ascending not needed); out: the module's output (consumed at once)."""
         a = self.info.canonical(out).detach()  # [B, U, h, w], the output's own dtype and strides
         red = spatial_reduce(a, index, self.values[:, -1], self.index[:, -1], self.cfg.rank_by, self.backend)
         score = red.peak if self.cfg.rank_by == "max" else red.mean  # [B, U] float32
-        self._update_stats(score, self.backend)  # queued before the merge's synchronization
-        imgs = red.flag.any(1).nonzero().squeeze(1)  # [B'] images that may enter some top-k
-        if len(imgs):
-            units = red.flag.index_select(0, imgs).any(0).nonzero().squeeze(1)  # [U'] units with a candidate
-            pick = lambda t: t.index_select(0, imgs).index_select(1, units)  # [B, U, ...] -> [B', U', ...]
-            small = self._maps(a, imgs).index_select(1, units)  # [B', U', mh*mw]
-            self._merge_topk(index.index_select(0, imgs), pick(score), pick(red.arg), small, units)
+        self._update_stats(score, self.backend)
+        if choose(self.backend, a) == "triton":  # fixed shapes throughout: nothing waits for the GPU
+            merged = merge_topk(score, index, red.arg, self.values, self.index, self.argmax, "triton")
+            self.maps = gather_maps(a, merged.source, self.maps, self.map_hw, "triton")
+            self.values, self.index, self.argmax = merged.values, merged.index, merged.argmax
+        else:  # sparse: only candidate images pooled, only candidate units merged (nonzero syncs, free on a CPU)
+            imgs = red.flag.any(1).nonzero().squeeze(1)  # [B'] images that may enter some top-k
+            if len(imgs):
+                units = red.flag.index_select(0, imgs).any(0).nonzero().squeeze(1)  # [U'] units with a candidate
+                pick = lambda t: t.index_select(0, imgs).index_select(1, units)  # [B, U, ...] -> [B', U', ...]
+                small = self._maps(a, imgs).index_select(1, units)  # [B', U', mh*mw]
+                self._merge_topk(index.index_select(0, imgs), pick(score), pick(red.arg), small, units)
         self._write_pooled(index, red.mean, out)
 
     def update_reference(self, index: torch.Tensor, out: torch.Tensor) -> None:
@@ -124,33 +137,48 @@ class LayerState:
         return torch.contiguous_format if probe.is_contiguous() else torch.channels_last
 
     def _write_pooled(self, index: torch.Tensor, spatial_mean: torch.Tensor, out: torch.Tensor) -> None:
-        if self.pooled_cls is not None:
-            self.pooled_cls[index.cpu().numpy()] = self.info.cls(out).detach().float().cpu().numpy().astype(np.float16)
-        if self.pooled is not None:
-            self.pooled[index.cpu().numpy()] = spatial_mean.cpu().numpy().astype(np.float16)
+        """Queue the batch's rows of the pooled matrices: on a GPU a non-blocking copy to pinned memory, written to
+        the memmaps at the next batch (or `drain`), so the host never waits for the batch itself."""
+        rows = [(m, t) for m, t in ((self.pooled_cls, lambda: self.info.cls(out)),
+                                    (self.pooled, lambda: spatial_mean)) if m is not None]
+        if not rows:
+            return
+        self.drain()
+        host = [index.to("cpu", non_blocking=True)] + [t().detach().to(torch.float16).to("cpu", non_blocking=True)
+                                                        for _, t in rows]  # [B], [B, U] float16
+        event = None
+        if index.is_cuda:
+            event = torch.cuda.Event()
+            event.record()
+        self._pending = (event, host, [m for m, _ in rows])
+        if event is None:  # on the CPU there is nothing to wait for
+            self.drain()
+
+    def drain(self) -> None:
+        """Write the queued rows of the pooled matrices (waits for their copies)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        event, host, targets = pending
+        if event is not None:
+            event.synchronize()
+        index = host[0].numpy()
+        for m, rows in zip(targets, host[1:]):
+            m[index] = rows.numpy()
 
     def _merge_topk(self, index: torch.Tensor, score: torch.Tensor, arg: torch.Tensor, small: torch.Tensor,
                     units: torch.Tensor | None = None) -> None:
         """Merge candidates into the top-k of ``units`` (all units if None).  index: [B]; score, arg: [B, U'];
         small: [B, U', mh*mw]."""
         rows = (lambda t: t) if units is None else (lambda t: t.index_select(0, units))
-        values, kept_i, kept_arg, kept_maps = rows(self.values), rows(self.index), rows(self.argmax), rows(self.maps)
-        u, k = values.shape
-        b = score.shape[0]
-        cand_v = torch.cat([values, topk_value(score.t())], 1)  # [U', k+B]
-        cand_i = torch.cat([kept_i, index.view(1, b).expand(u, b)], 1)  # [U', k+B]
-        # order: value descending, then image index ascending (empty slots, index -1, go last)
-        key_i = torch.where(cand_i < 0, torch.iinfo(torch.int64).max, cand_i)
-        by_index = torch.sort(key_i, dim=1, stable=True).indices
-        by_value = torch.sort(cand_v.gather(1, by_index), dim=1, descending=True, stable=True).indices
-        sel = by_index.gather(1, by_value)[:, :k]  # [U', k] positions among candidates
-        from_kept = sel < k
-        ki, bi = sel.clamp(max=k - 1), (sel - k).clamp(min=0)
-        hw = kept_maps.shape[2]
-        new = {"values": cand_v.gather(1, sel), "index": cand_i.gather(1, sel),
-               "argmax": torch.where(from_kept, kept_arg.gather(1, ki), arg.t().gather(1, bi)),
-               "maps": torch.where(from_kept[..., None], kept_maps.gather(1, ki[..., None].expand(u, k, hw)),
-                                   small.transpose(0, 1).gather(1, bi[..., None].expand(u, k, hw)))}
+        m = merge_topk_torch(score, index, arg, rows(self.values), rows(self.index), rows(self.argmax))
+        u, k = m.values.shape
+        src = m.source.long()  # [U', K]: < K kept slot, else K + candidate row
+        hw = self.maps.shape[2]
+        kept = rows(self.maps).gather(1, src.clamp(max=k - 1)[..., None].expand(u, k, hw))
+        fresh = small.transpose(0, 1).gather(1, (src - k).clamp(min=0)[..., None].expand(u, k, hw))
+        new = {"values": m.values, "index": m.index, "argmax": m.argmax,
+               "maps": torch.where((src >= k)[..., None], fresh, kept)}
         for name, t in new.items():
             if units is None:
                 setattr(self, name, t)
@@ -158,27 +186,16 @@ class LayerState:
                 getattr(self, name).index_copy_(0, units, t)
 
     def _update_stats(self, score: torch.Tensor, backend: str | None = "torch") -> None:
-        """Fold a batch's scores [B, U] into the running statistics: counts, min, max and histogram by
-        `atlas.kernels.stats.score_stats` (one kernel on CUDA); mean and M2 by Welford's merge in float64 here."""
-        st = score_stats(score, self.nonfinite, self.positive, self.min, self.max, self.hist, self.range_exp,
-                         MIN_RANGE_EXP, backend)
-        s = score.t().double()  # [U, B]
-        finite = torch.isfinite(s)
-        n_b = st.finite
-        s0 = torch.where(finite, s, 0.0)
-        mean_b = s0.sum(1) / n_b.clamp(min=1).double()
-        m2_b = (torch.where(finite, s - mean_b[:, None], 0.0) ** 2).sum(1)
-        n_a = self.count
-        n = n_a + n_b
-        delta = mean_b - self.mean
-        frac = n_b.double() / n.clamp(min=1).double()  # float64: int / int would give float32
-        self.mean = self.mean + delta * frac
-        self.m2 = self.m2 + m2_b + delta**2 * n_a * frac
-        self.count = n
-        self.nonfinite, self.positive, self.min, self.max, self.hist, self.range_exp = st[1:]
+        """Fold a batch's scores [B, U] into the running statistics (`atlas.kernels.stats.score_stats`: one kernel
+        on CUDA)."""
+        st = score_stats(score, self.count, self.mean, self.m2, self.nonfinite, self.positive, self.min, self.max,
+                         self.hist, self.range_exp, MIN_RANGE_EXP, backend)
+        (self.count, self.mean, self.m2, self.nonfinite, self.positive, self.min, self.max, self.hist,
+         self.range_exp) = st
 
     # --- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
+        self.drain()
         return {k: getattr(self, k).cpu().numpy() for k in self.TENSORS}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -211,16 +228,17 @@ class _Batch:
 
 
 def _batches(model: LoadedModel, source: ImageSource, start: int, stop: int, batch_size: int,
-             num_workers: int, pil: bool = False) -> Iterator[_Batch]:
+             num_workers: int, pil: bool = False, resize: str = "pil") -> Iterator[_Batch]:
     """Fixed slices [i, i + batch_size) of [start, stop), in order, pixels already on the model's device.
 
     Files (a `FolderSource`) go through `JpegLoader`: read, hashed, decoded and cropped by `LoadedModel.crop`'s
     PIL code in ``num_workers`` processes (0: in this process), pinned, copied to the device without blocking
     and normalized there: bit for bit `LoadedModel.preprocess` (tests/test_mine_loader.py).  Other sources
     (generated images), or ``pil=True``: `ImageSource.sample` and `LoadedModel.preprocess` per image, in a
-    DataLoader of ``num_workers`` processes if > 0."""
+    DataLoader of ``num_workers`` processes if > 0.  ``resize="device"``: files are resized on the device instead
+    (MineConfig.resize)."""
     if isinstance(source, FolderSource) and not pil:
-        yield from _file_batches(model, source, start, stop, batch_size, num_workers)
+        yield from _file_batches(model, source, start, stop, batch_size, num_workers, resize)
         return
     dev, size = model.device, model.image_size
 
@@ -240,9 +258,9 @@ def _batches(model: LoadedModel, source: ImageSource, start: int, stop: int, bat
 
 
 def _file_batches(model: LoadedModel, source: FolderSource, start: int, stop: int, batch_size: int,
-                  num_workers: int) -> Iterator[_Batch]:
+                  num_workers: int, resize: str = "pil") -> Iterator[_Batch]:
     loader = JpegLoader([source.path(i) for i in range(len(source))], model.image_size, batch_size=batch_size,
-                        device=model.device, decode="cpu", resize="cpu", workers=num_workers,
+                        device=model.device, decode="cpu", resize="cpu" if resize == "pil" else "device", workers=num_workers,
                         resize_mode=model.resize_mode, max_pixels=source.max_pixels or DEFAULT_MAX_PIXELS,
                         hashes=True, names=[e.source_id for e in source.entries], start=start, stop=stop)
     for b in loader:
@@ -309,7 +327,9 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     t0 = time.perf_counter()
     infos = [model.layer(n) for n in (config.layers or model.default_layers)]
     layers = tuple(i.name for i in infos)  # canonical names, also for aliases
-    config = replace(config, layers=tuple(layers), precision=_precision(config.precision, model.device))
+    config = replace(config, layers=tuple(layers), precision=_precision(config.precision, model.device),
+                     resize=config.resize if config.resize != "auto" else
+                     "device" if model.device.type == "cuda" else "pil")
     n_images = min(len(source), config.max_images or len(source))
     meta = _run_meta(model, source)
     with store.lock(path):
@@ -331,7 +351,8 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
 
         with torch.no_grad(), hooked(model.clip, [i.name for i in todo], consume), \
                 _model_path(model, config.precision) as memory_format:
-            batches = _batches(model, source, position, n_images, config.batch_size, num_workers, _pil)
+            batches = _batches(model, source, position, n_images, config.batch_size, num_workers, _pil,
+                               config.resize)
             seconds["setup"], t = time.perf_counter() - t0, time.perf_counter()
             for b in batches:
                 t = _lap(seconds, "wait", t)
@@ -372,8 +393,8 @@ def _layers_to_mine(path: Path, model_name: str, infos: list[LayerInfo],
                 todo.append(info)
                 continue
             old = st.file[key].attrs["config"]
-            if {"precision": "float32", **json.loads(old)} != json.loads(_layer_config_json(config)):
-                # (a layer mined before MineConfig had a precision was mined in float32)
+            if {"precision": "float32", "resize": "pil", **json.loads(old)} != json.loads(_layer_config_json(config)):
+                # (a layer mined before MineConfig had these fields was mined in float32 from PIL's pixels)
                 raise store.StoreError(
                     f"store {path} already holds layer {info.name} mined with other settings ({old}); "
                     "write to another store path to mine it differently")
@@ -414,6 +435,7 @@ def _open_states(work: Path, todo: list[LayerInfo], config: MineConfig, n_images
 
 def _checkpoint(work: Path, states: dict[str, LayerState], image_state: dict, position: int) -> None:
     for st in states.values():
+        st.drain()
         for m in (st.pooled, st.pooled_cls):
             if m is not None:
                 m.flush()
@@ -431,6 +453,8 @@ def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineCon
             meta: dict[str, object], n_images: int) -> None:
     from .thumbs import make_thumbnails
 
+    for st in states.values():
+        st.drain()
     status = image_state["status"]
     reasons = [store.REASON_CODES[c] for c in status]
     messages = image_state["messages"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import h5py
@@ -27,13 +29,18 @@ def make_thumbnails(f: h5py.File, model: LoadedModel, source: ImageSource, neede
                                "use the same thumb_size for every run on one store")
     missing = [i for i in needed if rows[i] < 0]
     new = np.zeros((len(missing), size, size, 3), np.uint8)
-    for j, i in enumerate(missing):
-        sample = source.sample(i)
-        if sample.image is None:  # changed since mining: keep a grey tile and say so
+
+    def one(j: int) -> None:
+        sample = source.sample(missing[j])
+        if sample.image is None:  # changed since mining
             raise store.StoreError(f"image {sample.source_id} could be read while mining but not now "
                                    f"({sample.message}); the data changed during the run: mine again")
-        crop = model.crop(sample.image).resize((size, size), Image.BICUBIC)
-        new[j] = np.asarray(crop, dtype=np.uint8)
+        new[j] = np.asarray(model.crop(sample.image).resize((size, size), Image.BICUBIC), dtype=np.uint8)
+
+    # PIL decodes and resizes without the GIL: threads share the work (each writes its own row)
+    with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
+        list(pool.map(one, range(len(missing))))
+    for j, i in enumerate(missing):
         rows[i] = len(thumbs) + j
     store.put(img, "thumbs", np.concatenate([thumbs, new]))
     store.put(img, "thumb_row", rows)

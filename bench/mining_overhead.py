@@ -1,7 +1,8 @@
 """What mining costs on top of the forward pass: images/s of the image tower alone vs with atlas.mine's LayerState
 fed, through forward hooks, by every conv / tokens layer of the model's layer table.
 
-    python bench/mining_overhead.py [--models RN50 ViT-B-32] [--batch 256] [--prefill 8] [--iters 10] [--quick]
+    python bench/mining_overhead.py [--models RN50 ViT-B-32] [--batch 256] [--prefill 8] [--iters 10] [--pooled]
+                                    [--profile] [--quick]
 
 Random-weight open_clip models from atlas's registry (open_clip:ARCH@random:0), bfloat16 autocast, channels_last,
 synthetic pixels already on the GPU (fresh noise every step from a seeded generator, so every path sees the
@@ -17,7 +18,10 @@ same images).  Paths:
 Each path first mines --prefill batches (untimed), so the running top-k holds what a run holds after that many
 images; the share of images that are candidates for some unit, and of (image, unit) pairs, is printed, since it
 sets what pooling and merging cost.  At the end the states of the paths are compared (rank_by max: bit for bit).
-Times use CUDA events after warm-up.  --quick: batch 2, one step, on the CPU (checks that the script runs).
+Times use CUDA events after warm-up.  --pooled: also keep the [images, units] matrices of spatial means (as
+mining does by default; written to RAM arrays here).  --profile: after the timings, profile three steps of
+fast-triton (torch.profiler) and print the GPU time per kernel and the launches per step.  --quick: batch 2, one
+step, on the CPU (checks that the script runs).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import time
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 
 from atlas.capture import hooked
@@ -55,11 +60,14 @@ class Timer:
         return self.begin.elapsed_time(self.end) / 1e3
 
 
-def run_path(model, layers, path: str, args, device) -> tuple[float, dict[str, LayerState], float, float]:
+def run_path(model, layers, path: str, args, device,
+             profiled: bool = False) -> tuple[float, dict[str, LayerState], float, float]:
     """Seconds per batch, the final states, and the mean shares of candidate images and pairs."""
-    cfg = MineConfig(top_k=args.top_k, batch_size=args.batch, keep_pooled=False, map_size=args.map_size)
+    cfg = MineConfig(top_k=args.top_k, batch_size=args.batch, keep_pooled=args.pooled, map_size=args.map_size)
     backend = {"fast-torch": "torch", "compiled": "torch", "fast-triton": "triton"}.get(path)
-    states = {n: LayerState(model.layers[n], cfg, device, backend=backend) for n in layers}
+    rows = (args.prefill + args.iters + 2 + (4 if profiled else 0)) * args.batch
+    pooled = lambda n: np.zeros((rows, model.layers[n].units), np.float16) if args.pooled else None
+    states = {n: LayerState(model.layers[n], cfg, device, pooled(n), backend=backend) for n in layers}
     seen = {"images": [], "pairs": [], "count": False}
     index = {"next": 0}
 
@@ -100,12 +108,51 @@ def run_path(model, layers, path: str, args, device) -> tuple[float, dict[str, L
         dt = clock.stop() / args.iters
         seen["count"] = True
         step()  # untimed: the share of candidates, after prefill + iters batches
+        seen["count"] = False
+        if profiled:
+            profile(step, device)
+    for st in states.values():
+        st.drain()
     share = lambda v: float(torch.stack(v).mean()) if v else float("nan")
     return dt, states, share(seen["images"]), share(seen["pairs"])
 
 
-def same_states(a: dict[str, LayerState], b: dict[str, LayerState]) -> bool:
-    return all(torch.equal(getattr(a[n], k), getattr(b[n], k)) for n in a for k in LayerState.TENSORS)
+def profile(step, device) -> None:
+    """GPU time per kernel over three steps, and the kernel launches per step."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
+    total = sum(e.self_device_time_total for e in events)
+    launches = sum(e.count for e in events)
+    print(f"\nprofile of fast-triton, 3 steps: {total / 3e3:.2f} ms GPU time per step, {launches / 3:.0f} kernels "
+          "per step; top 14 by GPU time:")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:14]:
+        print(f"  {e.self_device_time_total / 3e3:8.3f} ms/step {e.count / 3:6.0f}x  {e.key[:90]}")
+
+
+ROUNDED = ("mean", "m2", "maps")  # float sums the kernels add in another order
+
+
+def same_states(a: dict[str, LayerState], b: dict[str, LayerState]) -> str:
+    """"bit for bit", "equal (sums to rounding)" or what differs."""
+    diff, rounded = [], False
+    for n in a:
+        for k in LayerState.TENSORS:
+            x, y = getattr(a[n], k), getattr(b[n], k)
+            if torch.equal(x, y):
+                continue
+            if k in ROUNDED and torch.allclose(x, y, rtol=1e-5 if k == "maps" else 1e-9, atol=1e-6):
+                rounded = True
+            else:
+                diff.append(f"{n}:{k}")
+    return "DIFFER: " + ", ".join(diff[:5]) if diff else "equal (sums to rounding)" if rounded else "bit for bit"
 
 
 def main() -> None:
@@ -117,12 +164,15 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--map-size", type=int, default=8)
     ap.add_argument("--paths", nargs="+", default=["forward", "plain", "fast-torch", "fast-triton"])
+    ap.add_argument("--pooled", action="store_true", help="keep the pooled matrices too (mining's default)")
+    ap.add_argument("--profile", action="store_true", help="profile fast-triton's kernels (CUDA only)")
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd reductions (slow to build)")
     ap.add_argument("--quick", action="store_true", help="tiny run on the CPU: batch 2, one step")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     if args.quick:
         args.batch, args.prefill, args.iters = 2, 1, 1
+    args.profile = args.profile and device.type == "cuda"
     paths = [p for p in args.paths if p != "fast-triton" or device.type == "cuda"]
     if args.compile:
         paths.append("compiled")
@@ -148,6 +198,8 @@ def main() -> None:
                     mine_module.spatial_reduce = saved
             else:
                 rows[path] = run_path(model, layers, path, args, device)
+        if args.profile:  # a separate run: its extra steps would change the states compared below
+            run_path(model, layers, "fast-triton", args, device, profiled=True)
         base = rows["forward"][0]
         print(f"\n{arch}: {len(layers)} layers mined ({layers[0]} .. {layers[-1]})")
         print(f"{'path':12s} {'images/s':>10s} {'ms/batch':>9s} {'vs forward':>11s} {'cand. images':>13s} {'cand. pairs':>12s}")
@@ -157,7 +209,7 @@ def main() -> None:
         ref = rows.get("plain")
         for path in rows:
             if ref and path not in ("forward", "plain"):
-                print(f"states of {path} == plain (top-k, maps, argmax, counts, min/max, hist): "
+                print(f"states of {path} vs plain (top-k, maps, argmax, counts, min/max, hist, mean, M2): "
                       f"{same_states(rows[path][1], ref[1])}")
         del model, rows
         if device.type == "cuda":

@@ -66,14 +66,19 @@ def choose(backend: str | None, x: torch.Tensor) -> str:
 _JIT: dict[Callable, object] = {}
 
 
-def jit(fn: Callable) -> object:
+def jit(fn: Callable, helpers: tuple[str, ...] = ()) -> object:
     """``triton.jit(fn)``, made on first launch: kernels are plain functions written against a module global
-    ``tl`` (None until then), so that importing atlas never imports triton."""
+    ``tl`` (None until then), so that importing atlas never imports triton.  ``helpers``: names of module-level
+    functions the kernel calls; they are replaced by their ``triton.jit`` versions in the module, once."""
     if fn not in _JIT:
         import triton
         import triton.language as tl
 
         fn.__globals__["tl"] = tl
+        for name in helpers:
+            helper = fn.__globals__[name]
+            if not isinstance(helper, triton.runtime.JITFunction):
+                fn.__globals__[name] = triton.jit(helper)
         _JIT[fn] = triton.jit(fn)
     return _JIT[fn]
 

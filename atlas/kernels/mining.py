@@ -91,11 +91,26 @@ def spatial_reduce_torch(a: torch.Tensor, image_index: torch.Tensor, thr_value: 
     return Reduced(peak, arg.to(torch.int32), mean, flag)
 
 
+def _fold(base, hw, m, s_hw, best, best_i, first_nan, total):
+    """One [BLOCK_U, BLOCK_HW] chunk at flat indices ``hw`` into the per-lane running max (a later chunk replaces
+    only on >, so the first index wins ties), first NaN and float32 sum."""
+    big = 2147483647
+    x = tl.load(base + hw.to(tl.int64) * s_hw, mask=m, other=0.0).to(tl.float32)
+    nan = x != x
+    xv = tl.where(m & ~nan, x, float("-inf"))
+    up = xv > best
+    best = tl.where(up, xv, best)
+    best_i = tl.where(up, hw, best_i)
+    first_nan = tl.minimum(first_nan, tl.where(nan & m, hw, big))
+    total += x  # masked lanes loaded 0.0; NaN and inf propagate as in torch's sum
+    return best, best_i, first_nan, total
+
+
 def _reduce_kernel(x_ptr, img_ptr, tv_ptr, ti_ptr, peak_ptr, arg_ptr, mean_ptr, flag_ptr,
                    U, HW, s_b, s_u, s_hw, s_tv, s_ti,
-                   RANK_MEAN: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_HW: tl.constexpr):
+                   RANK_MEAN: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_HW: tl.constexpr, UNROLL: tl.constexpr):
     """Program (b, j): units j*BLOCK_U.. of image b.  Each lane of the [BLOCK_U, BLOCK_HW] tile keeps its own
-    running max (first index wins ties: later chunks only replace on >), first NaN and float32 sum; the lanes
+    running max, first NaN and float32 sum over UNROLL chunks per step (their loads issued together); the lanes
     are combined once, after the loop."""
     b = tl.program_id(0)
     offs_u = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
@@ -107,17 +122,11 @@ def _reduce_kernel(x_ptr, img_ptr, tv_ptr, ti_ptr, peak_ptr, arg_ptr, mean_ptr, 
     best_i = tl.zeros([BLOCK_U, BLOCK_HW], tl.int32)
     first_nan = tl.full([BLOCK_U, BLOCK_HW], big, tl.int32)
     total = tl.zeros([BLOCK_U, BLOCK_HW], tl.float32)
-    for start in range(0, HW, BLOCK_HW):
-        hw = start + lane[None, :]  # [1, BLOCK_HW]
-        m = mask_u[:, None] & (hw < HW)
-        x = tl.load(base + hw.to(tl.int64) * s_hw, mask=m, other=0.0).to(tl.float32)
-        nan = x != x
-        xv = tl.where(m & ~nan, x, float("-inf"))
-        up = xv > best
-        best = tl.where(up, xv, best)
-        best_i = tl.where(up, hw, best_i)
-        first_nan = tl.minimum(first_nan, tl.where(nan & m, hw, big))
-        total += x  # masked lanes loaded 0.0; NaN and inf propagate as in torch's sum
+    for start in range(0, HW, BLOCK_HW * UNROLL):
+        for part in tl.static_range(UNROLL):
+            hw = start + part * BLOCK_HW + lane[None, :]  # [1, BLOCK_HW]
+            best, best_i, first_nan, total = _fold(base, hw, mask_u[:, None] & (hw < HW), s_hw, best, best_i,
+                                                   first_nan, total)
     peak = tl.max(best, axis=1)  # [BLOCK_U]
     first = tl.min(tl.where(best == peak[:, None], best_i, big), axis=1)  # first index of the max
     peak = tl.max(tl.where(best_i == first[:, None], best, float("-inf")), axis=1)  # its own value (-0.0 stays)
@@ -152,20 +161,22 @@ def _strides(a: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
     return a, a.stride(0), a.stride(1), a.stride(3)
 
 
-def _blocks(u: int, hw: int, s_u: int, s_hw: int) -> tuple[int, int, int]:
-    """(BLOCK_U, BLOCK_HW, num_warps): tiles of ~4096 elements, long along the contiguous axis."""
+def _blocks(u: int, hw: int, s_u: int, s_hw: int, tile: int = 2048, long: int = 32) -> tuple[int, int, int]:
+    """(BLOCK_U, BLOCK_HW, num_warps): tiles of ``tile`` elements, ``long`` along the contiguous axis."""
     if s_u == 1 and s_hw != 1:  # units adjacent in memory: channels_last, tokens
-        bu = min(64, next_pow2(u))
-        bhw = min(next_pow2(hw), max(1, 4096 // bu))
+        bu = min(long, next_pow2(u))
+        bhw = min(next_pow2(hw), max(1, tile // bu))
     else:  # the map is adjacent in memory: NCHW
-        bhw = min(512, next_pow2(hw))
-        bu = min(next_pow2(u), max(1, 4096 // bhw))
+        bhw = min(max(long, 512), next_pow2(hw))
+        bu = min(next_pow2(u), max(1, tile // bhw))
     return bu, bhw, 8 if bu * bhw >= 4096 else 4
 
 
 def spatial_reduce_triton(a: torch.Tensor, image_index: torch.Tensor, thr_value: torch.Tensor,
-                          thr_index: torch.Tensor, rank_by: str = "max") -> Reduced:
-    """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
+                          thr_index: torch.Tensor, rank_by: str = "max", tile: int = 2048, long: int = 32,
+                          warps: int | None = None, unroll: int = 1) -> Reduced:
+    """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1); tile, long, warps: its tiling
+    (bench/mining_kernels.py compares some)."""
     b, u, h, w = a.shape
     a, s_b, s_u, s_hw = _strides(a)
     f32 = dict(dtype=torch.float32, device=a.device)
@@ -174,10 +185,12 @@ def spatial_reduce_triton(a: torch.Tensor, image_index: torch.Tensor, thr_value:
     flag = torch.empty(b, u, dtype=torch.bool, device=a.device)
     if b * u == 0:
         return Reduced(peak, arg, mean, flag)
-    bu, bhw, warps = _blocks(u, h * w, s_u, s_hw)
+    bu, bhw, default_warps = _blocks(u, h * w, s_u, s_hw, tile, long)
+    warps = warps or default_warps
     grid = (b, (u + bu - 1) // bu)
     tv, ti = thr_value.to(torch.float32), thr_index.to(torch.int64)  # [U] views (a column of the top-k) are fine
-    jit(_reduce_kernel)[grid](
+    jit(_reduce_kernel, helpers=("_fold",))[grid](
         a, image_index.to(torch.int64).contiguous(), tv, ti, peak, arg, mean, flag, u, h * w, s_b, s_u, s_hw,
-        tv.stride(0), ti.stride(0), RANK_MEAN=rank_by == "mean", BLOCK_U=bu, BLOCK_HW=bhw, num_warps=warps)
+        tv.stride(0), ti.stride(0), RANK_MEAN=rank_by == "mean", BLOCK_U=bu, BLOCK_HW=bhw, UNROLL=unroll,
+        num_warps=warps)
     return Reduced(peak, arg, mean, flag)

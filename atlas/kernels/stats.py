@@ -1,11 +1,12 @@
-"""Per-unit running statistics of a batch of scores for `atlas.mine`, the parts that do not depend on the order of
-additions: counts, min, max and the adaptive histogram.  (The float64 mean and M2 stay in torch, in atlas.mine:
-their sums would change in the last bit with another order.)
+"""Per-unit running statistics of a batch of scores for `atlas.mine`: counts, min, max, the adaptive histogram, and
+the mean and M2 of the finite scores (Welford's merge, float64).
 
-Contract of `score_stats(score, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp)`, for scores
-[B, U] float32 and the running state of U units, returns a `Stats` of new tensors:
+Contract of `score_stats(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp)`,
+for scores [B, U] float32 and the running state of U units, returns a `Stats` of new tensors:
 
-- finite [U] int64: the batch's finite scores per unit;
+- count [U] int64, mean and m2 [U] float64: the running count, mean and sum of squared deviations of the finite
+  scores, the batch's (mean_b, m2_b, two passes in float64) merged by Chan et al.'s formula
+  mean + (mean_b - mean) * n_b / n, m2 + m2_b + (mean_b - mean)**2 * n_a * n_b / n;
 - nonfinite, positive [U] int64: the running counts plus the batch's non-finite and positive finite scores;
 - min, max [U] float32: running min and max over finite scores;
 - range_exp [U] int64, hist [U, bins] int64: R = 2**range_exp is the smallest power of two above every |score|
@@ -15,8 +16,9 @@ Contract of `score_stats(score, nonfinite, positive, vmin, vmax, hist, range_exp
   histogram made in one go.
 
 The kernel (one program per block of units, looping over the batch) makes all of it in one launch, where the
-reference takes some forty small torch operations; both are exact (integers, min, max, and the same float64
-divisions), so they agree bit for bit.
+reference takes some sixty small torch operations; counts, min, max and histogram are exact (integers, min, max,
+and the same float64 divisions), so they agree bit for bit; mean and m2 add their float64 sums in another order
+than torch, so they agree to float64 rounding.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ tl = None  # triton.language, set by atlas.kernels.jit when the kernel is first 
 
 
 class Stats(NamedTuple):
-    finite: torch.Tensor  # [U] int64
+    count: torch.Tensor  # [U] int64
+    mean: torch.Tensor  # [U] float64
+    m2: torch.Tensor  # [U] float64
     nonfinite: torch.Tensor  # [U] int64
     positive: torch.Tensor  # [U] int64
     min: torch.Tensor  # [U] float32
@@ -40,22 +44,32 @@ class Stats(NamedTuple):
     range_exp: torch.Tensor  # [U] int64
 
 
-def score_stats(score: torch.Tensor, nonfinite: torch.Tensor, positive: torch.Tensor, vmin: torch.Tensor,
-                vmax: torch.Tensor, hist: torch.Tensor, range_exp: torch.Tensor, min_range_exp: int,
-                backend: str | None = None) -> Stats:
+def score_stats(score: torch.Tensor, count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor,
+                nonfinite: torch.Tensor, positive: torch.Tensor, vmin: torch.Tensor, vmax: torch.Tensor,
+                hist: torch.Tensor, range_exp: torch.Tensor, min_range_exp: int, backend: str | None = None) -> Stats:
     """See the module docstring.  score: [B, U] float32; the state tensors are [U] (hist [U, bins])."""
     if score.dim() != 2 or hist.shape[0] != score.shape[1] or hist.shape[1] % 2:
         raise ValueError(f"expected scores [B, U] and a histogram [U, even bins], got {tuple(score.shape)} and "
                          f"{tuple(hist.shape)}")
     if choose(backend, score) == "triton":
-        return score_stats_triton(score, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp)
-    return score_stats_torch(score, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp)
+        return score_stats_triton(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp,
+                                  min_range_exp)
+    return score_stats_torch(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp)
 
 
-def score_stats_torch(score, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp) -> Stats:
+def score_stats_torch(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp,
+                      min_range_exp) -> Stats:
     """The reference (what atlas.mine has always computed)."""
     s = score.t().double()  # [U, B]
     finite = torch.isfinite(s)
+    n_b = finite.sum(1)
+    mean_b = torch.where(finite, s, 0.0).sum(1) / n_b.clamp(min=1).double()
+    m2_b = (torch.where(finite, s - mean_b[:, None], 0.0) ** 2).sum(1)
+    n = count + n_b
+    delta = mean_b - mean
+    frac = n_b.double() / n.clamp(min=1).double()  # float64: int / int would give float32
+    mean = mean + delta * frac
+    m2 = m2 + m2_b + delta**2 * count * frac
     sf = score.t().float()
     vmin = torch.minimum(vmin, torch.where(finite, sf, float("inf")).amin(1))
     vmax = torch.maximum(vmax, torch.where(finite, sf, float("-inf")).amax(1))
@@ -77,16 +91,17 @@ def score_stats_torch(score, nonfinite, positive, vmin, vmax, hist, range_exp, m
     width = torch.ldexp(torch.ones_like(peak), range_exp)[:, None] / half  # [U, 1]
     b = (torch.floor(torch.where(finite, s, 0.0) / width).long() + half).clamp(0, bins - 1)
     merged.scatter_add_(1, b, finite.long())
-    return Stats(finite.sum(1), nonfinite + (~finite).sum(1), positive + (finite & (s > 0)).sum(1), vmin, vmax,
+    return Stats(n, mean, m2, nonfinite + (~finite).sum(1), positive + (finite & (s > 0)).sum(1), vmin, vmax,
                  merged, range_exp)
 
 
-def _stats_kernel(score_ptr, nonf_ptr, pos_ptr, min_ptr, max_ptr, hist_ptr, range_ptr,
-                  fin_out, nonf_out, pos_out, min_out, max_out, hist_out, range_out,
+def _stats_kernel(score_ptr, cnt_ptr, mean_ptr, m2_ptr, nonf_ptr, pos_ptr, min_ptr, max_ptr, hist_ptr, range_ptr,
+                  cnt_out, mean_out, m2_out, nonf_out, pos_out, min_out, max_out, hist_out, range_out,
                   B, U, MIN_EXP, BINS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr,
                   BLOCK_BINS: tl.constexpr):
-    """Program j: units j*BLOCK_U.., all of the batch.  Pass 1 counts and finds min, max and max |s|; then the old
-    histogram is widened into hist_out and pass 2 adds the batch, both by integer atomic adds (exact in any order)."""
+    """Program j: units j*BLOCK_U.., all of the batch.  Pass 1 counts, sums and finds min, max and max |s|; then the
+    old histogram is widened into hist_out and pass 2 adds the batch, both by integer atomic adds (exact in any
+    order), and sums the squared deviations from the batch mean."""
     offs_u = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)
     mask_u = offs_u < U
     rows = tl.arange(0, BLOCK_B)
@@ -96,11 +111,13 @@ def _stats_kernel(score_ptr, nonf_ptr, pos_ptr, min_ptr, max_ptr, hist_ptr, rang
     lo = tl.full([BLOCK_U], float("inf"), tl.float32)
     hi = tl.full([BLOCK_U], float("-inf"), tl.float32)
     peak = tl.zeros([BLOCK_U], tl.float32)
+    total = tl.zeros([BLOCK_U], tl.float64)
     for start in range(0, B, BLOCK_B):
         m = ((start + rows)[:, None] < B) & mask_u[None, :]
         s = tl.load(score_ptr + (start + rows)[:, None].to(tl.int64) * U + offs_u[None, :], mask=m, other=0.0)
         fin = m & (s == s) & (tl.abs(s) != float("inf"))
         n_fin += tl.sum(fin.to(tl.int64), axis=0)
+        total += tl.sum(tl.where(fin, s.to(tl.float64), 0.0), axis=0)
         n_non += tl.sum((m & ~fin).to(tl.int64), axis=0)
         n_pos += tl.sum((fin & (s > 0)).to(tl.int64), axis=0)
         lo = tl.minimum(lo, tl.min(tl.where(fin, s, float("inf")), axis=0))
@@ -124,14 +141,26 @@ def _stats_kernel(score_ptr, nonf_ptr, pos_ptr, min_ptr, max_ptr, hist_ptr, rang
     target = ((cols[None, :] - half).to(tl.int64) >> tl.minimum(grow, 62)[:, None]) + half
     tl.atomic_add(row_hist + target, h, mask=m_bins & (h != 0))
     width = ((new_exp + 1023) << 52).to(tl.float64, bitcast=True) / half  # [BLOCK_U], as torch.ldexp(1, e) / half
+    mean_b = total / tl.maximum(n_fin, 1).to(tl.float64)
+    m2_b = tl.zeros([BLOCK_U], tl.float64)
     for start in range(0, B, BLOCK_B):  # pass 2: bin the batch
         m = ((start + rows)[:, None] < B) & mask_u[None, :]
         s = tl.load(score_ptr + (start + rows)[:, None].to(tl.int64) * U + offs_u[None, :], mask=m, other=0.0)
         fin = m & (s == s) & (tl.abs(s) != float("inf"))
+        dev = tl.where(fin, s.to(tl.float64) - mean_b[None, :], 0.0)
+        m2_b += tl.sum(dev * dev, axis=0)
         q = tl.floor(tl.where(fin, s.to(tl.float64), 0.0) / width[None, :])
         b = tl.minimum(tl.maximum(q.to(tl.int64) + half, 0), BINS - 1)  # [BLOCK_B, BLOCK_U]
         tl.atomic_add(hist_out + out_u[None, :] * BINS + b, tl.full([BLOCK_B, BLOCK_U], 1, tl.int64), mask=fin)
-    tl.store(fin_out + out_u, n_fin, mask=mask_u)
+    n_a = tl.load(cnt_ptr + out_u, mask=mask_u, other=0)
+    n = n_a + n_fin
+    mean_a = tl.load(mean_ptr + out_u, mask=mask_u, other=0.0)
+    delta = mean_b - mean_a
+    frac = n_fin.to(tl.float64) / tl.maximum(n, 1).to(tl.float64)
+    tl.store(cnt_out + out_u, n, mask=mask_u)
+    tl.store(mean_out + out_u, mean_a + delta * frac, mask=mask_u)
+    m2_a = tl.load(m2_ptr + out_u, mask=mask_u, other=0.0)
+    tl.store(m2_out + out_u, m2_a + m2_b + delta * delta * n_a.to(tl.float64) * frac, mask=mask_u)
     tl.store(nonf_out + out_u, tl.load(nonf_ptr + out_u, mask=mask_u, other=0) + n_non, mask=mask_u)
     tl.store(pos_out + out_u, tl.load(pos_ptr + out_u, mask=mask_u, other=0) + n_pos, mask=mask_u)
     tl.store(min_out + out_u, tl.minimum(tl.load(min_ptr + out_u, mask=mask_u, other=0.0), lo), mask=mask_u)
@@ -139,19 +168,20 @@ def _stats_kernel(score_ptr, nonf_ptr, pos_ptr, min_ptr, max_ptr, hist_ptr, rang
     tl.store(range_out + out_u, new_exp, mask=mask_u)
 
 
-def score_stats_triton(score, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp) -> Stats:
+def score_stats_triton(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp,
+                       min_range_exp, block_u: int = 8, block_b: int = 256, warps: int = 4) -> Stats:
     """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
     b, u = score.shape
     bins = hist.shape[1]
     score = score.float().contiguous()
-    state = [t.contiguous() for t in (nonfinite, positive, vmin.float(), vmax.float(), hist, range_exp)]
-    out = Stats(torch.empty_like(nonfinite), *(torch.empty_like(t) for t in state[:4]),
-                torch.empty_like(state[4]), torch.empty_like(state[5]))
+    state = [t.contiguous() for t in (count.long(), mean.double(), m2.double(), nonfinite, positive, vmin.float(),
+                                      vmax.float(), hist, range_exp)]
+    out = Stats(*(torch.empty_like(t) for t in state))
     if u == 0:
         return out
-    block_u = min(32, next_pow2(u))
+    block_u = min(block_u, next_pow2(u))  # few units per program and the whole batch per step: short programs
     jit(_stats_kernel)[((u + block_u - 1) // block_u,)](
-        score, *state, out.finite, out.nonfinite, out.positive, out.min, out.max, out.hist, out.range_exp,
-        b, u, min_range_exp, BINS=bins, BLOCK_B=min(64, next_pow2(max(b, 1))), BLOCK_U=block_u,
-        BLOCK_BINS=next_pow2(bins), num_warps=4)
+        score, *state, *out,
+        b, u, min_range_exp, BINS=bins, BLOCK_B=min(block_b, next_pow2(max(b, 1))), BLOCK_U=block_u,
+        BLOCK_BINS=next_pow2(bins), num_warps=warps)
     return out

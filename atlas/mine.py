@@ -319,7 +319,8 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
 
     Resumes from the store's work folder after a crash; layers already mined with the same config
     are skipped.  Raises StoreBusy if another process writes the store.  ``num_workers``: image-decoding
-    processes (0: decode here).  The result's ``seconds``: "setup", "wait" (for decoded batches), "forward"
+    processes (0: decode here).  The result's ``seconds``: "setup", "first_batch" (waiting for the first
+    decoded batch: worker start-up), "wait" (for later batches), "forward"
     (host time of the forwards and updates, GPU waits included), "checkpoint", "commit".  ``_pil``: files
     too through the per-image PIL path (`_batches`; for the equivalence tests).
     """
@@ -344,7 +345,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
         resumed_from = position
         last_ckpt = time.monotonic()
         current: dict[str, torch.Tensor] = {}
-        seconds = dict.fromkeys(("setup", "wait", "forward", "checkpoint", "commit"), 0.0)
+        seconds = dict.fromkeys(("setup", "first_batch", "wait", "forward", "checkpoint", "commit"), 0.0)
 
         def consume(name: str, out: torch.Tensor) -> None:
             states[name].update(current["index"], out)
@@ -355,7 +356,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
                                config.resize)
             seconds["setup"], t = time.perf_counter() - t0, time.perf_counter()
             for b in batches:
-                t = _lap(seconds, "wait", t)
+                t = _lap(seconds, "wait" if seconds["first_batch"] else "first_batch", t)
                 _record(image_state, b)
                 if b.good:
                     current["index"] = b.index

@@ -17,8 +17,8 @@ The references are torch: a stable two-key sort over the K + B candidates of eve
 selected maps pooled by torch.  The kernels do the same work sparsely but with fixed shapes, so nothing waits for
 the GPU: the merge kernel (a block of units per program) skips every chunk of the batch in which no score beats a
 unit's k-th entry and otherwise counts every entry's new rank at once, comparing one int64 key per entry (the
-value's order-preserving bits, then the complement of the image index); the pooling kernel (a program per unit and slot)
-returns at once unless its entry is new.  Both agree with the references bit for bit, except that the pooled sums
+value's order-preserving bits, then the complement of the image index); the pooling kernel (a program per unit) copies
+the kept maps and pools only the new entries' maps.  Both agree with the references bit for bit, except that the pooled sums
 may differ from torch's in the last bit where torch adds in another order (tests/test_kernels.py).
 """
 
@@ -139,8 +139,8 @@ def _merge_kernel(score_ptr, img_ptr, arg_ptr, kv_ptr, ki_ptr, ka_ptr, ov_ptr, o
             top_k = tl.where(valid, _key(top_v, top_i), 9223372036854775807)
 
 
-def merge_topk_triton(score, image_index, arg, values, index, argmax, block_u: int = 4, block_b: int = 32,
-                      warps: int = 4) -> Merged:
+def merge_topk_triton(score, image_index, arg, values, index, argmax, block_u: int = 1, block_b: int = 64,
+                      warps: int = 2) -> Merged:
     """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
     u, k = values.shape
     b = score.shape[0]
@@ -182,35 +182,38 @@ def gather_maps_torch(a, source, maps, map_hw) -> torch.Tensor:
 
 
 def _pool_kernel(x_ptr, src_ptr, maps_ptr, out_ptr, K, H, W, MH, MW, s_b, s_u, s_h, s_w,
-                 CELLS: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr):
-    """Program (u, j): slot j of unit u.  A kept entry copies its old map; a new one pools a[r, u] cell by cell,
-    adding each window row by row (as torch's adaptive pooling kernels do)."""
+                 K_P2: tl.constexpr, CELLS: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr):
+    """Program u: the K slots of unit u.  Kept entries copy their old maps (one gather); each new one pools
+    a[r, u] cell by cell, adding each window row by row (as torch's adaptive pooling kernels do)."""
     u = tl.program_id(0)
-    j = tl.program_id(1)
-    src = tl.load(src_ptr + u * K + j)
+    slots = tl.arange(0, K_P2)
     cell = tl.arange(0, CELLS)
     mcell = cell < MH * MW
-    out = out_ptr + (u.to(tl.int64) * K + j) * MH * MW + cell
-    if src < K:
-        old = tl.load(maps_ptr + (u.to(tl.int64) * K + src) * MH * MW + cell, mask=mcell, other=0.0)
-        tl.store(out, old, mask=mcell)
-    else:
-        oh = cell // MW
-        ow = cell % MW
-        h0 = (oh * H) // MH
-        h1 = ((oh + 1) * H + MH - 1) // MH
-        w0 = (ow * W) // MW
-        w1 = ((ow + 1) * W + MW - 1) // MW
-        base = x_ptr + (src - K).to(tl.int64) * s_b + u.to(tl.int64) * s_u
-        total = tl.zeros([CELLS], tl.float32)
-        for dh in range(0, WIN_H):
-            for dw in range(0, WIN_W):
-                hh = h0 + dh
-                ww = w0 + dw
-                m = mcell & (hh < h1) & (ww < w1)
-                total += tl.load(base + hh * s_h + ww * s_w, mask=m, other=0.0).to(tl.float32)
-        count = ((h1 - h0) * (w1 - w0)).to(tl.float32)
-        tl.store(out, total / count, mask=mcell)
+    src = tl.load(src_ptr + u * K + slots, mask=slots < K, other=0)  # [K_P2]
+    kept = (slots < K) & (src < K)
+    m = kept[:, None] & mcell[None, :]
+    row = u.to(tl.int64) * K
+    old = tl.load(maps_ptr + (row + src[:, None]) * MH * MW + cell[None, :], mask=m, other=0.0)
+    tl.store(out_ptr + (row + slots[:, None]) * MH * MW + cell[None, :], old, mask=m)
+    oh = cell // MW
+    ow = cell % MW
+    h0 = (oh * H) // MH
+    h1 = ((oh + 1) * H + MH - 1) // MH
+    w0 = (ow * W) // MW
+    w1 = ((ow + 1) * W + MW - 1) // MW
+    count = ((h1 - h0) * (w1 - w0)).to(tl.float32)
+    for j in range(0, K):
+        s = tl.load(src_ptr + u * K + j)
+        if s >= K:  # a new entry: batch row s - K
+            base = x_ptr + (s - K).to(tl.int64) * s_b + u.to(tl.int64) * s_u
+            total = tl.zeros([CELLS], tl.float32)
+            for dh in range(0, WIN_H):
+                for dw in range(0, WIN_W):
+                    hh = h0 + dh
+                    ww = w0 + dw
+                    mm = mcell & (hh < h1) & (ww < w1)
+                    total += tl.load(base + hh * s_h + ww * s_w, mask=mm, other=0.0).to(tl.float32)
+            tl.store(out_ptr + (row + j) * MH * MW + cell, total / count, mask=mcell)
 
 
 def gather_maps_triton(a, source, maps, map_hw) -> torch.Tensor:
@@ -222,7 +225,7 @@ def gather_maps_triton(a, source, maps, map_hw) -> torch.Tensor:
     if u * k == 0:
         return out
     win = lambda n, m: max(-(-((i + 1) * n) // m) - (i * n) // m for i in range(m))  # largest window
-    jit(_pool_kernel)[(u, k)](
+    jit(_pool_kernel)[(u,)](
         a, source.int().contiguous(), maps.float().contiguous(), out, k, h, w, mh, mw, *a.stride(),
-        CELLS=next_pow2(mh * mw), WIN_H=win(h, mh), WIN_W=win(w, mw), num_warps=2)
+        K_P2=next_pow2(k), CELLS=next_pow2(mh * mw), WIN_H=win(h, mh), WIN_W=win(w, mw), num_warps=2)
     return out

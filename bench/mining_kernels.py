@@ -23,16 +23,15 @@ from atlas.kernels.topk import gather_maps_torch, gather_maps_triton, merge_topk
 
 RN50 = [(256, 56)] * 3 + [(512, 28)] * 4 + [(1024, 14)] * 6 + [(2048, 7)] * 3  # (units, grid) per block
 VIT = [(768, 7)] * 12
-REDUCE = {"tile1024/32/2w (default)": dict(), "tile4096/64/8w (first)": dict(tile=4096, long=64, warps=8),
-          "tile2048/32/4w": dict(tile=2048, warps=4), "tile512/32/1w": dict(tile=512, warps=1),
-          "tile1024/32/1w": dict(warps=1), "tile1024/64/2w": dict(long=64), "tile2048/64/2w": dict(tile=2048, long=64),
-          "tile1024/32/2w unroll2": dict(unroll=2), "tile512/16/1w": dict(tile=512, long=16, warps=1)}
-STATS = {"u4/b256/4w (default)": dict(), "u32/b64/4w (first)": dict(block_u=32, block_b=64),
-         "u8/b256/4w": dict(block_u=8, block_b=256), "u2/b256/2w": dict(block_u=2, block_b=256, warps=2), "u16/b128/4w": dict(block_u=16, block_b=128),
+REDUCE = {"tile1024/64/2w (default)": dict(), "tile1024/32/2w": dict(long=32), "tile4096/64/8w (first)": dict(tile=4096, long=64, warps=8),
+          "tile2048/32/4w": dict(tile=2048, long=32, warps=4), "tile512/32/1w": dict(tile=512, long=32, warps=1),
+          "tile1024/32/1w": dict(long=32, warps=1), "tile2048/64/2w": dict(tile=2048, long=64),
+          "tile1024/64/2w unroll2": dict(unroll=2), "tile512/16/1w": dict(tile=512, long=16, warps=1)}
+STATS = {"u2/b256/2w (default)": dict(), "u32/b64/4w (first)": dict(block_u=32, block_b=64, warps=4),
+         "u8/b256/4w": dict(block_u=8, block_b=256, warps=4), "u4/b256/4w": dict(block_u=4, block_b=256, warps=4), "u16/b128/4w": dict(block_u=16, block_b=128),
          "u8/b256/8w": dict(block_u=8, block_b=256, warps=8)}
-MERGE = {"u1/b64/2w (default)": dict(), "u4/b32/4w": dict(block_u=4, block_b=32, warps=4),
-         "u1/b32/1w": dict(block_u=1, block_b=32, warps=1), "u1/b128/2w": dict(block_u=1, block_b=128),
-         "u2/b64/2w": dict(block_u=2, block_b=64)}
+MERGE = {"u1/b32/1w (default)": dict(), "u4/b32/4w (first)": dict(block_u=4, block_b=32, warps=4),
+         "u1/b64/2w": dict(block_u=1, block_b=64, warps=2), "u1/b16/1w": dict(block_u=1, block_b=16, warps=1)}
 
 
 def activations(batch: int, units: int, grid: int, vit: bool, gen: torch.Generator, device) -> torch.Tensor:

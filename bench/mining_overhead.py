@@ -198,6 +198,9 @@ def main() -> None:
                     mine_module.spatial_reduce = saved
             else:
                 rows[path] = run_path(model, layers, path, args, device)
+        if "forward" in rows:  # forward-only again, last: the first run can carry one-off start-up costs
+            again = run_path(model, layers, "forward", args, device)
+            rows["forward"] = min(rows["forward"], again, key=lambda r: r[0])
         if args.profile:  # a separate run: its extra steps would change the states compared below
             run_path(model, layers, "fast-triton", args, device, profiled=True)
         base = rows["forward"][0]

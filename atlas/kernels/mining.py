@@ -161,7 +161,7 @@ def _strides(a: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
     return a, a.stride(0), a.stride(1), a.stride(3)
 
 
-def _blocks(u: int, hw: int, s_u: int, s_hw: int, tile: int = 1024, long: int = 32) -> tuple[int, int, int]:
+def _blocks(u: int, hw: int, s_u: int, s_hw: int, tile: int = 1024, long: int = 64) -> tuple[int, int, int]:
     """(BLOCK_U, BLOCK_HW, num_warps): tiles of ``tile`` elements, ``long`` along the contiguous axis."""
     if s_u == 1 and s_hw != 1:  # units adjacent in memory: channels_last, tokens
         bu = min(long, next_pow2(u))
@@ -173,7 +173,7 @@ def _blocks(u: int, hw: int, s_u: int, s_hw: int, tile: int = 1024, long: int = 
 
 
 def spatial_reduce_triton(a: torch.Tensor, image_index: torch.Tensor, thr_value: torch.Tensor,
-                          thr_index: torch.Tensor, rank_by: str = "max", tile: int = 1024, long: int = 32,
+                          thr_index: torch.Tensor, rank_by: str = "max", tile: int = 1024, long: int = 64,
                           warps: int | None = 2, unroll: int = 1) -> Reduced:
     """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1); tile, long, warps: its tiling
     (bench/mining_kernels.py compares some)."""

@@ -169,7 +169,7 @@ def _stats_kernel(score_ptr, cnt_ptr, mean_ptr, m2_ptr, nonf_ptr, pos_ptr, min_p
 
 
 def score_stats_triton(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp,
-                       min_range_exp, block_u: int = 4, block_b: int = 256, warps: int = 4) -> Stats:
+                       min_range_exp, block_u: int = 2, block_b: int = 256, warps: int = 2) -> Stats:
     """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
     b, u = score.shape
     bins = hist.shape[1]

@@ -139,8 +139,8 @@ def _merge_kernel(score_ptr, img_ptr, arg_ptr, kv_ptr, ki_ptr, ka_ptr, ov_ptr, o
             top_k = tl.where(valid, _key(top_v, top_i), 9223372036854775807)
 
 
-def merge_topk_triton(score, image_index, arg, values, index, argmax, block_u: int = 1, block_b: int = 64,
-                      warps: int = 2) -> Merged:
+def merge_topk_triton(score, image_index, arg, values, index, argmax, block_u: int = 1, block_b: int = 32,
+                      warps: int = 1) -> Merged:
     """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
     u, k = values.shape
     b = score.shape[0]

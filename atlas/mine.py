@@ -496,9 +496,7 @@ def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineCon
             store.put(g, "stats/hist", st.hist.cpu().numpy())
             store.put(g, "stats/range", np.ldexp(1.0, st.range_exp.cpu().numpy()))
             for key, m in (("pooled", st.pooled), ("pooled_cls", st.pooled_cls)):
-                if m is not None:
-                    values = np.array(m)
-                    values[status != 0] = np.nan  # skipped images have no activations
-                    store.put(g, key, values)
+                if m is not None:  # skipped images have no activations: NaN rows
+                    store.put_rows(g, key, m, status != 0)
         needed = sorted({int(i) for st in states.values() for i in st.index.cpu().numpy().ravel() if i >= 0})
         make_thumbnails(f, model, source, needed, config.thumb_size, n_images)

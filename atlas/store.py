@@ -166,6 +166,21 @@ def put(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
     return group.create_dataset(name, data=arr, chunks=True, fletcher32=True, **kwargs)
 
 
+def put_rows(group: h5py.Group, name: str, rows: np.ndarray, bad: np.ndarray, block: int = 1 << 16) -> h5py.Dataset:
+    """(Re)create a [N, U] float dataset from ``rows`` (e.g. a memmap) block by block, never holding it all in
+    memory; rows where ``bad`` is true become NaN.  gzip level 1: these matrices are large and compress little."""
+    if name in group:
+        del group[name]
+    n = rows.shape[0]
+    ds = group.create_dataset(name, shape=rows.shape, dtype=rows.dtype, chunks=True, fletcher32=True,
+                              compression="gzip", compression_opts=1)
+    for i in range(0, n, block):
+        part = np.array(rows[i:i + block])
+        part[bad[i:i + block]] = np.nan
+        ds[i:i + block] = part
+    return ds
+
+
 def set_json(obj: h5py.HLObject, name: str, value: Any) -> None:
     obj.attrs[name] = json.dumps(value, sort_keys=True, separators=(",", ":"))
 

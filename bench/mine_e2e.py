@@ -74,14 +74,22 @@ def end_to_end(model, folder: Path, out: Path, cfg: MineConfig, workers: int, fo
                                                       precision=cfg.precision), num_workers=workers)
     print(f"(warm-up mine() of {2 * cfg.batch_size} images: {time.perf_counter() - t:.2f} s)", flush=True)
     sync(model.device)
+    marks: list[tuple[float, int]] = []  # (time, images done) after each batch
     t = time.perf_counter()
-    r = mine(model, source, out / "store.h5", cfg, num_workers=workers)
+    r = mine(model, source, out / "store.h5", cfg, num_workers=workers,
+             progress=lambda done, total: marks.append((time.perf_counter(), done)))
     sync(model.device)
     dt = time.perf_counter() - t
     print(f"{'end-to-end':<14} {r.images:>7} images {dt:>8.2f} s {r.images / dt:>9.0f} images/s "
           f"({len(r.layers)} layers: {', '.join(r.layers)}; {r.bad} bad files)", flush=True)
     phases = ", ".join(f"{k} {v:.2f} s" for k, v in r.seconds.items())
     print(f"  mine() phases: {phases}; the rest {dt - sum(r.seconds.values()):.2f} s")
+    half = len(marks) // 2
+    if len(marks) >= 4:  # the second half of the batches: past the workers' start-up and the pipeline's filling
+        (t0, n0), (t1, n1) = marks[half - 1], marks[-2]  # the last mark is taken before the final GPU sync
+        rate = (n1 - n0) / (t1 - t0)
+        print(f"  second half of the batch loop ({n1 - n0} images): {rate:.0f} images/s = {rate / forward_rate:.2f} "
+              "of forward-only")
     loop = r.seconds["wait"] + r.seconds["forward"] + r.seconds["checkpoint"]
     if loop > 0:  # the first batch's wait is worker start-up; checkpoints hold the final GPU sync
         steady = (r.images - cfg.batch_size) / loop

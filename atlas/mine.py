@@ -33,6 +33,7 @@ from .config import MineConfig, digest, to_json
 from .data.decode import DEFAULT_MAX_PIXELS
 from .data.loader import JpegLoader, _to, normalize
 from .data.sources import FolderSource, ImageSource
+from .graphs import GraphStep
 from .kernels import choose
 from .kernels.mining import spatial_reduce
 from .kernels.stats import score_stats
@@ -82,6 +83,11 @@ class LayerState:
         self.pooled = pooled  # [N, U] float16 memmap or None
         self.pooled_cls = pooled_cls  # [N, U] float16 memmap of the CLS token (token layers) or None
         self._pending: tuple | None = None  # rows of the pooled matrices on their way to the host
+        # set by atlas.graphs.GraphStep: results copied into these same tensors (a CUDA graph replays fixed
+        # addresses), and the pooled rows kept on the device until `queue_rows` (no host work inside a graph)
+        self.inplace = False
+        self.defer_rows = False
+        self._rows: tuple | None = None
 
     TENSORS = ("values", "index", "argmax", "maps", "count", "mean", "m2", "min", "max", "positive",
                "nonfinite", "hist", "range_exp")
@@ -94,8 +100,10 @@ class LayerState:
         self._update_stats(score, self.backend)
         if choose(self.backend, a) == "triton":  # fixed shapes throughout: nothing waits for the GPU
             merged = merge_topk(score, index, red.arg, self.values, self.index, self.argmax, "triton")
-            self.maps = gather_maps(a, merged.source, self.maps, self.map_hw, "triton")
-            self.values, self.index, self.argmax = merged.values, merged.index, merged.argmax
+            self._set("maps", gather_maps(a, merged.source, self.maps, self.map_hw, "triton"))
+            self._set("values", merged.values)
+            self._set("index", merged.index)
+            self._set("argmax", merged.argmax)
         else:  # sparse: only candidate images pooled, only candidate units merged (nonzero syncs, free on a CPU)
             imgs = red.flag.any(1).nonzero().squeeze(1)  # [B'] images that may enter some top-k
             if len(imgs):
@@ -136,21 +144,39 @@ class LayerState:
         probe = torch.empty_like(torch.empty_strided(f.shape, [2 * s for s in f.stride()], device="meta"))
         return torch.contiguous_format if probe.is_contiguous() else torch.channels_last
 
+    def _set(self, name: str, value: torch.Tensor) -> None:
+        if self.inplace:
+            getattr(self, name).copy_(value)
+        else:
+            setattr(self, name, value)
+
     def _write_pooled(self, index: torch.Tensor, spatial_mean: torch.Tensor, out: torch.Tensor) -> None:
-        """Queue the batch's rows of the pooled matrices: on a GPU a non-blocking copy to pinned memory, written to
-        the memmaps at the next batch (or `drain`), so the host never waits for the batch itself."""
+        """The batch's rows of the pooled matrices ([B, U] float16 on the device), queued to the host at once or,
+        with ``defer_rows``, kept until `queue_rows`."""
         rows = [(m, t) for m, t in ((self.pooled_cls, lambda: self.info.cls(out)),
                                     (self.pooled, lambda: spatial_mean)) if m is not None]
         if not rows:
             return
+        self._rows = (index, [t().detach().to(torch.float16) for _, t in rows], [m for m, _ in rows])
+        if not self.defer_rows:
+            self.queue_rows()
+
+    def queue_rows(self, index: torch.Tensor | None = None) -> None:
+        """Send the kept rows to the host: on a GPU a non-blocking copy to pinned memory, written to the memmaps at
+        the next batch (or `drain`), so the host never waits for the batch itself.  ``index``: the rows' image
+        indices, if not those given to `update` (a graph's static index buffer)."""
+        if self._rows is None:
+            return
+        given, rows, targets = self._rows
+        self._rows = None
+        index = given if index is None else index
         self.drain()
-        host = [index.to("cpu", non_blocking=True)] + [t().detach().to(torch.float16).to("cpu", non_blocking=True)
-                                                        for _, t in rows]  # [B], [B, U] float16
+        host = [index.to("cpu", non_blocking=True)] + [r.to("cpu", non_blocking=True) for r in rows]
         event = None
         if index.is_cuda:
             event = torch.cuda.Event()
             event.record()
-        self._pending = (event, host, [m for m, _ in rows])
+        self._pending = (event, host, targets)
         if event is None:  # on the CPU there is nothing to wait for
             self.drain()
 
@@ -190,8 +216,9 @@ class LayerState:
         on CUDA)."""
         st = score_stats(score, self.count, self.mean, self.m2, self.nonfinite, self.positive, self.min, self.max,
                          self.hist, self.range_exp, MIN_RANGE_EXP, backend)
-        (self.count, self.mean, self.m2, self.nonfinite, self.positive, self.min, self.max, self.hist,
-         self.range_exp) = st
+        for name, value in zip(("count", "mean", "m2", "nonfinite", "positive", "min", "max", "hist", "range_exp"),
+                               st):
+            self._set(name, value)
 
     # --- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -212,6 +239,7 @@ class MineResult:
     skipped_layers: tuple[str, ...]  # already in the store with the same config
     resumed_from: int  # image index the run resumed at (0: fresh start)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of mining's phases (see `mine`)
+    graph_batches: int = 0  # batches replayed from a CUDA graph (atlas.graphs)
 
 
 @dataclass
@@ -278,20 +306,30 @@ def _precision(precision: str, device: torch.device) -> str:
 
 
 @contextmanager
-def _model_path(model: LoadedModel, precision: str) -> Iterator[torch.memory_format]:
+def _model_path(model: LoadedModel, precision: str, graphs: bool = False) -> Iterator[torch.memory_format]:
     """The image tower as mining runs it: channels_last on CUDA (its 4-D weights put back as they were
-    afterwards), under bfloat16 autocast for ``precision="bfloat16"``.  Yields the input's memory format."""
+    afterwards), under bfloat16 autocast for ``precision="bfloat16"`` (without autocast's cast cache when the step
+    is recorded in a CUDA graph, as graphs require).  Yields the input's memory format."""
     dev = model.device
     fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
     weights = [p for p in model.visual.parameters() if p.dim() == 4 and p.is_contiguous()]
     if fmt == torch.channels_last:
         model.visual.to(memory_format=fmt)
     try:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bfloat16", cache_enabled=not graphs):
             yield fmt
     finally:
         for p in weights:
             p.data = p.data.contiguous()
+
+
+def _use_graphs(cuda_graphs: bool | None, device: torch.device) -> bool:
+    """mine()'s ``cuda_graphs`` resolved: None records the step in a CUDA graph where the Triton kernels run."""
+    possible = device.type == "cuda" and choose(None, torch.empty(0, device=device)) == "triton"
+    if cuda_graphs and not possible:
+        raise ValueError(f"cuda_graphs=True needs a CUDA device and the Triton kernels (device {device}, kernels "
+                         f"{choose(None, torch.empty(0, device=device))!r}); leave cuda_graphs unset to choose")
+    return possible if cuda_graphs is None else cuda_graphs
 
 
 def _record(image_state: dict[str, object], b: _Batch) -> None:
@@ -314,14 +352,16 @@ def _run_meta(model: LoadedModel, source: ImageSource) -> dict[str, object]:
 
 def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
          config: MineConfig = MineConfig(), *, num_workers: int = 0, checkpoint_seconds: float = 30.0,
-         progress: Progress | None = None, _pil: bool = False) -> MineResult:
+         progress: Progress | None = None, cuda_graphs: bool | None = None, _pil: bool = False) -> MineResult:
     """Mine ``config.layers`` (default: the model's default layers) of ``source`` into the store.
 
     Resumes from the store's work folder after a crash; layers already mined with the same config
     are skipped.  Raises StoreBusy if another process writes the store.  ``num_workers``: image-decoding
     processes (0: decode here).  The result's ``seconds``: "setup", "first_batch" (waiting for the first
     decoded batch: worker start-up), "wait" (for later batches), "forward"
-    (host time of the forwards and updates, GPU waits included), "checkpoint", "commit".  ``_pil``: files
+    (host time of the forwards and updates, GPU waits included), "checkpoint", "commit".  ``cuda_graphs``: replay
+    the step of full batches from a CUDA graph (`atlas.graphs`; None: wherever the Triton kernels run; results are
+    the same).  ``_pil``: files
     too through the per-image PIL path (`_batches`; for the equivalence tests).
     """
     path = Path(store_path)
@@ -350,8 +390,10 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
         def consume(name: str, out: torch.Tensor) -> None:
             states[name].update(current["index"], out)
 
+        graphs = _use_graphs(cuda_graphs, model.device)
         with torch.no_grad(), hooked(model.clip, [i.name for i in todo], consume), \
-                _model_path(model, config.precision) as memory_format:
+                _model_path(model, config.precision, graphs) as memory_format:
+            step = GraphStep(model.clip.encode_image, current, list(states.values())) if graphs else None
             batches = _batches(model, source, position, n_images, config.batch_size, num_workers, _pil,
                                config.resize)
             seconds["setup"], t = time.perf_counter() - t0, time.perf_counter()
@@ -359,8 +401,12 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
                 t = _lap(seconds, "wait" if seconds["first_batch"] else "first_batch", t)
                 _record(image_state, b)
                 if b.good:
-                    current["index"] = b.index
-                    model.clip.encode_image(b.pixels.contiguous(memory_format=memory_format))
+                    x = b.pixels.contiguous(memory_format=memory_format)
+                    if step is not None:
+                        step(x, b.index)
+                    else:
+                        current["index"] = b.index
+                        model.clip.encode_image(x)
                 position = b.stop
                 if progress:
                     progress(position, n_images)
@@ -373,7 +419,8 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
         store.remove_work(work)
         _lap(seconds, "commit", t)
         bad = int(np.count_nonzero(image_state["status"]))
-        return MineResult(path, tuple(layers), n_images, bad, tuple(i.name for i in skipped), resumed_from, seconds)
+        return MineResult(path, tuple(layers), n_images, bad, tuple(i.name for i in skipped), resumed_from, seconds,
+                          step.replays if step is not None else 0)
 
 
 def _lap(seconds: dict[str, float], phase: str, since: float) -> float:

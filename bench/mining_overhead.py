@@ -12,7 +12,9 @@ same images).  Paths:
 - plain:       LayerState.update_reference (torch reductions, maps of every image, a full sort of k+B per unit),
                what atlas.mine did before the kernels;
 - fast-torch:  LayerState.update with the torch reductions (only candidate images pooled, candidate units merged);
-- fast-triton: LayerState.update with the Triton kernel (CUDA only);
+- fast-triton: LayerState.update with the Triton kernels (CUDA only);
+- graph:       fast-triton with the whole step (forward + updates) replayed from a CUDA graph (atlas.graphs), as
+               atlas.mine runs it on CUDA;
 - compiled:    with --compile, fast-torch with the reductions through torch.compile.
 
 Each path first mines --prefill batches (untimed), so the running top-k holds what a run holds after that many
@@ -35,6 +37,7 @@ import torch
 
 from atlas.capture import hooked
 from atlas.config import MineConfig
+from atlas.graphs import GraphStep
 from atlas.mine import LayerState
 from atlas.models import load_model
 
@@ -64,17 +67,18 @@ def run_path(model, layers, path: str, args, device,
              profiled: bool = False) -> tuple[float, dict[str, LayerState], float, float]:
     """Seconds per batch, the final states, and the mean shares of candidate images and pairs."""
     cfg = MineConfig(top_k=args.top_k, batch_size=args.batch, keep_pooled=args.pooled, map_size=args.map_size)
-    backend = {"fast-torch": "torch", "compiled": "torch", "fast-triton": "triton"}.get(path)
-    rows = (args.prefill + args.iters + 2 + (4 if profiled else 0)) * args.batch
+    backend = {"fast-torch": "torch", "compiled": "torch", "fast-triton": "triton", "graph": "triton"}.get(path)
+    rows = (args.prefill + args.iters + 2 + (7 if profiled else 0)) * args.batch
     pooled = lambda n: np.zeros((rows, model.layers[n].units), np.float16) if args.pooled else None
     states = {n: LayerState(model.layers[n], cfg, device, pooled(n), backend=backend) for n in layers}
     seen = {"images": [], "pairs": [], "count": False}
     index = {"next": 0}
 
+    current: dict[str, torch.Tensor] = {}
+
     def consume(name: str, out) -> None:
         st = states[name]
-        b = out[0].shape[0] if isinstance(out, tuple) else out.shape[0]
-        idx = torch.arange(index["next"], index["next"] + b, device=device)
+        idx = current["index"]
         if path == "plain":
             st.update_reference(idx, out)
         else:
@@ -90,12 +94,19 @@ def run_path(model, layers, path: str, args, device,
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.empty(args.batch, 3, model.image_size, model.image_size, device=device).to(
         memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=path != "graph") \
+        if device.type == "cuda" else nullcontext()
     hooks = hooked(model.clip, layers, consume) if path != "forward" else nullcontext()
+    graph = GraphStep(model.encode_image, current, list(states.values())) if path == "graph" else None
 
     def step() -> None:
         x.normal_(generator=gen)
-        model.encode_image(x)
+        idx = torch.arange(index["next"], index["next"] + args.batch, device=device)
+        if graph is not None:
+            graph(x, idx)
+        else:
+            current["index"] = idx
+            model.encode_image(x)
         index["next"] += args.batch
 
     clock = Timer(device)
@@ -135,6 +146,22 @@ def profile(step, device) -> None:
           "per step; top 14 by GPU time:")
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:14]:
         print(f"  {e.self_device_time_total / 3e3:8.3f} ms/step {e.count / 3:6.0f}x  {e.key[:90]}")
+    import cProfile
+    import io
+    import pstats
+
+    host = cProfile.Profile()
+    t0 = time.perf_counter()
+    host.enable()
+    for _ in range(3):
+        step()
+    host.disable()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    print(f"host time of 3 steps: {(t1 - t0) / 3 * 1e3:.2f} ms per step before the final wait; top 16 by own time:")
+    out = io.StringIO()
+    pstats.Stats(host, stream=out).sort_stats("tottime").print_stats(16)
+    print("\n".join(line for line in out.getvalue().splitlines()[6:] if line.strip()))
 
 
 ROUNDED = ("mean", "m2", "maps")  # float sums the kernels add in another order
@@ -163,7 +190,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--map-size", type=int, default=8)
-    ap.add_argument("--paths", nargs="+", default=["forward", "plain", "fast-torch", "fast-triton"])
+    ap.add_argument("--paths", nargs="+", default=["forward", "plain", "fast-torch", "fast-triton", "graph"])
     ap.add_argument("--pooled", action="store_true", help="keep the pooled matrices too (mining's default)")
     ap.add_argument("--profile", action="store_true", help="profile fast-triton's kernels (CUDA only)")
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd reductions (slow to build)")
@@ -173,7 +200,7 @@ def main() -> None:
     if args.quick:
         args.batch, args.prefill, args.iters = 2, 1, 1
     args.profile = args.profile and device.type == "cuda"
-    paths = [p for p in args.paths if p != "fast-triton" or device.type == "cuda"]
+    paths = [p for p in args.paths if p not in ("fast-triton", "graph") or device.type == "cuda"]
     if args.compile:
         paths.append("compiled")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; batch "
@@ -208,7 +235,7 @@ def main() -> None:
         print(f"{'path':12s} {'images/s':>10s} {'ms/batch':>9s} {'vs forward':>11s} {'cand. images':>13s} {'cand. pairs':>12s}")
         for path, (dt, _, imgs, pairs) in rows.items():
             print(f"{path:12s} {args.batch / dt:10.0f} {dt * 1e3:9.2f} {dt / base:10.2f}x "
-                  f"{'' if path in ('forward', 'plain') else f'{imgs:13.1%} {pairs:12.2%}'}")
+                  f"{'' if path in ('forward', 'plain', 'graph') else f'{imgs:13.1%} {pairs:12.2%}'}")
         ref = rows.get("plain")
         for path in rows:
             if ref and path not in ("forward", "plain"):

@@ -538,3 +538,38 @@ def test_solver_bf16_on_gpu_matches_float64():
 if not INTERPRETER:  # the test_interp_* tests run in test_kernels_in_the_interpreter's subprocess only
     for _name in [n for n in globals() if n.startswith("test_interp_")]:
         del globals()[_name]
+
+
+# --- mining with the step recorded in a CUDA graph ------------------------------------------------------------
+
+def test_cuda_graphs_need_cuda_and_triton(tmp_path):
+    from atlas.data import open_source
+    from atlas.mine import mine
+    from atlas.models import load_model
+
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
+        mine(load_model("atlas:tiny@random:0"), open_source("synthetic:8"), tmp_path / "s.h5", MineConfig(),
+             cuda_graphs=True)
+
+
+@gpu
+def test_mining_with_cuda_graphs_equals_eager_gpu(tmp_path):
+    """Full batches replayed from a graph, the last (partial) one eager: the same store as eager mining."""
+    import h5py
+
+    from atlas.data import open_source
+    from atlas.mine import mine
+    from atlas.models import load_model
+
+    model = load_model("open_clip:RN50@random:0", device="cuda")
+    source = open_source("synthetic:200")
+    cfg = MineConfig(batch_size=32, top_k=8, layers=("visual.layer1.0", "visual.layer3.5", "visual.layer4.2"))
+    assert mine(model, source, tmp_path / "eager.h5", cfg, cuda_graphs=False).graph_batches == 0
+    assert mine(model, source, tmp_path / "graph.h5", cfg, cuda_graphs=True).graph_batches == 200 // 32 - 2
+    with h5py.File(tmp_path / "eager.h5") as a, h5py.File(tmp_path / "graph.h5") as b:
+        for layer in cfg.layers:
+            g, h = a[f"neurons/{model.name}/{layer}"], b[f"neurons/{model.name}/{layer}"]
+            for key in ("topk/values", "topk/index", "topk/argmax", "topk/maps", "stats/count", "stats/mean",
+                        "stats/std", "stats/min", "stats/max", "stats/hist", "pooled"):
+                np.testing.assert_array_equal(g[key][()], h[key][()], err_msg=f"{layer} {key}")
+            assert (g["topk/index"][()] >= 0).all()

@@ -41,6 +41,8 @@ class GraphStep:
             self.index.copy_(index)
             self.graph.replay()
             self.replays += 1
+            for st, rows in zip(self.states, self.rows):
+                st._rows = rows  # the recording's output buffers, just refilled by the replay
             self._queue(self.index)
             return
         self.current["index"] = index
@@ -67,6 +69,7 @@ class GraphStep:
             self.error = f"{type(e).__name__}: {e}"
             warnings.warn(f"mining runs without CUDA graphs: recording the step failed ({self.error})", stacklevel=3)
             graph = None
+        self.rows = [st._rows for st in self.states]  # the graph's pooled-row buffers (None: no pooled rows)
         for st in self.states:
-            st._rows = None  # rows the recording "made": nothing ran
+            st._rows = None  # recording ran nothing: no rows to send yet
         self.graph = graph

@@ -124,6 +124,8 @@ def run_path(model, layers, path: str, args, device,
             profile(step, device)
     for st in states.values():
         st.drain()
+    if profiled:
+        return float("nan"), states, float("nan"), float("nan")
     share = lambda v: float(torch.stack(v).mean()) if v else float("nan")
     return dt, states, share(seen["images"]), share(seen["pairs"])
 
@@ -177,6 +179,14 @@ def same_states(a: dict[str, LayerState], b: dict[str, LayerState]) -> str:
                 continue
             if k in ROUNDED and torch.allclose(x, y, rtol=1e-5 if k == "maps" else 1e-9, atol=1e-6):
                 rounded = True
+            else:
+                diff.append(f"{n}:{k}")
+        for k in ("pooled", "pooled_cls"):
+            x, y = getattr(a[n], k), getattr(b[n], k)
+            if x is None or np.array_equal(x, y):
+                continue
+            if np.allclose(x.astype(np.float32), y.astype(np.float32), rtol=1e-3, atol=1e-6):
+                rounded = True  # float16 rows of float32 means that differ in the last bit
             else:
                 diff.append(f"{n}:{k}")
     return "DIFFER: " + ", ".join(diff[:5]) if diff else "equal (sums to rounding)" if rounded else "bit for bit"
@@ -239,7 +249,7 @@ def main() -> None:
         ref = rows.get("plain")
         for path in rows:
             if ref and path not in ("forward", "plain"):
-                print(f"states of {path} vs plain (top-k, maps, argmax, counts, min/max, hist, mean, M2): "
+                print(f"states of {path} vs plain (top-k, maps, argmax, counts, min/max, hist, mean, M2, pooled): "
                       f"{same_states(rows[path][1], ref[1])}")
         del model, rows
         if device.type == "cuda":

@@ -1,12 +1,9 @@
 """`atlas mine`: stream images through the model and keep, per neuron, the exact top-k and statistics.
 
-For each layer a `LayerState` holds on the model's device:
-- the running top-k of the per-image score (spatial max or mean), ties broken by image index, with
-  each example's argmax location and small spatial map;
-- count, mean and M2 (Welford, float64), min, max, positives and non-finite counts of the score;
-- a histogram of the score over [-R, R], R the smallest power of two above every |score| seen (at least
-  2**-20); when R grows, bins merge exactly, so the result equals a histogram made in one go;
-- optionally the [images, units] matrix of spatial means (`pooled`, for probes).
+For each layer a `LayerState` (atlas.layerstate) holds on the model's device the running top-k with maps, the
+statistics and histogram of the per-image score, and optionally the [images, units] matrix of spatial means.
+Images come from `_batches` (files through atlas.data.loader's JpegLoader); on CUDA the forward and the state
+updates of full batches are replayed from a CUDA graph (atlas.graphs).
 
 Batches are fixed slices of the image index, so a run resumed from a checkpoint computes exactly what
 an uninterrupted run computes.  Checkpoints are written atomically to the store's work folder.
@@ -15,7 +12,6 @@ an uninterrupted run computes.  Checkpoints are written atomically to the store'
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from contextlib import contextmanager
@@ -25,7 +21,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import __version__, store
 from .capture import hooked
@@ -35,199 +30,12 @@ from .data.loader import JpegLoader, _to, normalize
 from .data.sources import FolderSource, ImageSource
 from .graphs import GraphStep
 from .kernels import choose
-from .kernels.mining import spatial_reduce
-from .kernels.stats import score_stats
-from .kernels.topk import gather_maps, merge_topk, merge_topk_torch
+from .layerstate import MIN_RANGE_EXP, LayerState
 from .models import LayerInfo, LoadedModel
 
-MIN_RANGE_EXP = -20
+__all__ = ["MIN_RANGE_EXP", "LayerState", "MineResult", "mine"]
+
 Progress = Callable[[int, int], None]
-
-
-class LayerState:
-    """Running top-k and statistics of one layer (tensors on the model's device).
-
-    `update` is the fast path.  One pass over the activations (`atlas.kernels.mining.spatial_reduce`) gives each
-    (image, unit) score and flags the pairs that beat the unit's current k-th entry; one more kernel folds the
-    scores into the statistics (`atlas.kernels.stats`).  With the Triton kernels (CUDA) the merge
-    (`atlas.kernels.topk`) then runs with fixed shapes, so the host never waits for the GPU: a kernel merges each
-    unit's top-k with the batch, skipping chunks without candidates, and another pools only the maps of entries
-    that entered.  With torch (the CPU) only the flagged images are pooled and only units with a candidate
-    merged.  Either way exact, since no unflagged pair can enter a top-k.  `update_reference` is the plain
-    algorithm (maps of every image, every pair merged by a full sort).  The two agree bit for bit except in
-    float sums made in another order: the kernel's spatial means (rank_by="mean"), the statistics' float64 mean
-    and M2, and the kernel-pooled maps, which agree to rounding (tests/test_kernels.py).  The pooled matrices are
-    copied to the host without waiting (`drain` writes them).  ``backend``: "auto", "torch" or "triton".
-    """
-
-    def __init__(self, info: LayerInfo, cfg: MineConfig, device: torch.device,
-                 pooled: np.ndarray | None = None, pooled_cls: np.ndarray | None = None, backend: str | None = None):
-        u, k = info.units, cfg.top_k
-        self.info, self.cfg, self.backend = info, cfg, backend
-        self.map_hw = (min(info.grid[0], cfg.map_size), min(info.grid[1], cfg.map_size))
-        mh, mw = self.map_hw
-        z = dict(device=device)
-        self.values = torch.full((u, k), -math.inf, dtype=torch.float32, **z)
-        self.index = torch.full((u, k), -1, dtype=torch.int64, **z)
-        self.argmax = torch.zeros((u, k), dtype=torch.int32, **z)
-        self.maps = torch.zeros((u, k, mh * mw), dtype=torch.float32, **z)
-        self.count = torch.zeros(u, dtype=torch.int64, **z)
-        self.mean = torch.zeros(u, dtype=torch.float64, **z)
-        self.m2 = torch.zeros(u, dtype=torch.float64, **z)
-        self.min = torch.full((u,), math.inf, dtype=torch.float32, **z)
-        self.max = torch.full((u,), -math.inf, dtype=torch.float32, **z)
-        self.positive = torch.zeros(u, dtype=torch.int64, **z)
-        self.nonfinite = torch.zeros(u, dtype=torch.int64, **z)
-        self.hist = torch.zeros((u, cfg.hist_bins), dtype=torch.int64, **z)
-        self.range_exp = torch.full((u,), MIN_RANGE_EXP, dtype=torch.int64, **z)
-        self.pooled = pooled  # [N, U] float16 memmap or None
-        self.pooled_cls = pooled_cls  # [N, U] float16 memmap of the CLS token (token layers) or None
-        self._pending: tuple | None = None  # rows of the pooled matrices on their way to the host
-        # set by atlas.graphs.GraphStep: results copied into these same tensors (a CUDA graph replays fixed
-        # addresses), and the pooled rows kept on the device until `queue_rows` (no host work inside a graph)
-        self.inplace = False
-        self.defer_rows = False
-        self._rows: tuple | None = None
-
-    TENSORS = ("values", "index", "argmax", "maps", "count", "mean", "m2", "min", "max", "positive",
-               "nonfinite", "hist", "range_exp")
-
-    def update(self, index: torch.Tensor, out: torch.Tensor) -> None:
-        """index: [B] image indices (unique, ascending not needed); out: the module's output (consumed at once)."""
-        a = self.info.canonical(out).detach()  # [B, U, h, w], the output's own dtype and strides
-        red = spatial_reduce(a, index, self.values[:, -1], self.index[:, -1], self.cfg.rank_by, self.backend)
-        score = red.peak if self.cfg.rank_by == "max" else red.mean  # [B, U] float32
-        self._update_stats(score, self.backend)
-        if choose(self.backend, a) == "triton":  # fixed shapes throughout: nothing waits for the GPU
-            merged = merge_topk(score, index, red.arg, self.values, self.index, self.argmax, "triton")
-            self._set("maps", gather_maps(a, merged.source, self.maps, self.map_hw, "triton"))
-            self._set("values", merged.values)
-            self._set("index", merged.index)
-            self._set("argmax", merged.argmax)
-        else:  # sparse: only candidate images pooled, only candidate units merged (nonzero syncs, free on a CPU)
-            imgs = red.flag.any(1).nonzero().squeeze(1)  # [B'] images that may enter some top-k
-            if len(imgs):
-                units = red.flag.index_select(0, imgs).any(0).nonzero().squeeze(1)  # [U'] units with a candidate
-                pick = lambda t: t.index_select(0, imgs).index_select(1, units)  # [B, U, ...] -> [B', U', ...]
-                small = self._maps(a, imgs).index_select(1, units)  # [B', U', mh*mw]
-                self._merge_topk(index.index_select(0, imgs), pick(score), pick(red.arg), small, units)
-        self._write_pooled(index, red.mean, out)
-
-    def update_reference(self, index: torch.Tensor, out: torch.Tensor) -> None:
-        """`update` the plain way: torch reductions, maps of every image, every image merged into every unit."""
-        a = self.info.canonical(out).detach().float()  # [B, U, h, w]
-        b, u = a.shape[:2]
-        flat = a.reshape(b, u, -1)  # [B, U, h*w]
-        peak, arg = flat.max(dim=2)  # [B, U]
-        spatial_mean = flat.mean(dim=2)  # [B, U]
-        score = peak if self.cfg.rank_by == "max" else spatial_mean
-        small = F.adaptive_avg_pool2d(a, self.map_hw).reshape(b, u, -1)  # [B, U, mh*mw]
-        self._merge_topk(index, score, arg.to(torch.int32), small)
-        self._update_stats(score)
-        self._write_pooled(index, spatial_mean, out)
-
-    def _maps(self, a: torch.Tensor, imgs: torch.Tensor) -> torch.Tensor:
-        """[B', U, mh*mw] maps of the images ``imgs`` of a [B, U, h, w], bit for bit what pooling the whole
-        float32 batch gives: same memory format, so the same pooling kernel and order of additions."""
-        b, u, h, w = a.shape
-        if self.map_hw == (1, 1) and h * w > 1:  # torch pools to 1x1 by a mean whose order depends on B: pool all
-            return F.adaptive_avg_pool2d(a.float(), (1, 1)).reshape(b, u, 1).index_select(0, imgs)
-        x = a if len(imgs) == b else a.index_select(0, imgs)
-        x = x.to(torch.float32, memory_format=self._pool_format(a))
-        return F.adaptive_avg_pool2d(x, self.map_hw).reshape(len(imgs), u, -1)
-
-    @staticmethod
-    def _pool_format(a: torch.Tensor) -> torch.memory_format:
-        """The memory format in which torch pools ``a.float()`` (ATen's suggest_memory_format, not exposed to
-        Python): empty_like of a non-dense tensor uses it, and doubling every stride keeps their order."""
-        f = torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device="meta").float()
-        probe = torch.empty_like(torch.empty_strided(f.shape, [2 * s for s in f.stride()], device="meta"))
-        return torch.contiguous_format if probe.is_contiguous() else torch.channels_last
-
-    def _set(self, name: str, value: torch.Tensor) -> None:
-        if self.inplace:
-            getattr(self, name).copy_(value)
-        else:
-            setattr(self, name, value)
-
-    def _write_pooled(self, index: torch.Tensor, spatial_mean: torch.Tensor, out: torch.Tensor) -> None:
-        """The batch's rows of the pooled matrices ([B, U] float16 on the device), queued to the host at once or,
-        with ``defer_rows``, kept until `queue_rows`."""
-        rows = [(m, t) for m, t in ((self.pooled_cls, lambda: self.info.cls(out)),
-                                    (self.pooled, lambda: spatial_mean)) if m is not None]
-        if not rows:
-            return
-        self._rows = (index, [t().detach().to(torch.float16) for _, t in rows], [m for m, _ in rows])
-        if not self.defer_rows:
-            self.queue_rows()
-
-    def queue_rows(self, index: torch.Tensor | None = None) -> None:
-        """Send the kept rows to the host: on a GPU a non-blocking copy to pinned memory, written to the memmaps at
-        the next batch (or `drain`), so the host never waits for the batch itself.  ``index``: the rows' image
-        indices, if not those given to `update` (a graph's static index buffer)."""
-        if self._rows is None:
-            return
-        given, rows, targets = self._rows
-        self._rows = None
-        index = given if index is None else index
-        self.drain()
-        host = [index.to("cpu", non_blocking=True)] + [r.to("cpu", non_blocking=True) for r in rows]
-        event = None
-        if index.is_cuda:
-            event = torch.cuda.Event()
-            event.record()
-        self._pending = (event, host, targets)
-        if event is None:  # on the CPU there is nothing to wait for
-            self.drain()
-
-    def drain(self) -> None:
-        """Write the queued rows of the pooled matrices (waits for their copies)."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        event, host, targets = pending
-        if event is not None:
-            event.synchronize()
-        index = host[0].numpy()
-        for m, rows in zip(targets, host[1:]):
-            m[index] = rows.numpy()
-
-    def _merge_topk(self, index: torch.Tensor, score: torch.Tensor, arg: torch.Tensor, small: torch.Tensor,
-                    units: torch.Tensor | None = None) -> None:
-        """Merge candidates into the top-k of ``units`` (all units if None).  index: [B]; score, arg: [B, U'];
-        small: [B, U', mh*mw]."""
-        rows = (lambda t: t) if units is None else (lambda t: t.index_select(0, units))
-        m = merge_topk_torch(score, index, arg, rows(self.values), rows(self.index), rows(self.argmax))
-        u, k = m.values.shape
-        src = m.source.long()  # [U', K]: < K kept slot, else K + candidate row
-        hw = self.maps.shape[2]
-        kept = rows(self.maps).gather(1, src.clamp(max=k - 1)[..., None].expand(u, k, hw))
-        fresh = small.transpose(0, 1).gather(1, (src - k).clamp(min=0)[..., None].expand(u, k, hw))
-        new = {"values": m.values, "index": m.index, "argmax": m.argmax,
-               "maps": torch.where((src >= k)[..., None], fresh, kept)}
-        for name, t in new.items():
-            if units is None:
-                setattr(self, name, t)
-            else:
-                getattr(self, name).index_copy_(0, units, t)
-
-    def _update_stats(self, score: torch.Tensor, backend: str | None = "torch") -> None:
-        """Fold a batch's scores [B, U] into the running statistics (`atlas.kernels.stats.score_stats`: one kernel
-        on CUDA)."""
-        st = score_stats(score, self.count, self.mean, self.m2, self.nonfinite, self.positive, self.min, self.max,
-                         self.hist, self.range_exp, MIN_RANGE_EXP, backend)
-        for name, value in zip(("count", "mean", "m2", "nonfinite", "positive", "min", "max", "hist", "range_exp"),
-                               st):
-            self._set(name, value)
-
-    # --- checkpoints ----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, np.ndarray]:
-        self.drain()
-        return {k: getattr(self, k).cpu().numpy() for k in self.TENSORS}
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        for k in self.TENSORS:
-            setattr(self, k, torch.from_numpy(state[k]).to(getattr(self, k).device))
 
 
 @dataclass

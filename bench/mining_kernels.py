@@ -1,13 +1,13 @@
 """The mining kernels alone, at the shapes of RN50's and ViT-B/32's blocks, under a few tilings each: GPU time per
 batch summed over a model's blocks, the reduce pass's bandwidth, and the torch references for comparison.
 
-    python bench/mining_kernels.py [--batch 256] [--reps 10] [--quick]
+    python bench/mining_kernels.py [--batch 256] [--reps 10] [--compile] [--quick]
 
 Activations: random bfloat16 in the model's layout (channels_last for the ResNet, the token layers' strided view
 for the ViT), a fresh tensor per block.  Each block's top-k is first filled by 8 batches through the kernels,
 so the thresholds are those of a run after 2,048 images (the share of candidate pairs is printed).  Times: each call
 captured in a CUDA graph and replayed --reps times (GPU time, without Python's launch overhead).  --quick: tiny shapes on the CPU through the references (checks that the
-script runs).
+script runs).  --compile: also the torch references through `torch.compile` (the issue's second baseline).
 """
 
 from __future__ import annotations
@@ -101,7 +101,13 @@ def model_rows(name: str, blocks, args, device) -> None:
     def report(label: str, sec: float, extra: str = "") -> None:
         print(f"  {label:34s} {sec * 1e3:8.3f} ms/batch {extra}")
 
+    compiled = {name: torch.compile(fn, dynamic=False) for name, fn in
+                (("reduce", spatial_reduce_torch), ("stats", score_stats_torch), ("merge", merge_topk_torch))} \
+        if args.compile else {}
     report("reduce, torch", total(lambda a, i, st, mhw: spatial_reduce_torch(a, i, st.values[:, -1], st.index[:, -1])))
+    if "reduce" in compiled:
+        report("reduce, torch.compile", total(lambda a, i, st, mhw: compiled["reduce"](a, i, st.values[:, -1],
+                                                                                       st.index[:, -1])))
     if cuda:
         for label, cfg in REDUCE.items():
             sec = total(lambda a, i, st, mhw, c=cfg: spatial_reduce_triton(a, i, st.values[:, -1], st.index[:, -1],
@@ -121,6 +127,8 @@ def model_rows(name: str, blocks, args, device) -> None:
     states = [stats_args(st) for _, _, st, _, _ in scores]
     sum_t = lambda fn: sum(timed(lambda j=j: fn(j), args.reps, device) for j in range(len(scores)))
     report("stats, torch", sum_t(lambda j: score_stats_torch(scores[j][0].peak, *states[j], -20)))
+    if "stats" in compiled:
+        report("stats, torch.compile", sum_t(lambda j: compiled["stats"](scores[j][0].peak, *states[j], -20)))
     if cuda:
         for label, cfg in STATS.items():
             report(f"stats, triton {label}", sum_t(lambda j, c=cfg: score_stats_triton(scores[j][0].peak, *states[j],
@@ -128,6 +136,8 @@ def model_rows(name: str, blocks, args, device) -> None:
     merge_args = lambda j: (scores[j][0].peak, scores[j][1], scores[j][0].arg, scores[j][2].values,
                             scores[j][2].index, scores[j][2].argmax)
     report("merge, torch (sort of k+B)", sum_t(lambda j: merge_topk_torch(*merge_args(j))))
+    if "merge" in compiled:
+        report("merge, torch.compile", sum_t(lambda j: compiled["merge"](*merge_args(j))))
     if cuda:
         for label, cfg in MERGE.items():
             report(f"merge, triton {label}", sum_t(lambda j, c=cfg: merge_topk_triton(*merge_args(j), **c)))
@@ -144,10 +154,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--compile", action="store_true", help="also time the torch references under torch.compile")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     rn50, vit = RN50, VIT
+    torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)  # one graph per shape
     if args.quick:
         args.batch, args.reps = 4, 1
         rn50, vit = [(8, 6), (16, 3)], [(12, 2)]

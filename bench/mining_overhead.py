@@ -222,7 +222,7 @@ def main() -> None:
         rows = {}
         for path in paths:
             if path == "compiled":
-                import atlas.mine as mine_module
+                import atlas.layerstate as mine_module
                 from atlas.kernels import mining
 
                 torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)

@@ -3,7 +3,7 @@ problem both can finish.
 
     python bench/probe_gpu.py [--n 1280000 --features 2560 --classes 1000 --lambdas 3 --max-iter 200]
                               [--sk-n 20000 --sk-features 256 --sk-classes 50 --C 0.05] [--skip-path]
-                              [--skip-sklearn] [--quick]
+                              [--skip-sklearn] [--compile] [--quick]
 
 (i) Random bfloat16 features X [n, F] on the GPU (1.28M x 2560 is 6.5 GB), labels from a planted sparse weight
 matrix (8 features per class) plus Gumbel noise.  Times the Lipschitz bound, lam_max, one gradient (the fused
@@ -85,6 +85,13 @@ def l1_path_bench(args, device) -> None:
         _, t_s = clock(lambda: softmax_xent(z, y, 1.0 / n, torch.bfloat16), device, repeat=3)
         print(f"one gradient, softmax by {backend:6s}: {t_g * 1e3:8.1f} ms (the softmax/CE pass alone {t_s * 1e3:7.1f} ms)")
     os.environ.pop("ATLAS_KERNELS")
+    if args.compile:  # the reference softmax/CE pass through torch.compile: the second baseline
+        from atlas.kernels.softmax_ce import softmax_xent_torch
+
+        fused = torch.compile(softmax_xent_torch, dynamic=False)
+        fused(z, y, 1.0 / n, torch.bfloat16)  # compile
+        _, t_c = clock(lambda: fused(z, y, 1.0 / n, torch.bfloat16), device, repeat=3)
+        print(f"the softmax/CE pass by torch.compile of the reference: {t_c * 1e3:7.1f} ms")
     _, t_mm = clock(lambda: logits(X, W, b), device, repeat=3)
     print(f"  of which X W^T: {t_mm * 1e3:.1f} ms ({2 * n * f * c / t_mm / 1e12:.0f} TFLOP/s); "
           f"peak GPU memory so far {torch.cuda.max_memory_allocated() / 1e9 if device.type == 'cuda' else 0:.1f} GB")
@@ -154,6 +161,7 @@ def main() -> None:
     ap.add_argument("--C", type=float, default=0.05)
     ap.add_argument("--sk-tol", type=float, default=1e-4)
     ap.add_argument("--sk-max-iter", type=int, default=10000)
+    ap.add_argument("--compile", action="store_true", help="also time the torch softmax/CE under torch.compile")
     ap.add_argument("--skip-path", action="store_true")
     ap.add_argument("--skip-sklearn", action="store_true")
     ap.add_argument("--quick", action="store_true", help="small sizes on the CPU, to check that the script runs")

@@ -26,8 +26,10 @@ class GraphStep:
     """``step(x, index)``: ``forward(x)`` with ``current["index"] = index`` for the hooks, replayed from a CUDA graph
     once ``warmup`` batches of the same shape have run eagerly.  x: [B, 3, S, S] on the GPU; index: [B] int64."""
 
-    def __init__(self, forward: Callable[[torch.Tensor], object], current: dict, states: Sequence, warmup: int = 2):
+    def __init__(self, forward: Callable[[torch.Tensor], object], current: dict, states: Sequence,
+                 batch_size: int | None = None, warmup: int = 2):
         self.forward, self.current, self.states, self.warmup = forward, current, list(states), warmup
+        self.batch_size = batch_size  # record only a batch of this size (None: any)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.error: str | None = None
         self.eager = 0
@@ -49,7 +51,8 @@ class GraphStep:
         self.forward(x)
         self._queue(index)
         self.eager += 1
-        if self.graph is None and self.error is None and self.eager >= self.warmup:
+        if self.graph is None and self.error is None and self.eager >= self.warmup \
+                and self.batch_size in (None, x.shape[0]):
             self._capture(x, index)
 
     def _queue(self, index: torch.Tensor) -> None:
@@ -62,8 +65,9 @@ class GraphStep:
         torch.cuda.synchronize(x.device)
         graph = torch.cuda.CUDAGraph()
         self.current["index"] = self.index
-        try:
-            with torch.cuda.graph(graph):
+        try:  # thread_local: the data loader's pinning thread may call CUDA meanwhile, which is harmless
+            with torch.cuda.device(x.device), torch.cuda.graph(graph, stream=torch.cuda.Stream(x.device),
+                                                                capture_error_mode="thread_local"):
                 self.forward(self.x)
         except Exception as e:  # noqa: BLE001 -- any failure to record leaves eager mining, which is correct
             self.error = f"{type(e).__name__}: {e}"

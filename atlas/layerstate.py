@@ -141,7 +141,7 @@ class LayerState:
                                     (self.pooled, lambda: spatial_mean)) if m is not None]
         if not rows:
             return
-        self._rows = (index, [t().detach().to(torch.float16) for _, t in rows], [m for m, _ in rows])
+        self._rows = (index, [t().detach().to(torch.float16, copy=True) for _, t in rows], [m for m, _ in rows])
         if not self.defer_rows:
             self.queue_rows()
 
@@ -159,7 +159,7 @@ class LayerState:
         event = None
         if index.is_cuda:
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(index.device))
         self._pending = (event, host, targets)
         if event is None:  # on the CPU there is nothing to wait for
             self.drain()

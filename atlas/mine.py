@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -199,9 +199,11 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
             states[name].update(current["index"], out)
 
         graphs = _use_graphs(cuda_graphs, model.device)
-        with torch.no_grad(), hooked(model.clip, [i.name for i in todo], consume), \
+        on_device = torch.cuda.device(model.device) if model.device.type == "cuda" else nullcontext()
+        with on_device, torch.no_grad(), hooked(model.clip, [i.name for i in todo], consume), \
                 _model_path(model, config.precision, graphs) as memory_format:
-            step = GraphStep(model.clip.encode_image, current, list(states.values())) if graphs else None
+            step = GraphStep(model.clip.encode_image, current, list(states.values()), config.batch_size) \
+                if graphs else None
             batches = _batches(model, source, position, n_images, config.batch_size, num_workers, _pil,
                                config.resize)
             seconds["setup"], t = time.perf_counter() - t0, time.perf_counter()
@@ -251,9 +253,15 @@ def _layers_to_mine(path: Path, model_name: str, infos: list[LayerInfo],
             old = st.file[key].attrs["config"]
             if {"precision": "float32", "resize": "pil", **json.loads(old)} != json.loads(_layer_config_json(config)):
                 # (a layer mined before MineConfig had these fields was mined in float32 from PIL's pixels)
+                was = {"precision": "float32", "resize": "pil", **json.loads(old)}
+                hint = (f" (to add to it, pass --precision {was['precision']} --resize {was['resize']}: 'auto' "
+                        "resolves by device, bfloat16 and device resizing on CUDA)"
+                        if {k: v for k, v in was.items() if k not in ("precision", "resize")} ==
+                        {k: v for k, v in json.loads(_layer_config_json(config)).items()
+                         if k not in ("precision", "resize")} else "")
                 raise store.StoreError(
                     f"store {path} already holds layer {info.name} mined with other settings ({old}); "
-                    "write to another store path to mine it differently")
+                    f"write to another store path to mine it differently{hint}")
             skipped.append(info)
     return todo, skipped
 

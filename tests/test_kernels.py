@@ -262,6 +262,15 @@ def test_interp_merge_topk_kernel_matches_reference(b, u, k, full):
     assert (ref.source >= k).any() and (ref.source < k).any()  # entries kept and entries entering
 
 
+def test_interp_merge_topk_kernel_takes_any_strides():
+    score, index, arg, v, i, a = merge_case(9, 7, 4, full=False)
+    col_major = [t.t().contiguous().t() for t in (v, i, a)]  # the same values, column-major
+    ref = merge_topk(score, index, arg, v, i, a, backend="torch")
+    ker = merge_topk(score.t().contiguous().t(), index, arg, *col_major, backend="triton")
+    for name, x, y in zip(ref._fields, ker, ref):
+        assert same_bits(x, y), name
+
+
 def test_merge_topk_reference_by_hand():
     score = torch.tensor([[3.0, math.nan], [5.0, -0.0], [3.0, 0.0]])  # 3 images x 2 units
     values = torch.tensor([[4.0, 3.0], [-math.inf, -math.inf]])

@@ -154,8 +154,12 @@ def test_precision_is_checked_resolved_and_recorded(tiny_model, folder, tmp_path
         assert st.layer("tiny", LAYERS[-1]).config["precision"] == "float32"
     assert mine(tiny_model, source, path, MineConfig(layers=LAYERS[-1:], top_k=3, batch_size=8,
                                                      precision="float32")).skipped_layers == LAYERS[-1:]
-    with pytest.raises(store.StoreError, match="other settings"):
+    with pytest.raises(store.StoreError, match="other settings") as e:
         mine(tiny_model, source, path, MineConfig(layers=LAYERS[-1:], top_k=3, batch_size=8, precision="bfloat16"))
+    assert "--precision float32 --resize pil" in str(e.value)  # only these differ: say how to match the store
+    with pytest.raises(store.StoreError, match="other settings") as e:
+        mine(tiny_model, source, path, MineConfig(layers=LAYERS[-1:], top_k=4, batch_size=8))
+    assert "--precision" not in str(e.value)
 
 
 def test_bfloat16_runs_and_a_layer_from_before_precision_counts_as_float32(tiny_model, folder, tmp_path):

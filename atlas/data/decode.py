@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import IO, Union
@@ -113,26 +114,36 @@ def _open_source(source: Source, label: str) -> IO[bytes]:
     return fp
 
 
+_OPEN_LOCK = threading.Lock()
+
+
+def _open(fp: IO[bytes]) -> Image.Image:
+    """Image.open with Pillow's decompression-bomb warning raised as an error.  Pillow checks the size while opening
+    (header only: cheap), so only this is locked: `warnings.catch_warnings` changes process-wide state and, entered
+    from several threads at once, can leave its filter behind (decoding itself runs unlocked, in parallel)."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(fp, formats=SAFE_FORMATS)
+
+
 def _decode(fp: IO[bytes], label: str, max_pixels: int, draft_size: int | None) -> Image.Image:
     head = fp.read(16)
     fp.seek(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(fp, formats=SAFE_FORMATS) as im:
-                _check_size(im.size, max_pixels, label)
-                if draft_size and im.format == "JPEG":
-                    im.draft("RGB", (draft_size, draft_size))
-                im.load()
-                return _to_rgb(_orient(im))
-        except BadImage:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise BadImage("too_large", f"{label}: image too large ({e})") from e
-        except UnidentifiedImageError as e:
-            raise _unidentified(head, label) from e
-        except Exception as e:  # any decoder failure is the file's fault
-            raise _classify(e, label) from e
+    try:
+        with _open(fp) as im:
+            _check_size(im.size, max_pixels, label)
+            if draft_size and im.format == "JPEG":
+                im.draft("RGB", (draft_size, draft_size))
+            im.load()
+            return _to_rgb(_orient(im))
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage("too_large", f"{label}: image too large ({e})") from e
+    except UnidentifiedImageError as e:
+        raise _unidentified(head, label) from e
+    except Exception as e:  # any decoder failure is the file's fault
+        raise _classify(e, label) from e
 
 
 def _check_size(size: tuple[int, int], max_pixels: int, label: str) -> None:

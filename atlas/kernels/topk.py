@@ -100,6 +100,7 @@ def _merge_kernel(score_ptr, img_ptr, arg_ptr, kv_ptr, ki_ptr, ka_ptr, ov_ptr, o
     tl.store(oi_ptr + row0 + cols[None, :], top_i, mask=valid)
     tl.store(oa_ptr + row0 + cols[None, :], tl.load(ka_ptr + row0 + cols[None, :], mask=valid, other=0), mask=valid)
     tl.store(os_ptr + row0 + cols[None, :], tl.zeros([BLOCK_U, K_P2], tl.int32) + cols[None, :], mask=valid)
+    tl.debug_barrier()  # the copies land before any thread reads them back below
     top_k = tl.where(valid, _key(top_v, top_i), 9223372036854775807)  # padding never counts as "above"
     rows = tl.arange(0, BLOCK_B)
     for start in range(0, B, BLOCK_B):
@@ -144,9 +145,9 @@ def merge_topk_triton(score, image_index, arg, values, index, argmax, block_u: i
     """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
     u, k = values.shape
     b = score.shape[0]
-    out = Merged(torch.empty_like(values, dtype=torch.float32), torch.empty_like(index, dtype=torch.int64),
-                 torch.empty_like(argmax, dtype=torch.int32), torch.empty(u, k, dtype=torch.int32,
-                                                                            device=values.device))
+    z = dict(device=values.device)  # row-major [U, K], as the kernel writes them, whatever the inputs' strides
+    out = Merged(torch.empty(u, k, dtype=torch.float32, **z), torch.empty(u, k, dtype=torch.int64, **z),
+                 torch.empty(u, k, dtype=torch.int32, **z), torch.empty(u, k, dtype=torch.int32, **z))
     if u * k == 0:
         return out
     kv, ki, ka = (t.contiguous() for t in (values.float(), index.long(), argmax.int()))

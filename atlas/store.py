@@ -166,14 +166,20 @@ def put(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
     return group.create_dataset(name, data=arr, chunks=True, fletcher32=True, **kwargs)
 
 
-def put_rows(group: h5py.Group, name: str, rows: np.ndarray, bad: np.ndarray, block: int = 1 << 16) -> h5py.Dataset:
-    """(Re)create a [N, U] float dataset from ``rows`` (e.g. a memmap) block by block, never holding it all in
-    memory; rows where ``bad`` is true become NaN.  gzip level 1: these matrices are large and compress little."""
+def put_rows(group: h5py.Group, name: str, rows: np.ndarray, bad: np.ndarray, block_bytes: int = 64 << 20
+             ) -> h5py.Dataset:
+    """(Re)create a [N, U] float dataset from ``rows`` (e.g. a memmap) in blocks of about ``block_bytes`` (whole
+    chunks, so none is compressed twice), never holding it all in memory; rows where ``bad`` is true become NaN.
+    gzip level 1: these matrices are large and compress little."""
     if name in group:
         del group[name]
     n = rows.shape[0]
     ds = group.create_dataset(name, shape=rows.shape, dtype=rows.dtype, chunks=True, fletcher32=True,
                               compression="gzip", compression_opts=1)
+    if n == 0:
+        return ds
+    chunk = ds.chunks[0]
+    block = max(1, block_bytes // max(1, rows[:1].nbytes * chunk)) * chunk
     for i in range(0, n, block):
         part = np.array(rows[i:i + block])
         part[bad[i:i + block]] = np.nan

@@ -39,7 +39,11 @@ def make_thumbnails(f: h5py.File, model: LoadedModel, source: ImageSource, neede
 
     # PIL decodes and resizes without the GIL: threads share the work (each writes its own row)
     with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
-        list(pool.map(one, range(len(missing))))
+        try:
+            list(pool.map(one, range(len(missing))))
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # the first error stops the rest
+            raise
     for j, i in enumerate(missing):
         rows[i] = len(thumbs) + j
     store.put(img, "thumbs", np.concatenate([thumbs, new]))

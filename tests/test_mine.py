@@ -175,3 +175,19 @@ def test_nonfinite_scores_are_counted_not_ranked():
     assert st.index[0].tolist() == [1, 0] and st.index[1].tolist() == [1, 2]
     assert st.max.tolist() == [2.0, 3.0] and st.min.tolist() == [1.0, -1.0]
     assert st.hist.sum(1).tolist() == [2, 2]
+
+
+@pytest.mark.parametrize("n,u", [(0, 5), (1, 3), (1000, 7), (5000, 300)])
+def test_pooled_rows_are_written_block_by_block(tmp_path, n, u):
+    """store.put_rows: the same matrix as one write, bad rows NaN, with blocks much smaller than the matrix."""
+    import h5py
+
+    m = np.random.default_rng(n).standard_normal((n, u)).astype(np.float16)
+    bad = np.zeros(n, bool)
+    bad[::7] = True
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        ds = store.put_rows(f, "p", m, bad, block_bytes=1 << 14)
+        expect = m.copy()
+        expect[bad] = np.nan
+        assert ds.dtype == np.float16 and ds.compression == "gzip"
+        np.testing.assert_array_equal(ds[()], expect)

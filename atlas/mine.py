@@ -96,7 +96,8 @@ def _batches(model: LoadedModel, source: ImageSource, start: int, stop: int, bat
 def _file_batches(model: LoadedModel, source: FolderSource, start: int, stop: int, batch_size: int,
                   num_workers: int, resize: str = "pil") -> Iterator[_Batch]:
     loader = JpegLoader([source.path(i) for i in range(len(source))], model.image_size, batch_size=batch_size,
-                        device=model.device, decode="cpu", resize="cpu" if resize == "pil" else "device", workers=num_workers,
+                        device=model.device, decode="cpu", resize="cpu" if resize == "pil" else "device",
+                        workers=num_workers,
                         resize_mode=model.resize_mode, max_pixels=source.max_pixels or DEFAULT_MAX_PIXELS,
                         hashes=True, names=[e.source_id for e in source.entries], start=start, stop=stop)
     for b in loader:
@@ -111,6 +112,12 @@ def _precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     return "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+
+
+def _resolved(config: MineConfig, device: torch.device) -> MineConfig:
+    """The config with its "auto" settings resolved for ``device``, as the store records it."""
+    resize = config.resize if config.resize != "auto" else "device" if device.type == "cuda" else "pil"
+    return replace(config, precision=_precision(config.precision, device), resize=resize)
 
 
 @contextmanager
@@ -133,10 +140,11 @@ def _model_path(model: LoadedModel, precision: str, graphs: bool = False) -> Ite
 
 def _use_graphs(cuda_graphs: bool | None, device: torch.device) -> bool:
     """mine()'s ``cuda_graphs`` resolved: None records the step in a CUDA graph where the Triton kernels run."""
-    possible = device.type == "cuda" and choose(None, torch.empty(0, device=device)) == "triton"
+    kernels = choose(None, torch.empty(0, device=device))
+    possible = device.type == "cuda" and kernels == "triton"
     if cuda_graphs and not possible:
         raise ValueError(f"cuda_graphs=True needs a CUDA device and the Triton kernels (device {device}, kernels "
-                         f"{choose(None, torch.empty(0, device=device))!r}); leave cuda_graphs unset to choose")
+                         f"{kernels!r}); leave cuda_graphs unset to choose")
     return possible if cuda_graphs is None else cuda_graphs
 
 
@@ -176,9 +184,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     t0 = time.perf_counter()
     infos = [model.layer(n) for n in (config.layers or model.default_layers)]
     layers = tuple(i.name for i in infos)  # canonical names, also for aliases
-    config = replace(config, layers=tuple(layers), precision=_precision(config.precision, model.device),
-                     resize=config.resize if config.resize != "auto" else
-                     "device" if model.device.type == "cuda" else "pil")
+    config = _resolved(replace(config, layers=tuple(layers)), model.device)
     n_images = min(len(source), config.max_images or len(source))
     meta = _run_meta(model, source)
     with store.lock(path):
@@ -202,8 +208,12 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
         on_device = torch.cuda.device(model.device) if model.device.type == "cuda" else nullcontext()
         with on_device, torch.no_grad(), hooked(model.clip, [i.name for i in todo], consume), \
                 _model_path(model, config.precision, graphs) as memory_format:
+            def eager(x: torch.Tensor, index: torch.Tensor) -> None:
+                current["index"] = index
+                model.clip.encode_image(x)
+
             step = GraphStep(model.clip.encode_image, current, list(states.values()), config.batch_size) \
-                if graphs else None
+                if graphs else eager
             batches = _batches(model, source, position, n_images, config.batch_size, num_workers, _pil,
                                config.resize)
             seconds["setup"], t = time.perf_counter() - t0, time.perf_counter()
@@ -211,12 +221,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
                 t = _lap(seconds, "wait" if seconds["first_batch"] else "first_batch", t)
                 _record(image_state, b)
                 if b.good:
-                    x = b.pixels.contiguous(memory_format=memory_format)
-                    if step is not None:
-                        step(x, b.index)
-                    else:
-                        current["index"] = b.index
-                        model.clip.encode_image(x)
+                    step(b.pixels.contiguous(memory_format=memory_format), b.index)
                 position = b.stop
                 if progress:
                     progress(position, n_images)
@@ -230,7 +235,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
         _lap(seconds, "commit", t)
         bad = int(np.count_nonzero(image_state["status"]))
         return MineResult(path, tuple(layers), n_images, bad, tuple(i.name for i in skipped), resumed_from, seconds,
-                          step.replays if step is not None else 0)
+                          step.replays if graphs else 0)
 
 
 def _lap(seconds: dict[str, float], phase: str, since: float) -> float:

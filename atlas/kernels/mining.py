@@ -161,20 +161,20 @@ def _strides(a: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
     return a, a.stride(0), a.stride(1), a.stride(3)
 
 
-def _blocks(u: int, hw: int, s_u: int, s_hw: int, tile: int = 1024, long: int = 64) -> tuple[int, int, int]:
-    """(BLOCK_U, BLOCK_HW, num_warps): tiles of ``tile`` elements, ``long`` along the contiguous axis."""
+def _blocks(u: int, hw: int, s_u: int, s_hw: int, tile: int, long: int) -> tuple[int, int]:
+    """(BLOCK_U, BLOCK_HW): tiles of ``tile`` elements, ``long`` along the contiguous axis."""
     if s_u == 1 and s_hw != 1:  # units adjacent in memory: channels_last, tokens
         bu = min(long, next_pow2(u))
         bhw = min(next_pow2(hw), max(1, tile // bu))
     else:  # the map is adjacent in memory: NCHW
         bhw = min(max(long, 512), next_pow2(hw))
         bu = min(next_pow2(u), max(1, tile // bhw))
-    return bu, bhw, 8 if bu * bhw >= 4096 else 4
+    return bu, bhw
 
 
 def spatial_reduce_triton(a: torch.Tensor, image_index: torch.Tensor, thr_value: torch.Tensor,
                           thr_index: torch.Tensor, rank_by: str = "max", tile: int = 1024, long: int = 64,
-                          warps: int | None = 2, unroll: int = 1) -> Reduced:
+                          warps: int = 2, unroll: int = 1) -> Reduced:
     """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1); tile, long, warps: its tiling
     (bench/mining_kernels.py compares some)."""
     b, u, h, w = a.shape
@@ -185,8 +185,7 @@ def spatial_reduce_triton(a: torch.Tensor, image_index: torch.Tensor, thr_value:
     flag = torch.empty(b, u, dtype=torch.bool, device=a.device)
     if b * u == 0:
         return Reduced(peak, arg, mean, flag)
-    bu, bhw, default_warps = _blocks(u, h * w, s_u, s_hw, tile, long)
-    warps = warps or default_warps
+    bu, bhw = _blocks(u, h * w, s_u, s_hw, tile, long)
     grid = (b, (u + bu - 1) // bu)
     tv, ti = thr_value.to(torch.float32), thr_index.to(torch.int64)  # [U] views (a column of the top-k) are fine
     jit(_reduce_kernel, helpers=("_fold",))[grid](

@@ -28,6 +28,7 @@ from .config import MineConfig, digest, to_json
 from .data.decode import DEFAULT_MAX_PIXELS
 from .data.loader import JpegLoader, _to, normalize
 from .data.sources import FolderSource, ImageSource
+from .fused import fused_tails
 from .graphs import GraphStep
 from .kernels import choose
 from .layerstate import MIN_RANGE_EXP, LayerState
@@ -48,6 +49,7 @@ class MineResult:
     resumed_from: int  # image index the run resumed at (0: fresh start)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of mining's phases (see `mine`)
     graph_batches: int = 0  # batches replayed from a CUDA graph (atlas.graphs)
+    fused_layers: tuple[str, ...] = ()  # layers reduced inside their block's last kernel (atlas.fused)
 
 
 @dataclass
@@ -148,6 +150,22 @@ def _use_graphs(cuda_graphs: bool | None, device: torch.device) -> bool:
     return possible if cuda_graphs is None else cuda_graphs
 
 
+def _fusable_layers(model: LoadedModel, infos: list[LayerInfo], fuse_blocks: bool | None) -> dict[str, object]:
+    """mine()'s ``fuse_blocks`` resolved: {layer: module} of the layers mined inside their block's last kernel
+    (atlas.fused).  None: every fusable conv layer where the Triton kernels run."""
+    from .capture import find_modules
+    from .fused import fusable
+
+    on = choose(None, torch.empty(0, device=model.device)) == "triton"
+    if fuse_blocks and not on:
+        raise ValueError(f"fuse_blocks=True needs the Triton kernels on a CUDA device (device {model.device}); leave "
+                         "fuse_blocks unset to choose")
+    if not (on if fuse_blocks is None else fuse_blocks):
+        return {}
+    modules = find_modules(model.clip, [i.name for i in infos if i.kind == "conv"])
+    return {n: m for n, m in modules.items() if fusable(m)}
+
+
 def _record(image_state: dict[str, object], b: _Batch) -> None:
     """Each image's status, sha256 and, for bad files, message."""
     for k, i in enumerate(range(b.start, b.stop)):
@@ -168,7 +186,8 @@ def _run_meta(model: LoadedModel, source: ImageSource) -> dict[str, object]:
 
 def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
          config: MineConfig = MineConfig(), *, num_workers: int = 0, checkpoint_seconds: float = 30.0,
-         progress: Progress | None = None, cuda_graphs: bool | None = None, _pil: bool = False) -> MineResult:
+         progress: Progress | None = None, cuda_graphs: bool | None = None, fuse_blocks: bool | None = None,
+         _pil: bool = False) -> MineResult:
     """Mine ``config.layers`` (default: the model's default layers) of ``source`` into the store.
 
     Resumes from the store's work folder after a crash; layers already mined with the same config
@@ -177,8 +196,9 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     decoded batch: worker start-up), "wait" (for later batches), "forward"
     (host time of the forwards and updates, GPU waits included), "checkpoint", "commit".  ``cuda_graphs``: replay
     the step of full batches from a CUDA graph (`atlas.graphs`; None: wherever the Triton kernels run; results are
-    the same).  ``_pil``: files
-    too through the per-image PIL path (`_batches`; for the equivalence tests).
+    the same).  ``fuse_blocks``: mine ResNet blocks inside their last kernel (`atlas.fused`; None: wherever the
+    Triton kernels run; the activations agree to a unit in the last place).  ``_pil``: files too through the
+    per-image PIL path (`_batches`; for the equivalence tests).
     """
     path = Path(store_path)
     t0 = time.perf_counter()
@@ -205,9 +225,10 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
             states[name].update(current["index"], out)
 
         graphs = _use_graphs(cuda_graphs, model.device)
+        fused = _fusable_layers(model, todo, fuse_blocks)
         on_device = torch.cuda.device(model.device) if model.device.type == "cuda" else nullcontext()
-        with on_device, torch.no_grad(), hooked(model.clip, [i.name for i in todo], consume), \
-                _model_path(model, config.precision, graphs) as memory_format:
+        with on_device, torch.no_grad(), hooked(model.clip, [i.name for i in todo if i.name not in fused], consume), \
+                fused_tails(fused, states, current), _model_path(model, config.precision, graphs) as memory_format:
             def eager(x: torch.Tensor, index: torch.Tensor) -> None:
                 current["index"] = index
                 model.clip.encode_image(x)
@@ -235,7 +256,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
         _lap(seconds, "commit", t)
         bad = int(np.count_nonzero(image_state["status"]))
         return MineResult(path, tuple(layers), n_images, bad, tuple(i.name for i in skipped), resumed_from, seconds,
-                          step.replays if graphs else 0)
+                          step.replays if graphs else 0, tuple(fused))
 
 
 def _lap(seconds: dict[str, float], phase: str, since: float) -> float:

@@ -8,6 +8,8 @@ for the ViT), a fresh tensor per block.  Each block's top-k is first filled by 8
 so the thresholds are those of a run after 2,048 images (the share of candidate pairs is printed).  Times: each call
 captured in a CUDA graph and replayed --reps times (GPU time, without Python's launch overhead).  --quick: tiny shapes on the CPU through the references (checks that the
 script runs).  --compile: also the torch references through `torch.compile` (the issue's second baseline).
+Last, RN50's block tails (bn3 + shortcut + ReLU) with and without the reduction: torch ops against the fused
+kernel (atlas.kernels.tail); --only mining|tail runs one part.
 """
 
 from __future__ import annotations
@@ -70,6 +72,39 @@ def timed(fn, reps: int, device) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / 1e3 / reps
+
+
+def tail_rows(blocks, args, device) -> None:
+    """RN50's block tails (bn3, + identity, ReLU), alone and with mining's reduction: the torch ops (eager and
+    compiled) against the fused kernel (atlas.kernels.tail)."""
+    from atlas.kernels.tail import bn_params, bottleneck_tail_torch, bottleneck_tail_triton
+
+    gen = torch.Generator(device=device).manual_seed(1)
+    cases = []
+    for units, grid in blocks:
+        y = activations(args.batch, units, grid, False, gen, device) - 0.5
+        identity = activations(args.batch, units, grid, False, gen, device)
+        bn = torch.nn.BatchNorm2d(units).to(device).eval()
+        bn.running_var.uniform_(0.5, 2.0)
+        thr = (torch.arange(args.batch, device=device), torch.full((units,), 2.0, device=device),
+               torch.full((units,), 10**6, dtype=torch.int64, device=device), "max")
+        cases.append((y, identity, bn, bn_params(bn), thr))
+    nbytes = sum(3 * y.numel() * y.element_size() for y, *_ in cases)
+    print(f"\nRN50 block tails: {len(cases)} blocks, {nbytes / 1e9:.2f} GB read and written by one fused pass")
+    total = lambda fn: sum(timed(lambda c=c: fn(*c), args.reps, device) for c in cases)
+    rows = {"tail, torch (bn3, add, relu: 3 passes)": lambda y, i, bn, p, t: bottleneck_tail_torch(y, i, bn),
+            "tail + reduce, torch + the reduce kernel": lambda y, i, bn, p, t: spatial_reduce_triton(
+                bottleneck_tail_torch(y, i, bn)[0], *t[:3]) if device.type == "cuda" else None}
+    if args.compile:
+        compiled = torch.compile(bottleneck_tail_torch, dynamic=False)
+        rows["tail, torch.compile"] = lambda y, i, bn, p, t: compiled(y, i, bn)
+        rows["tail + reduce, torch.compile"] = lambda y, i, bn, p, t: compiled(y, i, bn, t)
+    if device.type == "cuda":
+        rows["tail, triton"] = lambda y, i, bn, p, t: bottleneck_tail_triton(y, i, bn, params=p)
+        rows["tail + reduce, triton (fused)"] = lambda y, i, bn, p, t: bottleneck_tail_triton(y, i, bn, t, params=p)
+    for label, fn in rows.items():
+        sec = total(fn)
+        print(f"  {label:42s} {sec * 1e3:8.3f} ms/batch {nbytes / sec / 1e12:6.2f} TB/s")
 
 
 def model_rows(name: str, blocks, args, device) -> None:
@@ -156,6 +191,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--compile", action="store_true", help="also time the torch references under torch.compile")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=["mining", "tail"], help="one part: the four mining kernels, or RN50's tails")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     rn50, vit = RN50, VIT
@@ -164,8 +200,11 @@ def main() -> None:
         args.batch, args.reps = 4, 1
         rn50, vit = [(8, 6), (16, 3)], [(12, 2)]
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
-    model_rows("RN50", rn50, args, device)
-    model_rows("ViT-B-32", vit, args, device)
+    if args.only != "tail":
+        model_rows("RN50", rn50, args, device)
+        model_rows("ViT-B-32", vit, args, device)
+    if args.only != "mining":
+        tail_rows(rn50, args, device)
 
 
 if __name__ == "__main__":

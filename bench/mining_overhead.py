@@ -13,8 +13,11 @@ same images).  Paths:
                what atlas.mine did before the kernels;
 - fast-torch:  LayerState.update with the torch reductions (only candidate images pooled, candidate units merged);
 - fast-triton: LayerState.update with the Triton kernels (CUDA only);
-- graph:       fast-triton with the whole step (forward + updates) replayed from a CUDA graph (atlas.graphs), as
-               atlas.mine runs it on CUDA;
+- graph:       fast-triton with the whole step (forward + updates) replayed from a CUDA graph (atlas.graphs);
+- graph-fused: graph with each ResNet block's tail and its reduction in one kernel (atlas.fused), as atlas.mine
+               runs on CUDA (ViT: no fusable blocks, skipped);
+- forward-graph, forward-fused: the forward-only baselines of those two: the image tower alone replayed from a
+               CUDA graph, without and with the fused tails (no reduction);
 - compiled:    with --compile, fast-torch with the reductions through torch.compile.
 
 Each path first mines --prefill batches (untimed), so the running top-k holds what a run holds after that many
@@ -22,7 +25,7 @@ images; the share of images that are candidates for some unit, and of (image, un
 sets what pooling and merging cost.  At the end the states of the paths are compared (rank_by max: bit for bit).
 Times use CUDA events after warm-up.  --pooled: also keep the [images, units] matrices of spatial means (as
 mining does by default; written to RAM arrays here).  --profile: after the timings, profile three steps of
-fast-triton (torch.profiler) and print the GPU time per kernel and the launches per step.  --quick: batch 2, one
+forward and of fast-triton (torch.profiler) and print the GPU time per kernel and the launches per step.  --quick: batch 2, one
 step, on the CPU (checks that the script runs).
 """
 
@@ -35,9 +38,10 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from atlas.capture import hooked
+from atlas.capture import find_modules, hooked
 from atlas.config import MineConfig
 from atlas.graphs import GraphStep
+from atlas.fused import fusable
 from atlas.mine import LayerState
 from atlas.models import load_model
 
@@ -63,11 +67,18 @@ class Timer:
         return self.begin.elapsed_time(self.end) / 1e3
 
 
+FORWARDS = ("forward", "forward-graph", "forward-fused")
+GRAPHED = ("graph", "graph-fused", "forward-graph", "forward-fused")
+FUSED = ("graph-fused", "forward-fused")
+
+
 def run_path(model, layers, path: str, args, device,
              profiled: bool = False) -> tuple[float, dict[str, LayerState], float, float]:
     """Seconds per batch, the final states, and the mean shares of candidate images and pairs."""
+    from atlas.fused import fused_tails
+
     cfg = MineConfig(top_k=args.top_k, batch_size=args.batch, keep_pooled=args.pooled, map_size=args.map_size)
-    backend = {"fast-torch": "torch", "compiled": "torch", "fast-triton": "triton", "graph": "triton"}.get(path)
+    backend = {"fast-torch": "torch", "compiled": "torch"}.get(path, "triton")
     rows = (args.prefill + args.iters + 2 + (7 if profiled else 0)) * args.batch
     pooled = lambda n: np.zeros((rows, model.layers[n].units), np.float16) if args.pooled else None
     states = {n: LayerState(model.layers[n], cfg, device, pooled(n), backend=backend) for n in layers}
@@ -96,8 +107,12 @@ def run_path(model, layers, path: str, args, device,
         memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=path != "graph") \
         if device.type == "cuda" else nullcontext()
-    hooks = hooked(model.clip, layers, consume) if path != "forward" else nullcontext()
-    graph = GraphStep(model.encode_image, current, list(states.values())) if path == "graph" else None
+    mining = path not in FORWARDS
+    blocks = {n: m for n, m in find_modules(model.clip, layers).items() if fusable(m)} if path in FUSED else {}
+    hooks = hooked(model.clip, [n for n in layers if n not in blocks], consume) if mining else nullcontext()
+    fused = fused_tails(blocks, states if mining else None, current) if blocks else nullcontext()
+    graph = GraphStep(model.encode_image, current, list(states.values()) if mining else []) \
+        if path in GRAPHED else None
 
     def step() -> None:
         x.normal_(generator=gen)
@@ -110,7 +125,7 @@ def run_path(model, layers, path: str, args, device,
         index["next"] += args.batch
 
     clock = Timer(device)
-    with torch.no_grad(), autocast, hooks:
+    with torch.no_grad(), autocast, hooks, fused:
         for _ in range(args.prefill):
             step()
         clock.start()
@@ -121,7 +136,7 @@ def run_path(model, layers, path: str, args, device,
         step()  # untimed: the share of candidates, after prefill + iters batches
         seen["count"] = False
         if profiled:
-            profile(step, device)
+            profile(step, device, path)
     for st in states.values():
         st.drain()
     if profiled:
@@ -130,7 +145,7 @@ def run_path(model, layers, path: str, args, device,
     return dt, states, share(seen["images"]), share(seen["pairs"])
 
 
-def profile(step, device) -> None:
+def profile(step, device, path: str = "fast-triton") -> None:
     """GPU time per kernel over three steps, and the kernel launches per step."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -144,7 +159,7 @@ def profile(step, device) -> None:
     events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
     total = sum(e.self_device_time_total for e in events)
     launches = sum(e.count for e in events)
-    print(f"\nprofile of fast-triton, 3 steps: {total / 3e3:.2f} ms GPU time per step, {launches / 3:.0f} kernels "
+    print(f"\nprofile of {path}, 3 steps: {total / 3e3:.2f} ms GPU time per step, {launches / 3:.0f} kernels "
           "per step; top 14 by GPU time:")
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:14]:
         print(f"  {e.self_device_time_total / 3e3:8.3f} ms/step {e.count / 3:6.0f}x  {e.key[:90]}")
@@ -192,6 +207,16 @@ def same_states(a: dict[str, LayerState], b: dict[str, LayerState]) -> str:
     return "DIFFER: " + ", ".join(diff[:5]) if diff else "equal (sums to rounding)" if rounded else "bit for bit"
 
 
+def near_states(a: dict[str, LayerState], b: dict[str, LayerState]) -> str:
+    """How close two runs' states are where activations differ in rounding (the fused tails): the share of top-k
+    slots holding the same image, and the largest relative difference of top-k values and unit means."""
+    same = [float((a[n].index == b[n].index).float().mean()) for n in a]
+    rel = lambda x, y: float(((x - y).abs() / y.abs().clamp_min(1e-3)).max())
+    return (f"same top-k image in {min(same):.1%}..{max(same):.1%} of slots per layer; top-k values within "
+            f"{max(rel(a[n].values, b[n].values) for n in a):.2%}, unit means within "
+            f"{max(rel(a[n].mean, b[n].mean) for n in a):.2%}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["RN50", "ViT-B-32"])
@@ -200,7 +225,9 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--map-size", type=int, default=8)
-    ap.add_argument("--paths", nargs="+", default=["forward", "plain", "fast-torch", "fast-triton", "graph"])
+    ap.add_argument("--paths", nargs="+", default=["forward", "forward-graph", "forward-fused", "plain", "fast-torch",
+                                                   "fast-triton", "graph", "graph-fused"])
+    ap.add_argument("--profile-paths", nargs="+", default=["forward-fused", "fast-triton"])
     ap.add_argument("--pooled", action="store_true", help="keep the pooled matrices too (mining's default)")
     ap.add_argument("--profile", action="store_true", help="profile fast-triton's kernels (CUDA only)")
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd reductions (slow to build)")
@@ -210,7 +237,7 @@ def main() -> None:
     if args.quick:
         args.batch, args.prefill, args.iters = 2, 1, 1
     args.profile = args.profile and device.type == "cuda"
-    paths = [p for p in args.paths if p not in ("fast-triton", "graph") or device.type == "cuda"]
+    paths = [p for p in args.paths if p in ("forward", "plain", "fast-torch") or device.type == "cuda"]
     if args.compile:
         paths.append("compiled")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; batch "
@@ -220,7 +247,8 @@ def main() -> None:
         model.clip.visual.to(memory_format=torch.channels_last)
         layers = [n for n, i in model.layers.items() if i.kind in ("conv", "tokens")]
         rows = {}
-        for path in paths:
+        fusable_blocks = any(fusable(m) for m in find_modules(model.clip, layers).values())
+        for path in [p for p in paths if p not in FUSED or fusable_blocks]:
             if path == "compiled":
                 import atlas.layerstate as mine_module
                 from atlas.kernels import mining
@@ -238,17 +266,23 @@ def main() -> None:
         if "forward" in rows:  # forward-only again, last: the first run can carry one-off start-up costs
             again = run_path(model, layers, "forward", args, device)
             rows["forward"] = min(rows["forward"], again, key=lambda r: r[0])
-        if args.profile:  # a separate run: its extra steps would change the states compared below
-            run_path(model, layers, "fast-triton", args, device, profiled=True)
+        if args.profile:  # separate runs: their extra steps would change the states compared below
+            for path in args.profile_paths:
+                if path not in FUSED or fusable_blocks:
+                    run_path(model, layers, path, args, device, profiled=True)
         base = rows["forward"][0]
-        print(f"\n{arch}: {len(layers)} layers mined ({layers[0]} .. {layers[-1]})")
-        print(f"{'path':12s} {'images/s':>10s} {'ms/batch':>9s} {'vs forward':>11s} {'cand. images':>13s} {'cand. pairs':>12s}")
+        best = min((p for p in rows if p in FORWARDS), key=lambda p: rows[p][0])
+        print(f"\n{arch}: {len(layers)} layers mined ({layers[0]} .. {layers[-1]}); fastest forward-only: {best}")
+        print(f"{'path':14s} {'images/s':>10s} {'ms/batch':>9s} {'vs forward':>11s} {'vs fastest':>11s} "
+              f"{'cand. images':>13s} {'cand. pairs':>12s}")
         for path, (dt, _, imgs, pairs) in rows.items():
-            print(f"{path:12s} {args.batch / dt:10.0f} {dt * 1e3:9.2f} {dt / base:10.2f}x "
-                  f"{'' if path in ('forward', 'plain', 'graph') else f'{imgs:13.1%} {pairs:12.2%}'}")
+            print(f"{path:14s} {args.batch / dt:10.0f} {dt * 1e3:9.2f} {dt / base:10.3f}x {dt / rows[best][0]:10.3f}x "
+                  f"{'' if path in FORWARDS or path in GRAPHED or path == 'plain' else f'{imgs:13.1%} {pairs:12.2%}'}")
         ref = rows.get("plain")
         for path in rows:
-            if ref and path not in ("forward", "plain"):
+            if path in FUSED and path not in FORWARDS and "graph" in rows:
+                print(f"states of {path} vs graph: {near_states(rows[path][1], rows['graph'][1])}")
+            elif ref and path not in FORWARDS and path != "plain":
                 print(f"states of {path} vs plain (top-k, maps, argmax, counts, min/max, hist, mean, M2, pooled): "
                       f"{same_states(rows[path][1], ref[1])}")
         del model, rows

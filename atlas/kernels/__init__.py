@@ -78,6 +78,7 @@ def jit(fn: Callable, helpers: tuple[str, ...] = ()) -> object:
         for name in helpers:
             helper = fn.__globals__[name]
             if not isinstance(helper, triton.runtime.JITFunction):
+                helper.__globals__["tl"] = tl  # a helper may live in another kernel module
                 fn.__globals__[name] = triton.jit(helper)
         _JIT[fn] = triton.jit(fn)
     return _JIT[fn]

@@ -92,17 +92,22 @@ def spatial_reduce_torch(a: torch.Tensor, image_index: torch.Tensor, thr_value: 
 
 
 def _fold(base, hw, m, s_hw, best, best_i, first_nan, total):
-    """One [BLOCK_U, BLOCK_HW] chunk at flat indices ``hw`` into the per-lane running max (a later chunk replaces
-    only on >, so the first index wins ties), first NaN and float32 sum."""
-    big = 2147483647
+    """Load one [BLOCK_U, BLOCK_HW] chunk at flat indices ``hw`` and fold it (`_fold_value`)."""
     x = tl.load(base + hw.to(tl.int64) * s_hw, mask=m, other=0.0).to(tl.float32)
+    return _fold_value(x, hw, m, best, best_i, first_nan, total)
+
+
+def _fold_value(x, hw, m, best, best_i, first_nan, total):
+    """Fold float32 values x (lanes where m holds) at flat indices ``hw`` into the per-lane running max (a later
+    chunk replaces only on >, so the first index wins ties), first NaN and float32 sum."""
+    big = 2147483647
     nan = x != x
     xv = tl.where(m & ~nan, x, float("-inf"))
     up = xv > best
     best = tl.where(up, xv, best)
     best_i = tl.where(up, hw, best_i)
     first_nan = tl.minimum(first_nan, tl.where(nan & m, hw, big))
-    total += x  # masked lanes loaded 0.0; NaN and inf propagate as in torch's sum
+    total += tl.where(m, x, 0.0)  # NaN and inf propagate as in torch's sum
     return best, best_i, first_nan, total
 
 
@@ -188,7 +193,7 @@ def spatial_reduce_triton(a: torch.Tensor, image_index: torch.Tensor, thr_value:
     bu, bhw = _blocks(u, h * w, s_u, s_hw, tile, long)
     grid = (b, (u + bu - 1) // bu)
     tv, ti = thr_value.to(torch.float32), thr_index.to(torch.int64)  # [U] views (a column of the top-k) are fine
-    jit(_reduce_kernel, helpers=("_fold",))[grid](
+    jit(_reduce_kernel, helpers=("_fold", "_fold_value"))[grid](
         a, image_index.to(torch.int64).contiguous(), tv, ti, peak, arg, mean, flag, u, h * w, s_b, s_u, s_hw,
         tv.stride(0), ti.stride(0), RANK_MEAN=rank_by == "mean", BLOCK_U=bu, BLOCK_HW=bhw, UNROLL=unroll,
         num_warps=warps)

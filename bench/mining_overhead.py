@@ -271,7 +271,8 @@ def main() -> None:
                 if path not in FUSED or fusable_blocks:
                     run_path(model, layers, path, args, device, profiled=True)
         base = rows["forward"][0]
-        best = min((p for p in rows if p in FORWARDS), key=lambda p: rows[p][0])
+        forwards = {p: r[0] for p, r in rows.items() if p in FORWARDS}
+        best = min(forwards, key=forwards.get)
         print(f"\n{arch}: {len(layers)} layers mined ({layers[0]} .. {layers[-1]}); fastest forward-only: {best}")
         print(f"{'path':14s} {'images/s':>10s} {'ms/batch':>9s} {'vs forward':>11s} {'vs fastest':>11s} "
               f"{'cand. images':>13s} {'cand. pairs':>12s}")

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import choose, jit
-from .mining import DTYPES, Reduced, _blocks, _check, _fold_value, spatial_reduce_torch  # noqa: F401 (jit helper)
+from .mining import DTYPES, Reduced, _blocks, _check, _fold_value, spatial_reduce_torch
 
 tl = None  # triton.language, set by atlas.kernels.jit when the kernel is first launched
 

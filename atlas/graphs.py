@@ -9,8 +9,8 @@ How: the first ``warmup`` batches run eagerly (Triton compiles, the allocator an
 captured on static input buffers (pixels, image indices).  Every later batch of the same size is copied into those
 buffers and replayed; a batch of another size (the last one, or one with unreadable files) runs eagerly.  Graphs
 replay fixed addresses, so the states update their tensors in place (`LayerState.inplace`), and host work (the
-pooled rows' copies to the memmaps) happens after the replay (`LayerState.defer_rows`, `queue_rows`); the states'
-copies into their tensors run at the end of the step as a few multi-tensor kernels (`LayerState.copy_results`).  Results are
+pooled rows' copies to the memmaps) happens after the replay (`LayerState.defer_rows`, `queue_rows`).  The Triton
+kernels write the new state straight into the state's tensors (their ``out`` arguments), so no copies are recorded.  Results are
 the same as eager mining: the same kernels run in the same order (tests/test_kernels.py compares the stores).
 If capture fails (an op that waits for the GPU, say), the step warns once and stays eager.
 """
@@ -49,18 +49,12 @@ class GraphStep:
             self._queue(self.index)
             return
         self.current["index"] = index
-        self._step(x)
+        self.forward(x)
         self._queue(index)
         self.eager += 1
         if self.graph is None and self.error is None and self.eager >= self.warmup \
                 and self.batch_size in (None, x.shape[0]):
             self._capture(x, index)
-
-    def _step(self, x: torch.Tensor) -> None:
-        """The forward, then the states' in-place copies (LayerState.copy_results)."""
-        self.forward(x)
-        if self.states:
-            type(self.states[0]).copy_results(self.states)
 
     def _queue(self, index: torch.Tensor) -> None:
         for st in self.states:
@@ -75,7 +69,7 @@ class GraphStep:
         try:  # thread_local: the data loader's pinning thread may call CUDA meanwhile, which is harmless
             with torch.cuda.device(x.device), torch.cuda.graph(graph, stream=torch.cuda.Stream(x.device),
                                                                 capture_error_mode="thread_local"):
-                self._step(self.x)
+                self.forward(self.x)
         except Exception as e:  # noqa: BLE001 -- any failure to record leaves eager mining, which is correct
             self.error = f"{type(e).__name__}: {e}"
             warnings.warn(f"mining runs without CUDA graphs: recording the step failed ({self.error})", stacklevel=3)

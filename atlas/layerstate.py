@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from .config import MineConfig
 from .kernels import choose
 from .kernels.mining import Reduced, spatial_reduce
-from .kernels.stats import score_stats
-from .kernels.topk import gather_maps, merge_topk, merge_topk_torch
+from .kernels.stats import Stats, score_stats
+from .kernels.topk import Merged, gather_maps, merge_topk, merge_topk_torch
 from .models import LayerInfo
 
 MIN_RANGE_EXP = -20
@@ -72,7 +72,6 @@ class LayerState:
         self.inplace = False
         self.defer_rows = False
         self._rows: tuple | None = None
-        self._copies: list[tuple[torch.Tensor, torch.Tensor]] = []  # (state tensor, new value), with ``inplace``
 
     TENSORS = ("values", "index", "argmax", "maps", "count", "mean", "m2", "min", "max", "positive",
                "nonfinite", "hist", "range_exp")
@@ -87,8 +86,11 @@ class LayerState:
         score = red.peak if self.cfg.rank_by == "max" else red.mean  # [B, U] float32
         self._update_stats(score, self.backend)
         if choose(self.backend, a) == "triton":  # fixed shapes throughout: nothing waits for the GPU
-            merged = merge_topk(score, index, red.arg, self.values, self.index, self.argmax, "triton")
-            self._set("maps", gather_maps(a, merged.source, self.maps, self.map_hw, "triton"))
+            source = torch.empty(self.values.shape, dtype=torch.int32, device=self.values.device)  # [U, K]
+            into = Merged(self.values, self.index, self.argmax, source) if self.inplace else None
+            merged = merge_topk(score, index, red.arg, self.values, self.index, self.argmax, "triton", into)
+            self._set("maps", gather_maps(a, merged.source, self.maps, self.map_hw, "triton",
+                                          self.maps if self.inplace else None))
             self._set("values", merged.values)
             self._set("index", merged.index)
             self._set("argmax", merged.argmax)
@@ -133,22 +135,12 @@ class LayerState:
         return torch.contiguous_format if probe.is_contiguous() else torch.channels_last
 
     def _set(self, name: str, value: torch.Tensor) -> None:
-        """The state's tensor ``name`` becomes ``value``; with ``inplace`` the copy waits for `copy_results` (one
-        update reads each tensor before it sets it, so the copies may wait until the step ends)."""
-        if self.inplace:
-            self._copies.append((getattr(self, name), value))
-        else:
+        """The state's tensor ``name`` becomes ``value``: with ``inplace`` by a copy, unless the kernel wrote it there
+        (the Triton kernels take the state's tensors as outputs)."""
+        if not self.inplace:
             setattr(self, name, value)
-
-    @staticmethod
-    def copy_results(states: "list[LayerState]") -> None:
-        """Copy the new values of ``states``' in-place tensors into them, as a few multi-tensor kernels (a dozen
-        small copies per layer otherwise, which cost ViT-B/32 2% of its forward time)."""
-        pairs = [p for st in states for p in st._copies]
-        for st in states:
-            st._copies = []
-        if pairs:
-            torch._foreach_copy_([d for d, _ in pairs], [v for _, v in pairs])
+        elif value is not getattr(self, name):
+            getattr(self, name).copy_(value)
 
     def _write_pooled(self, index: torch.Tensor, spatial_mean: torch.Tensor, out: torch.Tensor) -> None:
         """The batch's rows of the pooled matrices ([B, U] float16 on the device), queued to the host at once or,
@@ -214,8 +206,10 @@ class LayerState:
     def _update_stats(self, score: torch.Tensor, backend: str | None = "torch") -> None:
         """Fold a batch's scores [B, U] into the running statistics (`atlas.kernels.stats.score_stats`: one kernel
         on CUDA)."""
-        st = score_stats(score, self.count, self.mean, self.m2, self.nonfinite, self.positive, self.min, self.max,
-                         self.hist, self.range_exp, MIN_RANGE_EXP, backend)
+        state = (self.count, self.mean, self.m2, self.nonfinite, self.positive, self.min, self.max, self.hist,
+                 self.range_exp)
+        into = Stats(*state) if self.inplace and choose(backend, score) == "triton" else None
+        st = score_stats(score, *state, MIN_RANGE_EXP, backend, into)
         for name, value in zip(("count", "mean", "m2", "nonfinite", "positive", "min", "max", "hist", "range_exp"),
                                st):
             self._set(name, value)

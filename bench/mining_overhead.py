@@ -160,8 +160,8 @@ def profile(step, device, path: str = "fast-triton") -> None:
     total = sum(e.self_device_time_total for e in events)
     launches = sum(e.count for e in events)
     print(f"\nprofile of {path}, 3 steps: {total / 3e3:.2f} ms GPU time per step, {launches / 3:.0f} kernels "
-          "per step; top 14 by GPU time:")
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:14]:
+          "per step; top 30 by GPU time:")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:30]:
         print(f"  {e.self_device_time_total / 3e3:8.3f} ms/step {e.count / 3:6.0f}x  {e.key[:90]}")
     import cProfile
     import io

@@ -22,8 +22,8 @@ from atlas.config import MineConfig
 from atlas.kernels import choose, triton_available
 from atlas.kernels.mining import beats, spatial_reduce, spatial_reduce_triton
 from atlas.kernels.softmax_ce import softmax_xent
-from atlas.kernels.stats import score_stats
-from atlas.kernels.topk import gather_maps, merge_topk
+from atlas.kernels.stats import Stats, score_stats
+from atlas.kernels.topk import Merged, gather_maps, merge_topk
 from atlas.mine import LayerState
 from atlas.models import LayerInfo
 from probe_problems import sparse_problem
@@ -219,6 +219,16 @@ def test_interp_bottleneck_tail_kernel_matches_the_block(case, rank_by):
     check_tail(*tail_case(**TAIL_CASES[case]), rank_by, ulp_share=0.02)
 
 
+def test_kernel_outputs_are_checked():
+    score, index, arg, v, i, a = merge_case(4, 3, 2)
+    with pytest.raises(ValueError, match=r"merge_topk: an output tensor is \(3, 2\) torch.float64"):
+        merge_topk(score, index, arg, v, i, a, backend="torch", out=Merged(v.double(), i, a, a.clone()))
+    maps = torch.zeros(3, 2, 4)
+    with pytest.raises(ValueError, match="gather_maps: .*contiguous: False"):
+        gather_maps(torch.zeros(4, 3, 2, 2), torch.zeros(3, 2, dtype=torch.int32), maps, (2, 2), backend="torch",
+                    out=maps.transpose(0, 1).contiguous().transpose(0, 1))
+
+
 def test_bottleneck_tail_rejects_bad_input():
     from atlas.kernels.tail import bottleneck_tail
 
@@ -275,11 +285,14 @@ def check_stats(score, bins=16, device="cpu"):
     for batch in (score * 1e-7, score, score * 64, score[:1]):  # the range grows, then a batch of one
         ref = score_stats(batch, *state, -20, backend="torch")
         ker = score_stats(batch, *state, -20, backend="triton")
-        for name, x, y in zip(ref._fields, ker, ref):
+        own = [t.clone() for t in state]  # in place: the state's tensors as the outputs
+        assert score_stats(batch, *own, -20, backend="triton", out=Stats(*own)).count is own[0]
+        for name, x, y, z in zip(ref._fields, ker, ref, own):
             if name in ("mean", "m2"):
                 torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12 * float(y.abs().max()), msg=name)
             else:
                 assert same_bits(x, y), name
+            assert same_bits(z, x), name
         state = ref
     assert state.hist.sum() == (torch.isfinite(score).sum() * 3 + torch.isfinite(score[:1]).sum())
     fin = torch.isfinite(score)
@@ -331,6 +344,12 @@ def check_merge(case):
     ker = merge_topk(*case, backend="triton")
     for name, x, y in zip(ref._fields, ker, ref):
         assert same_bits(x, y), name
+    score, index, arg, *top = case
+    own = [t.clone() for t in top]  # in place: the top-k's own tensors as the outputs
+    into = Merged(*own, torch.empty_like(ker.source))
+    merge_topk(score, index, arg, *own, backend="triton", out=into)
+    for name, x, y in zip(ref._fields, into, ker):
+        assert same_bits(x, y), f"in place: {name}"
     return ref
 
 
@@ -367,6 +386,9 @@ def check_maps(a, k, map_hw, seed=0):
     maps = torch.randn(u, k, map_hw[0] * map_hw[1], generator=g).to(a.device)
     ref = gather_maps(a, source, maps, map_hw, backend="torch")
     ker = gather_maps(a, source, maps, map_hw, backend="triton")
+    own = maps.clone()
+    assert gather_maps(a, source, own, map_hw, backend="triton", out=own) is own
+    assert same_bits(own, ker)  # in place: kept maps read before any moves
     kept = (source < k)[..., None].expand_as(ref)
     assert torch.equal(ker[kept], ref[kept])
     torch.testing.assert_close(ker, ref, rtol=1e-6, atol=1e-6, equal_nan=True)
@@ -403,23 +425,28 @@ def assert_same_state(fast: LayerState, ref: LayerState, pooled_exact: bool = Tr
                 np.testing.assert_allclose(p.astype(np.float32), q.astype(np.float32), rtol=1e-3, atol=1e-6)
 
 
-def run_states(info, cfg, outputs, backend, n_images, device="cpu", starts=None, pooled_exact=True):
-    """Feed the same module outputs to update (fast, with backend) and update_reference; compare after each."""
+def run_states(info, cfg, outputs, backend, n_images, device="cpu", starts=None, pooled_exact=True, inplace=False):
+    """Feed the same module outputs to update (fast, with backend; ``inplace``: into its own tensors, as under
+    atlas.graphs) and update_reference; compare after each."""
     def state():
         pooled = np.zeros((n_images, info.units), np.float16) if cfg.keep_pooled else None
         cls = np.zeros((n_images, info.units), np.float16) if cfg.keep_pooled and info.prefix_tokens else None
         return LayerState(info, cfg, torch.device(device), pooled, cls, backend=backend)
 
     fast, ref = state(), state()
+    fast.inplace = inplace
     first = 0
     for i, out in enumerate(outputs):
         b = out.shape[0]
         start = starts[i] if starts else first
         index = torch.arange(start, start + b, device=device)
         first += b
+        before = [getattr(fast, k) for k in LayerState.TENSORS]
         fast.update(index, out)
         ref.update_reference(index, out)
         assert_same_state(fast, ref, pooled_exact)
+        if inplace:
+            assert all(getattr(fast, k) is t for k, t in zip(LayerState.TENSORS, before))
     return fast
 
 
@@ -460,6 +487,16 @@ def test_layer_state_fast_update_on_tokens_and_out_of_order_batches(backend="tor
 @pytest.mark.parametrize("case", list(LAYERSTATE_CASES))
 def test_interp_layer_state_fast_update_is_bit_identical(case):
     test_layer_state_fast_update_is_bit_identical(case, "triton")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_interp_layer_state_updates_in_place(backend):
+    """As under a CUDA graph: the kernels write into the state's own tensors (the torch path copies)."""
+    c = LAYERSTATE_CASES["channels_last-bf16"]
+    outs = conv_batches(4, c["shape"], c["dtype"], c["layout"])
+    info = LayerInfo("x", "conv", c["shape"][1], c["shape"][2:], "nchw")
+    run_states(info, MineConfig(hist_bins=8, **c["cfg"]), outs, backend, 4 * c["shape"][0],
+               pooled_exact=False, inplace=True)
 
 
 def test_interp_layer_state_on_tokens_and_out_of_order_batches():
@@ -567,7 +604,7 @@ def test_fuse_blocks_needs_the_triton_kernels(tmp_path):
 
 def test_graph_step_updates_states_in_place_like_plain_updates():
     """GraphStep's eager steps (all a CPU has): the states update their own tensors (a graph replays fixed
-    addresses), the copies batched at the step's end, with the results of plain updates."""
+    addresses), with the results of plain updates."""
     from atlas.capture import hooked
     from atlas.graphs import GraphStep
 
@@ -587,7 +624,7 @@ def test_graph_step_updates_states_in_place_like_plain_updates():
             current.update(plain=True, index=index)
             blocks(x)
             current["plain"] = False
-    assert step.eager == 3 and step.graph is None and step_state._copies == []
+    assert step.eager == 3 and step.graph is None
     for k in LayerState.TENSORS:
         assert getattr(step_state, k).data_ptr() == before[k], k
         assert torch.equal(getattr(step_state, k), getattr(plain, k)), k
@@ -721,9 +758,10 @@ def test_layer_state_fast_update_gpu(shape, dtype, layout, map_size):
     b, u, h, w = shape
     info = LayerInfo("x", "conv", u, (h, w), "nchw")
     outs = [planted(shape, dtype, seed=s, layout=layout, device="cuda") for s in range(6)]
-    fast = run_states(info, MineConfig(top_k=16, map_size=map_size), outs, "triton", 6 * b, "cuda",
-                      pooled_exact=False)
-    assert (fast.index >= 0).all()
+    for inplace in (False, True):
+        fast = run_states(info, MineConfig(top_k=16, map_size=map_size), outs, "triton", 6 * b, "cuda",
+                          pooled_exact=False, inplace=inplace)
+        assert (fast.index >= 0).all()
     outs, infos = zip(*[tokens(64, 7, 768, seed=s, dtype=torch.bfloat16, device="cuda") for s in range(4)])
     run_states(infos[0], MineConfig(top_k=16), list(outs), "triton", 256, "cuda", pooled_exact=False)
 

@@ -84,5 +84,17 @@ def jit(fn: Callable, helpers: tuple[str, ...] = ()) -> object:
     return _JIT[fn]
 
 
+def outputs(out, like, device: torch.device, what: str):
+    """``out`` (tensors to write a kernel's results into) checked against ``like`` (tensors, e.g. on the meta
+    device, with the results' shapes and dtypes): same shapes and dtypes, on ``device``, row-major.  They may be the
+    kernel's own inputs (an in-place update)."""
+    for o, t in zip(out, like, strict=True):
+        if o.shape != t.shape or o.dtype != t.dtype or o.device != device or not o.is_contiguous():
+            raise ValueError(f"{what}: an output tensor is {tuple(o.shape)} {o.dtype} on {o.device} "
+                             f"(contiguous: {o.is_contiguous()}); expected a contiguous {tuple(t.shape)} {t.dtype} on "
+                             f"{device}")
+    return out
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()

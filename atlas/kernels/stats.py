@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import choose, jit, next_pow2
+from . import choose, jit, next_pow2, outputs
 
 tl = None  # triton.language, set by atlas.kernels.jit when the kernel is first launched
 
@@ -46,15 +46,25 @@ class Stats(NamedTuple):
 
 def score_stats(score: torch.Tensor, count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor,
                 nonfinite: torch.Tensor, positive: torch.Tensor, vmin: torch.Tensor, vmax: torch.Tensor,
-                hist: torch.Tensor, range_exp: torch.Tensor, min_range_exp: int, backend: str | None = None) -> Stats:
-    """See the module docstring.  score: [B, U] float32; the state tensors are [U] (hist [U, bins])."""
+                hist: torch.Tensor, range_exp: torch.Tensor, min_range_exp: int, backend: str | None = None,
+                out: Stats | None = None) -> Stats:
+    """See the module docstring.  score: [B, U] float32; the state tensors are [U] (hist [U, bins]).  ``out``: a
+    Stats of row-major tensors to write the result into (they may be the state's own: an in-place update)."""
     if score.dim() != 2 or hist.shape[0] != score.shape[1] or hist.shape[1] % 2:
         raise ValueError(f"expected scores [B, U] and a histogram [U, even bins], got {tuple(score.shape)} and "
                          f"{tuple(hist.shape)}")
     if choose(backend, score) == "triton":
         return score_stats_triton(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp,
-                                  min_range_exp)
-    return score_stats_torch(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp)
+                                  min_range_exp, out=out)
+    st = score_stats_torch(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp)
+    return st if out is None else _copied(st, out, "score_stats")
+
+
+def _copied(result, out, what: str):
+    """The reference's result written into ``out``."""
+    for o, t in zip(outputs(out, result, result[0].device, what), result):
+        o.copy_(t)
+    return out
 
 
 def score_stats_torch(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp,
@@ -104,6 +114,16 @@ def _stats_kernel(score_ptr, cnt_ptr, mean_ptr, m2_ptr, nonf_ptr, pos_ptr, min_p
     order), and sums the squared deviations from the batch mean."""
     offs_u = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)
     mask_u = offs_u < U
+    out_u = offs_u.to(tl.int64)
+    # the old state, all read before the barrier below: the outputs may be the state's own tensors
+    old_exp = tl.load(range_ptr + out_u, mask=mask_u, other=0)
+    n_a = tl.load(cnt_ptr + out_u, mask=mask_u, other=0)
+    mean_a = tl.load(mean_ptr + out_u, mask=mask_u, other=0.0)
+    m2_a = tl.load(m2_ptr + out_u, mask=mask_u, other=0.0)
+    nonf_a = tl.load(nonf_ptr + out_u, mask=mask_u, other=0)
+    pos_a = tl.load(pos_ptr + out_u, mask=mask_u, other=0)
+    min_a = tl.load(min_ptr + out_u, mask=mask_u, other=0.0)
+    max_a = tl.load(max_ptr + out_u, mask=mask_u, other=0.0)
     rows = tl.arange(0, BLOCK_B)
     n_fin = tl.zeros([BLOCK_U], tl.int64)
     n_pos = tl.zeros([BLOCK_U], tl.int64)
@@ -126,18 +146,17 @@ def _stats_kernel(score_ptr, cnt_ptr, mean_ptr, m2_ptr, nonf_ptr, pos_ptr, min_p
     # 2**need: the smallest power of two above peak; for float32 peak = 1.f * 2**E, need = E + 1
     expo = ((peak.to(tl.int32, bitcast=True) >> 23) & 255) - 126
     need = tl.where(peak > 0, expo, MIN_EXP).to(tl.int64)
-    old_exp = tl.load(range_ptr + offs_u, mask=mask_u, other=0)
     grow = tl.maximum(need - old_exp, 0)
     new_exp = old_exp + grow
     half = BINS // 2
-    out_u = offs_u.to(tl.int64)
     cols = tl.arange(0, BLOCK_BINS)
     m_bins = mask_u[:, None] & (cols[None, :] < BINS)
+    h = tl.load(hist_ptr + out_u[:, None] * BINS + cols[None, :], mask=m_bins, other=0)
+    tl.debug_barrier()  # every read of the old state is done before the outputs are written
     row_hist = hist_out + out_u[:, None] * BINS  # [BLOCK_U, 1] row starts
     tl.store(row_hist + cols[None, :], tl.zeros([BLOCK_U, BLOCK_BINS], tl.int64), mask=m_bins)
     tl.debug_barrier()  # the zeros land before the adds below
     # old bin i moves to floor((i - half) / 2**grow) + half (an arithmetic shift floors)
-    h = tl.load(hist_ptr + out_u[:, None] * BINS + cols[None, :], mask=m_bins, other=0)
     target = ((cols[None, :] - half).to(tl.int64) >> tl.minimum(grow, 62)[:, None]) + half
     tl.atomic_add(row_hist + target, h, mask=m_bins & (h != 0))
     width = ((new_exp + 1023) << 52).to(tl.float64, bitcast=True) / half  # [BLOCK_U], as torch.ldexp(1, e) / half
@@ -152,31 +171,31 @@ def _stats_kernel(score_ptr, cnt_ptr, mean_ptr, m2_ptr, nonf_ptr, pos_ptr, min_p
         q = tl.floor(tl.where(fin, s.to(tl.float64), 0.0) / width[None, :])
         b = tl.minimum(tl.maximum(q.to(tl.int64) + half, 0), BINS - 1)  # [BLOCK_B, BLOCK_U]
         tl.atomic_add(hist_out + out_u[None, :] * BINS + b, tl.full([BLOCK_B, BLOCK_U], 1, tl.int64), mask=fin)
-    n_a = tl.load(cnt_ptr + out_u, mask=mask_u, other=0)
     n = n_a + n_fin
-    mean_a = tl.load(mean_ptr + out_u, mask=mask_u, other=0.0)
     delta = mean_b - mean_a
     frac = n_fin.to(tl.float64) / tl.maximum(n, 1).to(tl.float64)
     tl.store(cnt_out + out_u, n, mask=mask_u)
     tl.store(mean_out + out_u, mean_a + delta * frac, mask=mask_u)
-    m2_a = tl.load(m2_ptr + out_u, mask=mask_u, other=0.0)
     tl.store(m2_out + out_u, m2_a + m2_b + delta * delta * n_a.to(tl.float64) * frac, mask=mask_u)
-    tl.store(nonf_out + out_u, tl.load(nonf_ptr + out_u, mask=mask_u, other=0) + n_non, mask=mask_u)
-    tl.store(pos_out + out_u, tl.load(pos_ptr + out_u, mask=mask_u, other=0) + n_pos, mask=mask_u)
-    tl.store(min_out + out_u, tl.minimum(tl.load(min_ptr + out_u, mask=mask_u, other=0.0), lo), mask=mask_u)
-    tl.store(max_out + out_u, tl.maximum(tl.load(max_ptr + out_u, mask=mask_u, other=0.0), hi), mask=mask_u)
+    tl.store(nonf_out + out_u, nonf_a + n_non, mask=mask_u)
+    tl.store(pos_out + out_u, pos_a + n_pos, mask=mask_u)
+    tl.store(min_out + out_u, tl.minimum(min_a, lo), mask=mask_u)
+    tl.store(max_out + out_u, tl.maximum(max_a, hi), mask=mask_u)
     tl.store(range_out + out_u, new_exp, mask=mask_u)
 
 
 def score_stats_triton(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp,
-                       min_range_exp, block_u: int = 2, block_b: int = 256, warps: int = 2) -> Stats:
-    """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
+                       min_range_exp, block_u: int = 2, block_b: int = 256, warps: int = 2,
+                       out: Stats | None = None) -> Stats:
+    """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1).  ``out``: tensors to write the result
+    into, which may be the state's own (updated in place; atlas.graphs)."""
     b, u = score.shape
     bins = hist.shape[1]
     score = score.float().contiguous()
     state = [t.contiguous() for t in (count.long(), mean.double(), m2.double(), nonfinite, positive, vmin.float(),
                                       vmax.float(), hist, range_exp)]
-    out = Stats(*(torch.empty_like(t) for t in state))
+    out = Stats(*(torch.empty_like(t) for t in state)) if out is None else outputs(out, state, score.device,
+                                                                                     "score_stats")
     if u == 0:
         return out
     block_u = min(block_u, next_pow2(u))  # few units per program and the whole batch per step: short programs

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import choose, jit, next_pow2
+from . import choose, jit, next_pow2, outputs
 from .mining import topk_value
 
 tl = None  # triton.language, set by atlas.kernels.jit when the kernel is first launched
@@ -43,8 +43,10 @@ class Merged(NamedTuple):
 
 
 def merge_topk(score: torch.Tensor, image_index: torch.Tensor, arg: torch.Tensor, values: torch.Tensor,
-               index: torch.Tensor, argmax: torch.Tensor, backend: str | None = None) -> Merged:
-    """See the module docstring.  score, arg: [B, U]; image_index: [B]; values, index, argmax: [U, K]."""
+               index: torch.Tensor, argmax: torch.Tensor, backend: str | None = None,
+               out: Merged | None = None) -> Merged:
+    """See the module docstring.  score, arg: [B, U]; image_index: [B]; values, index, argmax: [U, K].  ``out``: a
+    Merged of row-major tensors to write the result into (values, index, argmax may be the inputs themselves)."""
     b, u = score.shape
     if tuple(image_index.shape) != (b,) or tuple(arg.shape) != (b, u) or values.shape[0] != u \
             or index.shape != values.shape or argmax.shape != values.shape:
@@ -52,8 +54,13 @@ def merge_topk(score: torch.Tensor, image_index: torch.Tensor, arg: torch.Tensor
                          f"[{u}, K] top-k; got {tuple(image_index.shape)}, {tuple(arg.shape)}, "
                          f"{tuple(values.shape)}, {tuple(index.shape)}, {tuple(argmax.shape)}")
     if choose(backend, score) == "triton":
-        return merge_topk_triton(score, image_index, arg, values, index, argmax)
-    return merge_topk_torch(score, image_index, arg, values, index, argmax)
+        return merge_topk_triton(score, image_index, arg, values, index, argmax, out=out)
+    merged = merge_topk_torch(score, image_index, arg, values, index, argmax)
+    if out is None:
+        return merged
+    for o, t in zip(outputs(out, merged, merged.values.device, "merge_topk"), merged):
+        o.copy_(t)
+    return out
 
 
 def merge_topk_torch(score, image_index, arg, values, index, argmax) -> Merged:
@@ -141,13 +148,16 @@ def _merge_kernel(score_ptr, img_ptr, arg_ptr, kv_ptr, ki_ptr, ka_ptr, ov_ptr, o
 
 
 def merge_topk_triton(score, image_index, arg, values, index, argmax, block_u: int = 1, block_b: int = 32,
-                      warps: int = 1) -> Merged:
-    """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
+                      warps: int = 1, out: Merged | None = None) -> Merged:
+    """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1).  ``out`` may hold values, index and
+    argmax themselves: the kernel copies a unit's top-k to the outputs before it reads anything back."""
     u, k = values.shape
     b = score.shape[0]
-    z = dict(device=values.device)  # row-major [U, K], as the kernel writes them, whatever the inputs' strides
-    out = Merged(torch.empty(u, k, dtype=torch.float32, **z), torch.empty(u, k, dtype=torch.int64, **z),
-                 torch.empty(u, k, dtype=torch.int32, **z), torch.empty(u, k, dtype=torch.int32, **z))
+    dev = values.device  # row-major [U, K], as the kernel writes them, whatever the inputs' strides
+    empty = lambda d: lambda dt: torch.empty(u, k, dtype=dt, device=d)
+    dtypes = (torch.float32, torch.int64, torch.int32, torch.int32)
+    out = Merged(*map(empty(dev), dtypes)) if out is None else \
+        outputs(out, list(map(empty("meta"), dtypes)), dev, "merge_topk")
     if u * k == 0:
         return out
     kv, ki, ka = (t.contiguous() for t in (values.float(), index.long(), argmax.int()))
@@ -160,15 +170,17 @@ def merge_topk_triton(score, image_index, arg, values, index, argmax, block_u: i
 
 
 def gather_maps(a: torch.Tensor, source: torch.Tensor, maps: torch.Tensor, map_hw: tuple[int, int],
-                backend: str | None = None) -> torch.Tensor:
-    """See the module docstring.  a: [B, U, h, w]; source: [U, K] int32; maps: [U, K, mh*mw] float32."""
+                backend: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """See the module docstring.  a: [B, U, h, w]; source: [U, K] int32; maps: [U, K, mh*mw] float32.  ``out``: a
+    row-major tensor to write the maps into (it may be ``maps`` itself)."""
     u, k = source.shape
     if a.dim() != 4 or a.shape[1] != u or tuple(maps.shape) != (u, k, map_hw[0] * map_hw[1]):
         raise ValueError(f"gather_maps: activations {tuple(a.shape)}, source {tuple(source.shape)} and maps "
                          f"{tuple(maps.shape)} do not fit maps of {map_hw}")
     if choose(backend, a) == "triton":
-        return gather_maps_triton(a, source, maps, map_hw)
-    return gather_maps_torch(a, source, maps, map_hw)
+        return gather_maps_triton(a, source, maps, map_hw, out)
+    new = gather_maps_torch(a, source, maps, map_hw)
+    return new if out is None else outputs([out], [new], new.device, "gather_maps")[0].copy_(new)
 
 
 def gather_maps_torch(a, source, maps, map_hw) -> torch.Tensor:
@@ -183,18 +195,23 @@ def gather_maps_torch(a, source, maps, map_hw) -> torch.Tensor:
 
 
 def _pool_kernel(x_ptr, src_ptr, maps_ptr, out_ptr, K, H, W, MH, MW, s_b, s_u, s_h, s_w,
-                 K_P2: tl.constexpr, CELLS: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr):
-    """Program u: the K slots of unit u.  Kept entries copy their old maps (one gather); each new one pools
-    a[r, u] cell by cell, adding each window row by row (as torch's adaptive pooling kernels do)."""
+                 K_P2: tl.constexpr, CELLS: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr,
+                 INPLACE: tl.constexpr):
+    """Program u: the K slots of unit u.  Kept entries copy their old maps (one gather; in place, only those that
+    moved); each new one pools a[r, u] cell by cell, adding each window row by row (as torch's adaptive pooling
+    kernels do)."""
     u = tl.program_id(0)
     slots = tl.arange(0, K_P2)
     cell = tl.arange(0, CELLS)
     mcell = cell < MH * MW
     src = tl.load(src_ptr + u * K + slots, mask=slots < K, other=0)  # [K_P2]
     kept = (slots < K) & (src < K)
+    if INPLACE:
+        kept = kept & (src != slots)  # a map that stays in its slot is already there
     m = kept[:, None] & mcell[None, :]
     row = u.to(tl.int64) * K
     old = tl.load(maps_ptr + (row + src[:, None]) * MH * MW + cell[None, :], mask=m, other=0.0)
+    tl.debug_barrier()  # out may be maps itself: every kept map is read before any is moved
     tl.store(out_ptr + (row + slots[:, None]) * MH * MW + cell[None, :], old, mask=m)
     oh = cell // MW
     ow = cell % MW
@@ -217,16 +234,20 @@ def _pool_kernel(x_ptr, src_ptr, maps_ptr, out_ptr, K, H, W, MH, MW, s_b, s_u, s
             tl.store(out_ptr + (row + j) * MH * MW + cell, total / count, mask=mcell)
 
 
-def gather_maps_triton(a, source, maps, map_hw) -> torch.Tensor:
-    """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)."""
+def gather_maps_triton(a, source, maps, map_hw, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1); ``out`` may be ``maps`` itself."""
     u, k = source.shape
     h, w = a.shape[2:]
     mh, mw = map_hw
-    out = torch.empty(u, k, mh * mw, dtype=torch.float32, device=maps.device)
+    if out is None:
+        out = torch.empty(u, k, mh * mw, dtype=torch.float32, device=maps.device)
+    else:
+        outputs([out], [torch.empty(u, k, mh * mw, device="meta")], maps.device, "gather_maps")
     if u * k == 0:
         return out
     win = lambda n, m: max(-(-((i + 1) * n) // m) - (i * n) // m for i in range(m))  # largest window
     jit(_pool_kernel)[(u,)](
         a, source.int().contiguous(), maps.float().contiguous(), out, k, h, w, mh, mw, *a.stride(),
-        K_P2=next_pow2(k), CELLS=next_pow2(mh * mw), WIN_H=win(h, mh), WIN_W=win(w, mw), num_warps=2)
+        K_P2=next_pow2(k), CELLS=next_pow2(mh * mw), WIN_H=win(h, mh), WIN_W=win(w, mw), INPLACE=out is maps,
+        num_warps=2)
     return out

@@ -4,7 +4,8 @@ fed, through forward hooks, by every conv / tokens layer of the model's layer ta
     python bench/mining_overhead.py [--models RN50 ViT-B-32] [--batch 256] [--prefill 8] [--iters 10] [--pooled]
                                     [--profile] [--quick]
 
-Random-weight open_clip models from atlas's registry (open_clip:ARCH@random:0), bfloat16 autocast, channels_last,
+Random-weight open_clip models from atlas's registry (open_clip:ARCH@random:0), set up as atlas.mine sets them up
+(`atlas.mine._model_path`: bfloat16 autocast with conv/linear weights cast once, channels_last),
 synthetic pixels already on the GPU (fresh noise every step from a seeded generator, so every path sees the
 same images).  Paths:
 
@@ -42,7 +43,7 @@ from atlas.capture import find_modules, hooked
 from atlas.config import MineConfig
 from atlas.graphs import GraphStep
 from atlas.fused import fusable
-from atlas.mine import LayerState
+from atlas.mine import LayerState, _model_path
 from atlas.models import load_model
 
 
@@ -103,10 +104,10 @@ def run_path(model, layers, path: str, args, device,
             st.update(idx, out)
 
     gen = torch.Generator(device=device).manual_seed(0)
+    # the tower as atlas.mine runs it: channels_last, bf16 autocast with the conv/linear weights cast once
+    tower = _model_path(model, "bfloat16" if device.type == "cuda" else "float32", graphs=path in GRAPHED)
     x = torch.empty(args.batch, 3, model.image_size, model.image_size, device=device).to(
-        memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=path != "graph") \
-        if device.type == "cuda" else nullcontext()
+        memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
     mining = path not in FORWARDS
     blocks = {n: m for n, m in find_modules(model.clip, layers).items() if fusable(m)} if path in FUSED else {}
     hooks = hooked(model.clip, [n for n in layers if n not in blocks], consume) if mining else nullcontext()
@@ -125,7 +126,7 @@ def run_path(model, layers, path: str, args, device,
         index["next"] += args.batch
 
     clock = Timer(device)
-    with torch.no_grad(), autocast, hooks, fused:
+    with torch.no_grad(), tower, hooks, fused:
         for _ in range(args.prefill):
             step()
         clock.start()
@@ -244,7 +245,6 @@ def main() -> None:
           f"{args.batch}, top_k {args.top_k}, map {args.map_size}, prefill {args.prefill} batches, {args.iters} timed")
     for arch in args.models:
         model = load_model(f"open_clip:{arch}@random:0", device=device)
-        model.clip.visual.to(memory_format=torch.channels_last)
         layers = [n for n, i in model.layers.items() if i.kind in ("conv", "tokens")]
         rows = {}
         fusable_blocks = any(fusable(m) for m in find_modules(model.clip, layers).values())

@@ -191,3 +191,48 @@ def test_pooled_rows_are_written_block_by_block(tmp_path, n, u):
         expect[bad] = np.nan
         assert ds.dtype == np.float16 and ds.compression == "gzip"
         np.testing.assert_array_equal(ds[()], expect)
+
+
+@pytest.mark.parametrize("spec", ["atlas:tiny@random:0", "open_clip:ViT-B-32@random:0"])
+def test_weights_cast_once_give_autocasts_results(spec):
+    """Mining's model path casts conv/linear/attention weights to bfloat16 once: the same roundings autocast makes
+    at every call, so the same outputs; the float32 weights come back afterwards."""
+    from atlas.mine import _model_path
+    from atlas.models import load_model
+
+    model = load_model(spec)
+    # on the CPU, MultiheadAttention's fused fast path ignores CPU autocast (it checks CUDA's) and runs float32;
+    # under CUDA autocast it is off, which is the case mining's cast is for: compare without it
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        check_cast_once(model)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def check_cast_once(model):
+    from atlas.mine import _model_path
+
+    spec = str(model.spec)
+    before = {n: p.detach().clone() for n, p in model.visual.named_parameters()}
+    x = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+    x = x.to(model.device)
+    with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16):
+        want = model.clip.encode_image(x)
+    with torch.no_grad(), _model_path(model, "bfloat16"):
+        cast = [n for n, p in model.visual.named_parameters() if p.dtype == torch.bfloat16]
+        got = model.clip.encode_image(x)
+    assert len(cast) > 10 and any(n.endswith("in_proj_weight") for n in cast) == ("ViT" in spec)
+    assert not any("bn" in n or "ln" in n or "embedding" in n for n in cast)  # autocast keeps those float32
+    assert torch.equal(got, want)
+    for n, p in model.visual.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, before[n]), n
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("spec", ["open_clip:RN50@random:0", "open_clip:ViT-B-32@random:0"])
+def test_weights_cast_once_give_autocasts_results_gpu(spec):
+    from atlas.models import load_model
+
+    check_cast_once(load_model(spec, device="cuda"))  # CUDA autocast turns MultiheadAttention's fast path off

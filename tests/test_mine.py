@@ -215,6 +215,8 @@ def check_cast_once(model):
     from atlas.mine import _model_path
 
     spec = str(model.spec)
+    if model.device.type == "cuda":  # as _model_path will have it, so that cuDNN picks the same kernels
+        model.visual.to(memory_format=torch.channels_last)
     before = {n: p.detach().clone() for n, p in model.visual.named_parameters()}
     x = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
     x = x.to(model.device)

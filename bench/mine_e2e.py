@@ -7,7 +7,8 @@ temporary folder, loads ``--model`` (open_clip:RN50x4@random:0, 288 px) once, th
 
 - forward-only: the image tower alone (``model.clip.visual``, no hooks) on normalized pixels already on the
   device, set up as mining sets it up (`atlas.mine._model_path`: bf16 autocast and channels_last on CUDA, for
-  ``--precision auto``), ``--n`` images in batches of ``--batch``; the ceiling;
+  ``--precision auto``), ``--n`` images in batches of ``--batch``; again with the mined blocks' tails fused as
+  mine() fuses them on CUDA (atlas.fused, no reduction: "forward-fused"); the faster of the two is the ceiling;
 - end-to-end: one `atlas.mine.mine(...)` call from the JPEG folder into a fresh store in the temporary folder,
   mining the model's default layers with ``MineConfig(batch_size=--batch)`` otherwise at its defaults (top-k 16,
   keep_pooled), ``--workers`` decoding processes: everything but the model load -- worker start-up, decoding
@@ -46,13 +47,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def forward_only(model, n: int, batch: int, precision: str) -> float:
-    """Images/s of the image tower alone on pixels on the device, as mining runs it."""
+def forward_only(model, n: int, batch: int, precision: str, fused: bool = False) -> float:
+    """Images/s of the image tower alone on pixels on the device, as mining runs it; ``fused``: with the default
+    layers' ResNet block tails fused as mine() fuses them on CUDA (atlas.fused), without the reduction."""
+    from contextlib import nullcontext
+
+    from atlas.fused import fused_tails
+    from atlas.mine import _fusable_layers
+
     device, s = model.device, model.image_size
     gen = torch.Generator(device=device).manual_seed(0)
     pixels = torch.randint(0, 256, (batch, 3, s, s), dtype=torch.uint8, device=device, generator=gen)
     steps = max(1, n // batch)
-    with torch.no_grad(), _model_path(model, precision) as memory_format:
+    blocks = _fusable_layers(model, [model.layer(n) for n in model.default_layers], None) if fused else {}
+    if fused and not blocks:
+        return 0.0
+    with torch.no_grad(), fused_tails(blocks) if blocks else nullcontext(), \
+            _model_path(model, precision) as memory_format:
         x = normalize(pixels, model.mean, model.std).contiguous(memory_format=memory_format)
         for _ in range(3):  # warm-up: cuDNN's algorithm choice, the allocator
             model.clip.visual(x)
@@ -62,7 +73,8 @@ def forward_only(model, n: int, batch: int, precision: str) -> float:
             model.clip.visual(x)
         sync(device)
         dt = time.perf_counter() - t
-    print(f"{'forward-only':<14} {steps * batch:>7} images {dt:>8.2f} s {steps * batch / dt:>9.0f} images/s", flush=True)
+    label = "forward-fused" if fused else "forward-only"
+    print(f"{label:<14} {steps * batch:>7} images {dt:>8.2f} s {steps * batch / dt:>9.0f} images/s", flush=True)
     return steps * batch / dt
 
 
@@ -130,7 +142,8 @@ def main() -> None:
         files = write_jpegs(folder, args.n)
         mb = sum(f.stat().st_size for f in files) / 2**20
         print(f"wrote {args.n} JPEGs (400x300, q90, {mb:.0f} MiB) in {time.perf_counter() - t:.1f} s", flush=True)
-        fwd = forward_only(model, args.n, args.batch, precision)
+        fwd = max(forward_only(model, args.n, args.batch, precision),
+                  forward_only(model, args.n, args.batch, precision, fused=True))  # the faster is the ceiling
         e2e = end_to_end(model, folder, out, cfg, args.workers, fwd)
     print(f"\nwhole mine() call / forward-only = {e2e:.0f} / {fwd:.0f} = {e2e / fwd:.2f} (the commit is a one-off cost: see the phases)")
 

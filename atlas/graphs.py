@@ -6,12 +6,14 @@ hooked layer adds some forty Python-level launches and allocations; at ~20,000 i
 as fast as the GPU runs them (docs/benchmarks.md).  A replay issues them all at once.
 
 How: the first ``warmup`` batches run eagerly (Triton compiles, the allocator and cuDNN settle), then the step is
-captured on static input buffers (pixels, image indices).  Every later batch of the same size is copied into those
-buffers and replayed; a batch of another size (the last one, or one with unreadable files) runs eagerly.  Graphs
-replay fixed addresses, so the states update their tensors in place (`LayerState.inplace`), and host work (the
-pooled rows' copies to the memmaps) happens after the replay (`LayerState.defer_rows`, `queue_rows`).  The Triton
-kernels write the new state straight into the state's tensors (their ``out`` arguments), so no copies are recorded.  Results are
-the same as eager mining: the same kernels run in the same order (tests/test_kernels.py compares the stores).
+captured twice, on static input buffers (pixels, image indices) of its own each.  Later batches of the same size
+are copied into those buffers and replay the two graphs in turn; a batch of another size (the last one, or one
+with unreadable files) runs eagerly.  Graphs replay fixed addresses, so the states update their tensors in place
+(`LayerState.inplace`: the Triton kernels take the state's tensors as their ``out``, so no copies are recorded),
+each graph writes the pooled rows into buffers of its own (`LayerState.row_buffers`), and host work happens after
+the replay: the rows go to the host on a side stream while the other graph runs (`LayerState.defer_rows`,
+`queue_rows`).  Results are the same as eager mining: the same kernels run in the same order (tests/test_kernels.py
+compares the stores).
 If capture fails (an op that waits for the GPU, say), the step warns once and stays eager.
 """
 
@@ -25,56 +27,85 @@ import torch
 
 class GraphStep:
     """``step(x, index)``: ``forward(x)`` with ``current["index"] = index`` for the hooks, replayed from a CUDA graph
-    once ``warmup`` batches of the same shape have run eagerly.  x: [B, 3, S, S] on the GPU; index: [B] int64."""
+    once ``warmup`` batches of the same shape have run eagerly.  x: [B, 3, S, S] on the GPU; index: [B] int64.
+
+    Two graphs are recorded and replayed in turn, each with its own input buffers and its own buffers for the
+    pooled rows, so that the rows of one step travel to the host on a side stream (the copy engine) while the
+    next step computes; a graph waits only for the copies of its own previous turn, two steps back."""
 
     def __init__(self, forward: Callable[[torch.Tensor], object], current: dict, states: Sequence,
                  batch_size: int | None = None, warmup: int = 2):
         self.forward, self.current, self.states, self.warmup = forward, current, list(states), warmup
         self.batch_size = batch_size  # record only a batch of this size (None: any)
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graphs: list[torch.cuda.CUDAGraph] = []
         self.error: str | None = None
         self.eager = 0
         self.replays = 0
         for st in self.states:
             st.inplace, st.defer_rows = True, True
 
+    @property
+    def graph(self) -> torch.cuda.CUDAGraph | None:
+        return self.graphs[0] if self.graphs else None
+
     def __call__(self, x: torch.Tensor, index: torch.Tensor) -> None:
-        if self.graph is not None and x.shape == self.x.shape and index.shape == self.index.shape:
-            self.x.copy_(x)
-            self.index.copy_(index)
-            self.graph.replay()
-            self.replays += 1
-            for st, rows in zip(self.states, self.rows):
-                st._rows = rows  # the recording's output buffers, just refilled by the replay
-            self._queue(self.index)
+        if self.graphs and x.shape == self.xs[0].shape and index.shape == self.indexes[0].shape:
+            self._replay(x, index)
             return
         self.current["index"] = index
         self.forward(x)
-        self._queue(index)
+        for st in self.states:
+            st.queue_rows(index)
         self.eager += 1
-        if self.graph is None and self.error is None and self.eager >= self.warmup \
+        if not self.graphs and self.error is None and self.eager >= self.warmup \
                 and self.batch_size in (None, x.shape[0]):
             self._capture(x, index)
 
-    def _queue(self, index: torch.Tensor) -> None:
-        for st in self.states:
-            st.queue_rows(index)
+    def _replay(self, x: torch.Tensor, index: torch.Tensor) -> None:
+        t = self.replays % 2
+        stream = torch.cuda.current_stream(x.device)
+        if self.copied[t] is not None:
+            stream.wait_event(self.copied[t])  # this turn's buffers are free: their last copies to the host are done
+        self.xs[t].copy_(x)
+        self.indexes[t].copy_(index)
+        self.graphs[t].replay()
+        self.replays += 1
+        self.copy_stream.wait_stream(stream)
+        with torch.cuda.stream(self.copy_stream):
+            for st, rows in zip(self.states, self.rows[t]):
+                st._rows = rows  # the recording's row buffers, just refilled by the replay
+                st.queue_rows(self.indexes[t])
+            self.copied[t] = torch.cuda.Event()
+            self.copied[t].record(self.copy_stream)
 
     def _capture(self, x: torch.Tensor, index: torch.Tensor) -> None:
-        """Record the step on static copies of this batch's buffers (recording runs nothing)."""
-        self.x, self.index = x.clone(memory_format=torch.preserve_format), index.clone()
+        """Record the step twice, on static buffers allocated outside the graphs (recording runs nothing); the two
+        graphs share one memory pool for their intermediates, which is safe as they run one after the other."""
         torch.cuda.synchronize(x.device)
-        graph = torch.cuda.CUDAGraph()
-        self.current["index"] = self.index
+        self.xs = [x.clone(memory_format=torch.preserve_format) for _ in range(2)]
+        self.indexes = [index.clone() for _ in range(2)]
+        self.rows, self.copied = [], [None, None]
+        self.copy_stream = torch.cuda.Stream(x.device)
+        graphs = []
         try:  # thread_local: the data loader's pinning thread may call CUDA meanwhile, which is harmless
-            with torch.cuda.device(x.device), torch.cuda.graph(graph, stream=torch.cuda.Stream(x.device),
-                                                                capture_error_mode="thread_local"):
-                self.forward(self.x)
+            for t in range(2):
+                for st in self.states:
+                    st.row_buffers = st.new_row_buffers(x.shape[0])
+                graph = torch.cuda.CUDAGraph()
+                self.current["index"] = self.indexes[t]
+                with torch.cuda.device(x.device), torch.cuda.graph(
+                        graph, pool=graphs[0].pool() if graphs else None, stream=torch.cuda.Stream(x.device),
+                        capture_error_mode="thread_local"):
+                    self.forward(self.xs[t])
+                graphs.append(graph)
+                self.rows.append([st._rows for st in self.states])  # this graph's row buffers (None: none)
+                for st in self.states:
+                    st._rows = None  # recording ran nothing: no rows to send yet
         except Exception as e:  # noqa: BLE001 -- any failure to record leaves eager mining, which is correct
             self.error = f"{type(e).__name__}: {e}"
             warnings.warn(f"mining runs without CUDA graphs: recording the step failed ({self.error})", stacklevel=3)
-            graph = None
-        self.rows = [st._rows for st in self.states]  # the graph's pooled-row buffers (None: no pooled rows)
-        for st in self.states:
-            st._rows = None  # recording ran nothing: no rows to send yet
-        self.graph = graph
+            graphs = []
+        finally:
+            for st in self.states:
+                st.row_buffers, st._rows = None, None
+        self.graphs = graphs

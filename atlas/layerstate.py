@@ -71,6 +71,7 @@ class LayerState:
         # addresses), and the pooled rows kept on the device until `queue_rows` (no host work inside a graph)
         self.inplace = False
         self.defer_rows = False
+        self.row_buffers: list[torch.Tensor] | None = None  # [B, U] float16 per pooled matrix, to write rows into
         self._rows: tuple | None = None
 
     TENSORS = ("values", "index", "argmax", "maps", "count", "mean", "m2", "min", "max", "positive",
@@ -149,9 +150,18 @@ class LayerState:
                                     (self.pooled, lambda: spatial_mean)) if m is not None]
         if not rows:
             return
-        self._rows = (index, [t().detach().to(torch.float16, copy=True) for _, t in rows], [m for m, _ in rows])
+        values = [t().detach() for _, t in rows]  # [B, U] each
+        values = [b.copy_(v) for b, v in zip(self.row_buffers, values)] if self.row_buffers is not None else \
+            [v.to(torch.float16, copy=True) for v in values]
+        self._rows = (index, values, [m for m, _ in rows])
         if not self.defer_rows:
             self.queue_rows()
+
+    def new_row_buffers(self, batch: int) -> list[torch.Tensor]:
+        """[batch, U] float16 buffers, one per pooled matrix kept, for `row_buffers` (atlas.graphs)."""
+        n = sum(m is not None for m in (self.pooled_cls, self.pooled))
+        return [torch.empty(batch, self.info.units, dtype=torch.float16, device=self.values.device)
+                for _ in range(n)]
 
     def queue_rows(self, index: torch.Tensor | None = None) -> None:
         """Send the kept rows to the host: on a GPU a non-blocking copy to pinned memory, written to the memmaps at

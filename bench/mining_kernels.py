@@ -53,6 +53,11 @@ class State:
         self.maps = torch.zeros((units, k, 64), device=device)
 
 
+def tilings(table: dict, args) -> list:
+    """The tilings to time: all of ``table``, or with --default-tilings only its first (the default)."""
+    return list(table.items())[:1] if args.default_tilings else list(table.items())
+
+
 def timed(fn, reps: int, device) -> float:
     """GPU seconds per call: the call captured once in a CUDA graph, replayed ``reps`` times (so Python's launch
     overhead, which the real loop hides behind the forward pass, is not counted)."""
@@ -137,14 +142,15 @@ def model_rows(name: str, blocks, args, device) -> None:
         print(f"  {label:34s} {sec * 1e3:8.3f} ms/batch {extra}")
 
     compiled = {name: torch.compile(fn, dynamic=False) for name, fn in
-                (("reduce", spatial_reduce_torch), ("stats", score_stats_torch), ("merge", merge_topk_torch))} \
+                (("reduce", spatial_reduce_torch), ("stats", score_stats_torch), ("merge", merge_topk_torch),
+                 ("maps", gather_maps_torch))} \
         if args.compile else {}
     report("reduce, torch", total(lambda a, i, st, mhw: spatial_reduce_torch(a, i, st.values[:, -1], st.index[:, -1])))
     if "reduce" in compiled:
         report("reduce, torch.compile", total(lambda a, i, st, mhw: compiled["reduce"](a, i, st.values[:, -1],
                                                                                        st.index[:, -1])))
     if cuda:
-        for label, cfg in REDUCE.items():
+        for label, cfg in tilings(REDUCE, args):
             sec = total(lambda a, i, st, mhw, c=cfg: spatial_reduce_triton(a, i, st.values[:, -1], st.index[:, -1],
                                                                            **c))
             report(f"reduce, triton {label}", sec, f"{nbytes / sec / 1e12:6.2f} TB/s")
@@ -165,7 +171,7 @@ def model_rows(name: str, blocks, args, device) -> None:
     if "stats" in compiled:
         report("stats, torch.compile", sum_t(lambda j: compiled["stats"](scores[j][0].peak, *states[j], -20)))
     if cuda:
-        for label, cfg in STATS.items():
+        for label, cfg in tilings(STATS, args):
             report(f"stats, triton {label}", sum_t(lambda j, c=cfg: score_stats_triton(scores[j][0].peak, *states[j],
                                                                                          -20, **c)))
     merge_args = lambda j: (scores[j][0].peak, scores[j][1], scores[j][0].arg, scores[j][2].values,
@@ -174,12 +180,14 @@ def model_rows(name: str, blocks, args, device) -> None:
     if "merge" in compiled:
         report("merge, torch.compile", sum_t(lambda j: compiled["merge"](*merge_args(j))))
     if cuda:
-        for label, cfg in MERGE.items():
+        for label, cfg in tilings(MERGE, args):
             report(f"merge, triton {label}", sum_t(lambda j, c=cfg: merge_topk_triton(*merge_args(j), **c)))
     merged = [(merge_topk_triton if cuda else merge_topk_torch)(*merge_args(j)) for j in range(len(scores))]
     gm = lambda fn: sum_t(lambda j: fn(scores[j][3], merged[j].source, scores[j][2].maps[..., : scores[j][4] ** 2],
                                        (scores[j][4], scores[j][4])))
     report("maps, torch (all U*K pooled)", gm(gather_maps_torch))
+    if "maps" in compiled:
+        report("maps, torch.compile", gm(compiled["maps"]))
     if cuda:
         report("maps, triton (new entries only)", gm(gather_maps_triton))
 
@@ -191,6 +199,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--compile", action="store_true", help="also time the torch references under torch.compile")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--default-tilings", action="store_true", help="time each kernel at its default tiling only")
     ap.add_argument("--only", choices=["mining", "tail"], help="one part: the four mining kernels, or RN50's tails")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")

@@ -67,6 +67,25 @@ def planted(n, f, c, device, dtype, seed=0, chunk=131072):
     return X, y
 
 
+def softmax_bench(args, device) -> None:
+    """The softmax/CE pass alone on [n, classes] bfloat16 logits: torch eager, torch.compile, the Triton kernel."""
+    from atlas.kernels.softmax_ce import softmax_xent, softmax_xent_torch
+
+    n, c = args.n, args.classes
+    gen = torch.Generator(device=device).manual_seed(0)
+    z = (torch.randn(n, c, device=device, generator=gen) * 3).bfloat16()
+    y = torch.randint(0, c, (n,), device=device, generator=gen)
+    print(f"\nthe softmax/CE pass on {n} x {c} bfloat16 logits (loss and gradient):")
+    rows = {"torch eager": lambda: softmax_xent_torch(z, y, 1.0 / n, torch.bfloat16),
+            "torch.compile": torch.compile(lambda: softmax_xent_torch(z, y, 1.0 / n, torch.bfloat16))}
+    if device.type == "cuda":
+        rows["triton kernel"] = lambda: softmax_xent(z, y, 1.0 / n, torch.bfloat16, backend="triton")
+    for label, fn in rows.items():
+        fn()  # compile / warm up
+        _, t = clock(fn, device, repeat=5)
+        print(f"  {label:14s} {t * 1e3:8.2f} ms")
+
+
 def l1_path_bench(args, device) -> None:
     n, f, c = args.n, args.features, args.classes
     X, y = planted(n, f, c, device, torch.bfloat16)
@@ -163,6 +182,7 @@ def main() -> None:
     ap.add_argument("--sk-max-iter", type=int, default=10000)
     ap.add_argument("--compile", action="store_true", help="also time the torch softmax/CE under torch.compile")
     ap.add_argument("--skip-path", action="store_true")
+    ap.add_argument("--softmax-only", action="store_true", help="only the softmax/CE pass: eager, compiled, kernel")
     ap.add_argument("--skip-sklearn", action="store_true")
     ap.add_argument("--quick", action="store_true", help="small sizes on the CPU, to check that the script runs")
     args = ap.parse_args()
@@ -172,6 +192,9 @@ def main() -> None:
         args.sk_n, args.sk_features, args.sk_classes = 1000, 16, 4
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
           f"{torch.get_num_threads()} CPU threads")
+    if args.softmax_only:
+        softmax_bench(args, device)
+        return
     if not args.skip_path:
         l1_path_bench(args, device)
     if not args.skip_sklearn:

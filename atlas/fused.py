@@ -36,6 +36,9 @@ def fusable(module: nn.Module) -> bool:
 def _forward(block: nn.Module, params: tuple[torch.Tensor, ...], state, current: dict,
              x: torch.Tensor) -> torch.Tensor:
     """open_clip's Bottleneck.forward with ``bn3(out) + identity; act3`` as one kernel.  x: [B, C_in, H, W]."""
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in block.parameters())):
+        raise RuntimeError("atlas.fused: the fused block tail computes no gradients; run the model under "
+                           "torch.no_grad() (as atlas.mine does) or outside fused_tails")
     identity = x
     out = block.act1(block.bn1(block.conv1(x)))
     out = block.act2(block.bn2(block.conv2(out)))
@@ -61,6 +64,10 @@ def fused_tails(blocks: Mapping[str, nn.Module], states: Mapping[str, object] | 
         if not fusable(block):
             raise ValueError(f"fused_tails: {name} ({type(block).__name__}) is not an open_clip Bottleneck in eval "
                              "mode ending in ReLU; mine it through a forward hook instead")
+    if states is not None and (current is None or not set(blocks) <= set(states)):
+        raise ValueError("fused_tails: with states, pass a state for every block and ``current`` (the dict whose "
+                         "'index' holds the batch's image indices)")
+    saved = {name: block.__dict__.get("forward") for name, block in blocks.items()}  # an instance's own forward
     try:
         for name, block in blocks.items():
             state = states[name] if states is not None else None
@@ -68,5 +75,8 @@ def fused_tails(blocks: Mapping[str, nn.Module], states: Mapping[str, object] | 
             block.forward = lambda x, b=block, p=params, s=state: _forward(b, p, s, current, x)
         yield
     finally:
-        for block in blocks.values():
-            block.__dict__.pop("forward", None)  # the class's forward again
+        for name, block in blocks.items():
+            if saved[name] is None:
+                block.__dict__.pop("forward", None)  # the class's forward again
+            else:
+                block.forward = saved[name]

@@ -6,7 +6,7 @@ hooked layer adds some forty Python-level launches and allocations; at ~20,000 i
 as fast as the GPU runs them (docs/benchmarks.md).  A replay issues them all at once.
 
 How: the first ``warmup`` batches run eagerly (Triton compiles, the allocator and cuDNN settle), then the step is
-captured twice, on static input buffers (pixels, image indices) of its own each.  Later batches of the same size
+captured twice, on static input buffers (pixels, and image indices of its own each).  Later batches of the same size
 are copied into those buffers and replay the two graphs in turn; a batch of another size (the last one, or one
 with unreadable files) runs eagerly.  Graphs replay fixed addresses, so the states update their tensors in place
 (`LayerState.inplace`: the Triton kernels take the state's tensors as their ``out``, so no copies are recorded),
@@ -44,12 +44,8 @@ class GraphStep:
         for st in self.states:
             st.inplace, st.defer_rows = True, True
 
-    @property
-    def graph(self) -> torch.cuda.CUDAGraph | None:
-        return self.graphs[0] if self.graphs else None
-
     def __call__(self, x: torch.Tensor, index: torch.Tensor) -> None:
-        if self.graphs and x.shape == self.xs[0].shape and index.shape == self.indexes[0].shape:
+        if self.graphs and x.shape == self.x.shape and index.shape == self.indexes[0].shape:
             self._replay(x, index)
             return
         self.current["index"] = index
@@ -66,7 +62,7 @@ class GraphStep:
         stream = torch.cuda.current_stream(x.device)
         if self.copied[t] is not None:
             stream.wait_event(self.copied[t])  # this turn's buffers are free: their last copies to the host are done
-        self.xs[t].copy_(x)
+        self.x.copy_(x)  # both graphs read it, one after the other on this stream
         self.indexes[t].copy_(index)
         self.graphs[t].replay()
         self.replays += 1
@@ -82,8 +78,8 @@ class GraphStep:
         """Record the step twice, on static buffers allocated outside the graphs (recording runs nothing); the two
         graphs share one memory pool for their intermediates, which is safe as they run one after the other."""
         torch.cuda.synchronize(x.device)
-        self.xs = [x.clone(memory_format=torch.preserve_format) for _ in range(2)]
-        self.indexes = [index.clone() for _ in range(2)]
+        self.x = x.clone(memory_format=torch.preserve_format)
+        self.indexes = [index.clone() for _ in range(2)]  # per graph: read again by its rows' copies to the host
         self.rows, self.copied = [], [None, None]
         self.copy_stream = torch.cuda.Stream(x.device)
         graphs = []
@@ -96,7 +92,7 @@ class GraphStep:
                 with torch.cuda.device(x.device), torch.cuda.graph(
                         graph, pool=graphs[0].pool() if graphs else None, stream=torch.cuda.Stream(x.device),
                         capture_error_mode="thread_local"):
-                    self.forward(self.xs[t])
+                    self.forward(self.x)
                 graphs.append(graph)
                 self.rows.append([st._rows for st in self.states])  # this graph's row buffers (None: none)
                 for st in self.states:
@@ -105,6 +101,7 @@ class GraphStep:
             self.error = f"{type(e).__name__}: {e}"
             warnings.warn(f"mining runs without CUDA graphs: recording the step failed ({self.error})", stacklevel=3)
             graphs = []
+            self.x = self.indexes = self.rows = self.copy_stream = None  # free the static buffers
         finally:
             for st in self.states:
                 st.row_buffers, st._rows = None, None

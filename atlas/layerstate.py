@@ -67,8 +67,9 @@ class LayerState:
         self.pooled = pooled  # [N, U] float16 memmap or None
         self.pooled_cls = pooled_cls  # [N, U] float16 memmap of the CLS token (token layers) or None
         self._pending: tuple | None = None  # rows of the pooled matrices on their way to the host
-        # set by atlas.graphs.GraphStep: results copied into these same tensors (a CUDA graph replays fixed
-        # addresses), and the pooled rows kept on the device until `queue_rows` (no host work inside a graph)
+        # set by atlas.graphs.GraphStep: results written into these same tensors (a CUDA graph replays fixed
+        # addresses; the Triton kernels take them as ``out``), and the pooled rows kept on the device until
+        # `queue_rows` (no host work inside a graph)
         self.inplace = False
         self.defer_rows = False
         self.row_buffers: list[torch.Tensor] | None = None  # [B, U] float16 per pooled matrix, to write rows into

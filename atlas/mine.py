@@ -3,7 +3,8 @@
 For each layer a `LayerState` (atlas.layerstate) holds on the model's device the running top-k with maps, the
 statistics and histogram of the per-image score, and optionally the [images, units] matrix of spatial means.
 Images come from `_batches` (files through atlas.data.loader's JpegLoader); on CUDA the forward and the state
-updates of full batches are replayed from a CUDA graph (atlas.graphs).
+updates of full batches are replayed from CUDA graphs (atlas.graphs), and mined ResNet blocks end in one kernel that
+also reduces their output (atlas.fused).
 
 Batches are fixed slices of the image index, so a run resumed from a checkpoint computes exactly what
 an uninterrupted run computes.  Checkpoints are written atomically to the store's work folder.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +32,7 @@ from .data.loader import JpegLoader, _to, normalize
 from .data.sources import FolderSource, ImageSource
 from .fused import fused_tails
 from .graphs import GraphStep
-from .kernels import choose
+from .kernels import choose, triton_available
 from .layerstate import MIN_RANGE_EXP, LayerState
 from .models import LayerInfo, LoadedModel
 
@@ -48,7 +50,7 @@ class MineResult:
     skipped_layers: tuple[str, ...]  # already in the store with the same config
     resumed_from: int  # image index the run resumed at (0: fresh start)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of mining's phases (see `mine`)
-    graph_batches: int = 0  # batches replayed from a CUDA graph (atlas.graphs)
+    graph_batches: int = 0  # batches replayed from CUDA graphs (atlas.graphs)
     fused_layers: tuple[str, ...] = ()  # layers reduced inside their block's last kernel (atlas.fused)
 
 
@@ -125,7 +127,7 @@ def _resolved(config: MineConfig, device: torch.device) -> MineConfig:
 @contextmanager
 def _model_path(model: LoadedModel, precision: str, graphs: bool = False) -> Iterator[torch.memory_format]:
     """The image tower as mining runs it: channels_last on CUDA, under bfloat16 autocast for
-    ``precision="bfloat16"``, with the weights and biases of its convolutions, linear layers and attention
+    ``precision="bfloat16"``, on CUDA with the weights and biases of its convolutions, linear layers and attention
     projections cast to bfloat16 once (`_cast_once`) instead of at every call; everything put back as it was
     afterwards.  Yields the input's memory format.  (``graphs``: the step is recorded in a CUDA graph, which
     autocast's own cast cache must not be used for.)"""
@@ -136,7 +138,7 @@ def _model_path(model: LoadedModel, precision: str, graphs: bool = False) -> Ite
         model.visual.to(memory_format=fmt)
     bf16 = precision == "bfloat16"
     try:
-        with _cast_once(model.visual, bf16), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16,
+        with _cast_once(model.visual, bf16 and dev.type == "cuda"), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16,
                                                             cache_enabled=not graphs):
             yield fmt
     finally:
@@ -148,8 +150,10 @@ def _model_path(model: LoadedModel, precision: str, graphs: bool = False) -> Ite
 def _cast_once(module: torch.nn.Module, on: bool) -> Iterator[None]:
     """Cast the float32 parameters that bfloat16 autocast casts at every call (the weights and biases of Conv2d,
     Linear and MultiheadAttention's input projection) to bfloat16 now, and back afterwards.  The casts are the
-    same roundings, so results do not change; the step saves a cast kernel per layer (under a CUDA graph, where
-    autocast's cache is off, these were 2-3% of ViT-B/32's forward time: docs/benchmarks.md)."""
+    same roundings, so results under CUDA autocast do not change (tests/test_mine.py); the step saves a cast kernel
+    per layer, which under a CUDA graph, where autocast's cache is off, is recorded in every replay.  Not for CPU
+    autocast: there MultiheadAttention's fused fast path, which ignores CPU autocast and computes in float32 with
+    float32 weights, would switch to the bfloat16 path."""
     kept = []
     try:
         for m in module.modules() if on else ():
@@ -170,7 +174,7 @@ def _cast_once(module: torch.nn.Module, on: bool) -> Iterator[None]:
 
 
 def _use_graphs(cuda_graphs: bool | None, device: torch.device) -> bool:
-    """mine()'s ``cuda_graphs`` resolved: None records the step in a CUDA graph where the Triton kernels run."""
+    """mine()'s ``cuda_graphs`` resolved: None records the step in CUDA graphs where the Triton kernels run."""
     kernels = choose(None, torch.empty(0, device=device))
     possible = device.type == "cuda" and kernels == "triton"
     if cuda_graphs and not possible:
@@ -185,14 +189,20 @@ def _fusable_layers(model: LoadedModel, infos: list[LayerInfo], fuse_blocks: boo
     from .capture import find_modules
     from .fused import fusable
 
-    on = choose(None, torch.empty(0, device=model.device)) == "triton"
-    if fuse_blocks and not on:
-        raise ValueError(f"fuse_blocks=True needs the Triton kernels on a CUDA device (device {model.device}); leave "
-                         "fuse_blocks unset to choose")
-    if not (on if fuse_blocks is None else fuse_blocks):
+    kernels = choose(None, torch.empty(0, device=model.device))
+    if fuse_blocks and kernels != "triton":
+        why = ("triton does not import" if not triton_available() else
+               f"the kernels resolve to {kernels!r} for device {model.device} (ATLAS_KERNELS="
+               f"{os.environ.get('ATLAS_KERNELS', 'unset')}; 'auto' takes Triton on CUDA only)")
+        raise ValueError(f"fuse_blocks=True needs the Triton kernels, but {why}; leave fuse_blocks unset to choose")
+    if not (kernels == "triton" if fuse_blocks is None else fuse_blocks):
         return {}
     modules = find_modules(model.clip, [i.name for i in infos if i.kind == "conv"])
-    return {n: m for n, m in modules.items() if fusable(m)}
+    fused = {n: m for n, m in modules.items() if fusable(m)}
+    if fuse_blocks and not fused:
+        warnings.warn(f"fuse_blocks=True: none of the mined layers is an open_clip ResNet block in eval mode "
+                      f"({', '.join(i.name for i in infos)}); they are mined through hooks", stacklevel=3)
+    return fused
 
 
 def _record(image_state: dict[str, object], b: _Batch) -> None:
@@ -224,7 +234,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     processes (0: decode here).  The result's ``seconds``: "setup", "first_batch" (waiting for the first
     decoded batch: worker start-up), "wait" (for later batches), "forward"
     (host time of the forwards and updates, GPU waits included), "checkpoint", "commit".  ``cuda_graphs``: replay
-    the step of full batches from a CUDA graph (`atlas.graphs`; None: wherever the Triton kernels run; results are
+    the step of full batches from CUDA graphs (`atlas.graphs`; None: wherever the Triton kernels run; results are
     the same).  ``fuse_blocks``: mine ResNet blocks inside their last kernel (`atlas.fused`; None: wherever the
     Triton kernels run; the activations agree to a unit in the last place).  ``_pil``: files too through the
     per-image PIL path (`_batches`; for the equivalence tests).
@@ -280,7 +290,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
                     _checkpoint(work, states, image_state, position)
                     last_ckpt = time.monotonic()
                 t = _lap(seconds, "checkpoint", t)
-        _commit(path, model, source, config, todo, states, image_state, meta, n_images)
+        _commit(path, model, source, config, todo, states, image_state, meta, n_images, tuple(fused))
         store.remove_work(work)
         _lap(seconds, "commit", t)
         bad = int(np.count_nonzero(image_state["status"]))
@@ -369,7 +379,7 @@ def _checkpoint(work: Path, states: dict[str, LayerState], image_state: dict, po
 
 def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineConfig,
             todo: list[LayerInfo], states: dict[str, LayerState], image_state: dict,
-            meta: dict[str, object], n_images: int) -> None:
+            meta: dict[str, object], n_images: int, fused: tuple[str, ...] = ()) -> None:
     from .thumbs import make_thumbnails
 
     for st in states.values():
@@ -396,7 +406,7 @@ def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineCon
             st = states[info.name]
             g = group.create_group(info.name)
             g.attrs.update({"kind": info.kind, "units": info.units, "grid": list(info.grid),
-                            "order": order, "config": _layer_config_json(config)})
+                            "order": order, "config": _layer_config_json(config), "fused": info.name in fused})
             order += 1
             store.put(g, "topk/values", st.values.cpu().numpy())
             store.put(g, "topk/index", st.index.cpu().numpy())

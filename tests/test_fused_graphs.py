@@ -103,10 +103,12 @@ def test_bottleneck_tail_rejects_bad_input():
         bottleneck_tail(y, identity[:, :4], bn)
     with pytest.raises(ValueError, match="eval mode"):
         bottleneck_tail(y, identity, bn.train())
-    with pytest.raises(ValueError, match="5 channels"):
+    with pytest.raises(ValueError, match="over 4 channels, y has 5; pass the block's own bn3"):
         bottleneck_tail(y, identity, torch.nn.BatchNorm2d(4).eval())
-    with pytest.raises(ValueError, match="floating point"):
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
         bottleneck_tail(y.int(), identity, bn.eval())
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
+        bottleneck_tail(y.double(), identity.double(), bn.eval())
 
 
 # --- mining fused into ResNet blocks (atlas.fused) ---------------------------------------------------------
@@ -208,8 +210,9 @@ def test_graph_step_updates_states_in_place_like_plain_updates():
 
     blocks = _blocks()
     info = LayerInfo("1", "conv", 16, (6, 6), "nchw")
-    cfg = MineConfig(top_k=3, map_size=2, keep_pooled=False)
-    plain, step_state = (LayerState(info, cfg, torch.device("cpu")) for _ in range(2))
+    cfg = MineConfig(top_k=3, map_size=2)
+    plain, step_state = (LayerState(info, cfg, torch.device("cpu"), np.zeros((15, 16), np.float16))
+                         for _ in range(2))
     current = {}
     step = GraphStep(blocks, current, [step_state], warmup=10**6)
     before = {k: getattr(step_state, k).data_ptr() for k in LayerState.TENSORS}
@@ -222,10 +225,12 @@ def test_graph_step_updates_states_in_place_like_plain_updates():
             current.update(plain=True, index=index)
             blocks(x)
             current["plain"] = False
-    assert step.eager == 3 and step.graph is None
+    assert step.eager == 3 and step.graphs == []
     for k in LayerState.TENSORS:
         assert getattr(step_state, k).data_ptr() == before[k], k
         assert torch.equal(getattr(step_state, k), getattr(plain, k)), k
+    step_state.drain()
+    assert np.array_equal(step_state.pooled, plain.pooled) and np.abs(plain.pooled).sum() > 0
 
 
 def test_fused_tails_refuse_other_modules():
@@ -236,7 +241,23 @@ def test_fused_tails_refuse_other_modules():
     with pytest.raises(ValueError, match="not an open_clip Bottleneck in eval mode"):
         with fused_tails({"0": blocks[0]}):
             pass
-    assert "forward" not in blocks[0].__dict__
+    with pytest.raises(ValueError, match="pass a state for every block and ``current``"):
+        with fused_tails({"0": blocks[0].eval()}, states={}):
+            pass
+
+
+def test_fused_tails_put_the_forward_back_and_refuse_gradients():
+    from atlas.fused import fused_tails
+
+    blocks = _blocks()
+    own = blocks[1].forward  # an instance attribute set by someone else before
+    blocks[1].forward = own
+    with pytest.raises(KeyError), fused_tails({"0": blocks[0], "1": blocks[1]}):
+        assert blocks[0].__dict__["forward"] is not None
+        raise KeyError("inside")
+    assert "forward" not in blocks[0].__dict__ and blocks[1].__dict__["forward"] is own
+    with fused_tails({"0": blocks[0]}), pytest.raises(RuntimeError, match="torch.no_grad"):
+        blocks[0](torch.randn(1, 8, 4, 4))
 
 
 if not INTERPRETER:  # the test_interp_* tests run in the interpreter's subprocess only

@@ -160,7 +160,7 @@ def test_spatial_reduce_contract_by_hand():
 
 def test_kernel_outputs_are_checked():
     score, index, arg, v, i, a = merge_case(4, 3, 2)
-    with pytest.raises(ValueError, match=r"merge_topk: an output tensor is \(3, 2\) torch.float64"):
+    with pytest.raises(ValueError, match=r"merge_topk: output values is \(3, 2\) torch.float64"):
         merge_topk(score, index, arg, v, i, a, backend="torch", out=Merged(v.double(), i, a, a.clone()))
     maps = torch.zeros(3, 2, 4)
     with pytest.raises(ValueError, match="gather_maps: .*contiguous: False"):
@@ -210,7 +210,7 @@ def check_stats(score, bins=16, device="cpu"):
     for batch in (score * 1e-7, score, score * 64, score[:1]):  # the range grows, then a batch of one
         ref = score_stats(batch, *state, -20, backend="torch")
         ker = score_stats(batch, *state, -20, backend="triton")
-        own = [t.clone() for t in state]  # in place: the state's tensors as the outputs
+        own = [t.clone() for t in state]  # in place: the state's tensors as the outputs (races: GPU tests only)
         assert score_stats(batch, *own, -20, backend="triton", out=Stats(*own)).count is own[0]
         for name, x, y, z in zip(ref._fields, ker, ref, own):
             if name in ("mean", "m2"):
@@ -270,7 +270,7 @@ def check_merge(case):
     for name, x, y in zip(ref._fields, ker, ref):
         assert same_bits(x, y), name
     score, index, arg, *top = case
-    own = [t.clone() for t in top]  # in place: the top-k's own tensors as the outputs
+    own = [t.clone() for t in top]  # in place: the top-k's own tensors as the outputs (races: GPU tests only)
     into = Merged(*own, torch.empty_like(ker.source))
     merge_topk(score, index, arg, *own, backend="triton", out=into)
     for name, x, y in zip(ref._fields, into, ker):
@@ -313,7 +313,7 @@ def check_maps(a, k, map_hw, seed=0):
     ker = gather_maps(a, source, maps, map_hw, backend="triton")
     own = maps.clone()
     assert gather_maps(a, source, own, map_hw, backend="triton", out=own) is own
-    assert same_bits(own, ker)  # in place: kept maps read before any moves
+    assert same_bits(own, ker)  # in place: the same maps (whether threads race is seen only on a GPU, *_gpu)
     kept = (source < k)[..., None].expand_as(ref)
     assert torch.equal(ker[kept], ref[kept])
     torch.testing.assert_close(ker, ref, rtol=1e-6, atol=1e-6, equal_nan=True)

@@ -195,25 +195,25 @@ def test_pooled_rows_are_written_block_by_block(tmp_path, n, u):
 
 @pytest.mark.parametrize("spec", ["atlas:tiny@random:0", "open_clip:ViT-B-32@random:0"])
 def test_weights_cast_once_give_autocasts_results(spec):
-    """Mining's model path casts conv/linear/attention weights to bfloat16 once: the same roundings autocast makes
-    at every call, so the same outputs; the float32 weights come back afterwards."""
-    from atlas.mine import _model_path
+    """Mining casts conv/linear/attention weights to bfloat16 once: the same roundings autocast makes at every call,
+    so the same outputs; the float32 weights come back afterwards.  On the CPU _model_path does not cast (see
+    _cast_once), so the cast itself is checked here with MultiheadAttention's fast path off, as CUDA autocast has
+    it (the fast path ignores CPU autocast and computes in float32)."""
+    from atlas.mine import _cast_once, _model_path
     from atlas.models import load_model
 
     model = load_model(spec)
-    # on the CPU, MultiheadAttention's fused fast path ignores CPU autocast (it checks CUDA's) and runs float32;
-    # under CUDA autocast it is off, which is the case mining's cast is for: compare without it
+    with torch.no_grad(), _model_path(model, "bfloat16"):
+        assert all(p.dtype == torch.float32 for p in model.visual.parameters())  # no cast on the CPU
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        check_cast_once(model)
+        check_cast_once(model, lambda: _cast_once(model.visual, True))
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def check_cast_once(model):
-    from atlas.mine import _model_path
-
+def check_cast_once(model, cast_once):
     spec = str(model.spec)
     if model.device.type == "cuda":  # as _model_path will have it, so that cuDNN picks the same kernels
         model.visual.to(memory_format=torch.channels_last)
@@ -222,7 +222,7 @@ def check_cast_once(model):
     x = x.to(model.device)
     with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16):
         want = model.clip.encode_image(x)
-    with torch.no_grad(), _model_path(model, "bfloat16"):
+    with torch.no_grad(), cast_once(), torch.autocast(model.device.type, dtype=torch.bfloat16):
         cast = [n for n, p in model.visual.named_parameters() if p.dtype == torch.bfloat16]
         got = model.clip.encode_image(x)
     assert len(cast) > 10 and any(n.endswith("in_proj_weight") for n in cast) == ("ViT" in spec)
@@ -235,6 +235,8 @@ def check_cast_once(model):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("spec", ["open_clip:RN50@random:0", "open_clip:ViT-B-32@random:0"])
 def test_weights_cast_once_give_autocasts_results_gpu(spec):
+    from atlas.mine import _model_path
     from atlas.models import load_model
 
-    check_cast_once(load_model(spec, device="cuda"))  # CUDA autocast turns MultiheadAttention's fast path off
+    model = load_model(spec, device="cuda")  # CUDA autocast turns MultiheadAttention's fast path off
+    check_cast_once(model, lambda: _model_path(model, "bfloat16"))

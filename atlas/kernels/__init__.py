@@ -92,11 +92,19 @@ def outputs(out, like, device: torch.device, what: str):
     """``out`` (tensors to write a kernel's results into) checked against ``like`` (tensors, e.g. on the meta
     device, with the results' shapes and dtypes): same shapes and dtypes, on ``device``, row-major.  They may be the
     kernel's own inputs (an in-place update)."""
-    for o, t in zip(out, like, strict=True):
+    names = getattr(out, "_fields", None) or [f"#{i}" for i in range(len(out))]
+    for name, o, t in zip(names, out, like, strict=True):
         if o.shape != t.shape or o.dtype != t.dtype or o.device != device or not o.is_contiguous():
-            raise ValueError(f"{what}: an output tensor is {tuple(o.shape)} {o.dtype} on {o.device} "
-                             f"(contiguous: {o.is_contiguous()}); expected a contiguous {tuple(t.shape)} {t.dtype} on "
-                             f"{device}")
+            raise ValueError(f"{what}: output {name} is {tuple(o.shape)} {o.dtype} on {o.device} (contiguous: "
+                             f"{o.is_contiguous()}); pass a contiguous {tuple(t.shape)} {t.dtype} tensor on {device} "
+                             "(torch.empty of that shape), or no out")
+    return out
+
+
+def copy_into(out, result, what: str):
+    """A reference implementation's ``result`` (tensors) written into ``out`` (checked by `outputs`); returns out."""
+    for o, t in zip(outputs(out, result, result[0].device, what), result):
+        o.copy_(t)
     return out
 
 

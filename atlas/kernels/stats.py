@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import choose, jit, next_pow2, outputs
+from . import choose, copy_into, jit, next_pow2, outputs
 
 tl = None  # triton.language, set by atlas.kernels.jit when the kernel is first launched
 
@@ -57,14 +57,7 @@ def score_stats(score: torch.Tensor, count: torch.Tensor, mean: torch.Tensor, m2
         return score_stats_triton(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp,
                                   min_range_exp, out=out)
     st = score_stats_torch(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp)
-    return st if out is None else _copied(st, out, "score_stats")
-
-
-def _copied(result, out, what: str):
-    """The reference's result written into ``out``."""
-    for o, t in zip(outputs(out, result, result[0].device, what), result):
-        o.copy_(t)
-    return out
+    return st if out is None else copy_into(out, st, "score_stats")
 
 
 def score_stats_torch(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp,

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import choose, jit, next_pow2, outputs
+from . import choose, copy_into, jit, next_pow2, outputs
 from .mining import topk_value
 
 tl = None  # triton.language, set by atlas.kernels.jit when the kernel is first launched
@@ -56,11 +56,7 @@ def merge_topk(score: torch.Tensor, image_index: torch.Tensor, arg: torch.Tensor
     if choose(backend, score) == "triton":
         return merge_topk_triton(score, image_index, arg, values, index, argmax, out=out)
     merged = merge_topk_torch(score, image_index, arg, values, index, argmax)
-    if out is None:
-        return merged
-    for o, t in zip(outputs(out, merged, merged.values.device, "merge_topk"), merged):
-        o.copy_(t)
-    return out
+    return merged if out is None else copy_into(out, merged, "merge_topk")
 
 
 def merge_topk_torch(score, image_index, arg, values, index, argmax) -> Merged:
@@ -180,7 +176,7 @@ def gather_maps(a: torch.Tensor, source: torch.Tensor, maps: torch.Tensor, map_h
     if choose(backend, a) == "triton":
         return gather_maps_triton(a, source, maps, map_hw, out)
     new = gather_maps_torch(a, source, maps, map_hw)
-    return new if out is None else outputs([out], [new], new.device, "gather_maps")[0].copy_(new)
+    return new if out is None else copy_into([out], [new], "gather_maps")[0]
 
 
 def gather_maps_torch(a, source, maps, map_hw) -> torch.Tensor:

@@ -177,20 +177,47 @@ def test_nonfinite_scores_are_counted_not_ranked():
     assert st.hist.sum(1).tolist() == [2, 2]
 
 
-@pytest.mark.parametrize("n,u", [(0, 5), (1, 3), (1000, 7), (5000, 300)])
-def test_pooled_rows_are_written_block_by_block(tmp_path, n, u):
-    """store.put_rows: the same matrix as one write, bad rows NaN, with blocks much smaller than the matrix."""
+@pytest.mark.parametrize("threads", [0, 1, 3])
+@pytest.mark.parametrize("n,u", [(0, 5), (1, 3), (1000, 7), (5000, 300), (3000, 2500)])
+def test_pooled_rows_are_written_block_by_block(tmp_path, n, u, threads):
+    """store.put_rows: the same matrix as one write, bad rows NaN, with blocks much smaller than the matrix; the
+    chunks compressed by HDF5 (threads=0) or by threads and written raw, which HDF5 then reads and checksums."""
     import h5py
 
     m = np.random.default_rng(n).standard_normal((n, u)).astype(np.float16)
     bad = np.zeros(n, bool)
     bad[::7] = True
     with h5py.File(tmp_path / "a.h5", "w") as f:
-        ds = store.put_rows(f, "p", m, bad, block_bytes=1 << 14)
+        ds = store.put_rows(f, "p", m, bad, block_bytes=1 << 14, threads=threads)
         expect = m.copy()
         expect[bad] = np.nan
-        assert ds.dtype == np.float16 and ds.compression == "gzip"
+        assert ds.dtype == np.float16 and ds.compression == "gzip" and ds.fletcher32
         np.testing.assert_array_equal(ds[()], expect)
+    with h5py.File(tmp_path / "a.h5", "r") as f:  # afresh: from the file, every chunk's checksum verified
+        np.testing.assert_array_equal(f["p"][()], expect)
+
+
+def test_fletcher32_is_hdf5s(tmp_path):
+    """store.fletcher32 against the checksums HDF5 wrote itself, over chunks of even and odd compressed lengths and
+    all-zero chunks; a damaged chunk written raw is refused on read."""
+    import h5py
+
+    a = np.random.default_rng(0).standard_normal((1001, 301)).astype(np.float16)
+    a[:200] = 0
+    parities = set()
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        ds = f.create_dataset("x", data=a, chunks=True, fletcher32=True, compression="gzip", compression_opts=1)
+        for r in range(0, a.shape[0], ds.chunks[0]):
+            for c in range(0, a.shape[1], ds.chunks[1]):
+                _, raw = ds.id.read_direct_chunk((r, c))
+                parities.add(len(raw) % 2)
+                assert int.from_bytes(raw[-4:], "little") == store.fletcher32(raw[:-4]), (r, c)
+        raw = bytearray(store._filtered_chunk(a[:ds.chunks[0], :ds.chunks[1]] + 1, ds.chunks))
+        raw[-1] ^= 1  # a wrong checksum
+        ds.id.write_direct_chunk((0, 0), bytes(raw))
+        with pytest.raises(OSError):
+            ds[:1, :1]
+    assert parities == {0, 1}
 
 
 @pytest.mark.parametrize("spec", ["atlas:tiny@random:0", "open_clip:ViT-B-32@random:0"])

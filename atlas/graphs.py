@@ -29,8 +29,8 @@ class GraphStep:
     """``step(x, index)``: ``forward(x)`` with ``current["index"] = index`` for the hooks, replayed from a CUDA graph
     once ``warmup`` batches of the same shape have run eagerly.  x: [B, 3, S, S] on the GPU; index: [B] int64.
 
-    Two graphs are recorded and replayed in turn, each with its own input buffers and its own buffers for the
-    pooled rows, so that the rows of one step travel to the host on a side stream (the copy engine) while the
+    Two graphs are recorded and replayed in turn, sharing the pixel buffer, each with its own image-index buffer
+    and its own buffers for the pooled rows, so that the rows of one step travel to the host on a side stream (the copy engine) while the
     next step computes; a graph waits only for the copies of its own previous turn, two steps back."""
 
     def __init__(self, forward: Callable[[torch.Tensor], object], current: dict, states: Sequence,

@@ -32,6 +32,9 @@ REDUCE = {"tile1024/64/2w (default)": dict(), "tile1024/32/2w": dict(long=32), "
 STATS = {"u2/b256/2w (default)": dict(), "u32/b64/4w (first)": dict(block_u=32, block_b=64, warps=4),
          "u8/b256/4w": dict(block_u=8, block_b=256, warps=4), "u4/b256/4w": dict(block_u=4, block_b=256, warps=4), "u16/b128/4w": dict(block_u=16, block_b=128),
          "u8/b256/8w": dict(block_u=8, block_b=256, warps=8)}
+TAIL = {"tile1024/64/2w (default)": dict(), "tile2048/64/4w": dict(tile=2048, long=64, warps=4),
+        "tile4096/128/8w": dict(tile=4096, long=128, warps=8), "tile2048/128/4w": dict(tile=2048, long=128, warps=4),
+        "tile1024/128/2w": dict(tile=1024, long=128, warps=2), "tile512/64/1w": dict(tile=512, long=64, warps=1)}
 MERGE = {"u1/b32/1w (default)": dict(), "u4/b32/4w (first)": dict(block_u=4, block_b=32, warps=4),
          "u1/b64/2w": dict(block_u=1, block_b=64, warps=2), "u1/b16/1w": dict(block_u=1, block_b=16, warps=1)}
 
@@ -105,8 +108,11 @@ def tail_rows(blocks, args, device) -> None:
         rows["tail, torch.compile"] = lambda y, i, bn, p, t: compiled(y, i, bn)
         rows["tail + reduce, torch.compile"] = lambda y, i, bn, p, t: compiled(y, i, bn, t)
     if device.type == "cuda":
-        rows["tail, triton"] = lambda y, i, bn, p, t: bottleneck_tail_triton(y, i, bn, params=p)
-        rows["tail + reduce, triton (fused)"] = lambda y, i, bn, p, t: bottleneck_tail_triton(y, i, bn, t, params=p)
+        for label, cfg in tilings(TAIL, args):
+            rows[f"tail, triton {label}"] = lambda y, i, bn, p, t, c=cfg: bottleneck_tail_triton(y, i, bn, params=p,
+                                                                                               **c)
+            rows[f"tail + reduce, triton {label}"] = lambda y, i, bn, p, t, c=cfg: bottleneck_tail_triton(
+                y, i, bn, t, params=p, **c)
     for label, fn in rows.items():
         sec = total(fn)
         print(f"  {label:42s} {sec * 1e3:8.3f} ms/batch {nbytes / sec / 1e12:6.2f} TB/s")

@@ -122,16 +122,21 @@ def _reduce_kernel(x_ptr, img_ptr, tv_ptr, ti_ptr, peak_ptr, arg_ptr, mean_ptr, 
     mask_u = offs_u < U
     lane = tl.arange(0, BLOCK_HW)
     base = x_ptr + b.to(tl.int64) * s_b + offs_u[:, None].to(tl.int64) * s_u
-    big = 2147483647
-    best = tl.full([BLOCK_U, BLOCK_HW], float("-inf"), tl.float32)
-    best_i = tl.zeros([BLOCK_U, BLOCK_HW], tl.int32)
-    first_nan = tl.full([BLOCK_U, BLOCK_HW], big, tl.int32)
-    total = tl.zeros([BLOCK_U, BLOCK_HW], tl.float32)
+    best, best_i, first_nan, total = _fold_start(BLOCK_U, BLOCK_HW)
     for start in range(0, HW, BLOCK_HW * UNROLL):
         for part in tl.static_range(UNROLL):
             hw = start + part * BLOCK_HW + lane[None, :]  # [1, BLOCK_HW]
             best, best_i, first_nan, total = _fold(base, hw, mask_u[:, None] & (hw < HW), s_hw, best, best_i,
                                                    first_nan, total)
+    _finish(best, best_i, first_nan, total, b, offs_u, mask_u, U, HW, img_ptr, tv_ptr, ti_ptr, s_tv, s_ti,
+            peak_ptr, arg_ptr, mean_ptr, flag_ptr, RANK_MEAN)
+
+
+def _finish(best, best_i, first_nan, total, b, offs_u, mask_u, U, HW, img_ptr, tv_ptr, ti_ptr, s_tv, s_ti,
+            peak_ptr, arg_ptr, mean_ptr, flag_ptr, RANK_MEAN: tl.constexpr):
+    """Combine the per-lane state of `_fold_value` into image b's peak, arg, mean and flag for units offs_u, and
+    store them (rows of the [B, U] outputs)."""
+    big = 2147483647
     peak = tl.max(best, axis=1)  # [BLOCK_U]
     first = tl.min(tl.where(best == peak[:, None], best_i, big), axis=1)  # first index of the max
     peak = tl.max(tl.where(best_i == first[:, None], best, float("-inf")), axis=1)  # its own value (-0.0 stays)
@@ -155,15 +160,30 @@ def _reduce_kernel(x_ptr, img_ptr, tv_ptr, ti_ptr, peak_ptr, arg_ptr, mean_ptr, 
     tl.store(flag_ptr + out, flag, mask=mask_u)
 
 
+def _fold_start(BLOCK_U: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """The per-lane state `_fold_value` starts from: max -inf at index 0, no NaN, sum 0."""
+    best = tl.full([BLOCK_U, BLOCK_HW], float("-inf"), tl.float32)
+    best_i = tl.zeros([BLOCK_U, BLOCK_HW], tl.int32)
+    first_nan = tl.full([BLOCK_U, BLOCK_HW], 2147483647, tl.int32)
+    total = tl.zeros([BLOCK_U, BLOCK_HW], tl.float32)
+    return best, best_i, first_nan, total
+
+
+def _flat(t: torch.Tensor) -> tuple[int, int, int] | None:
+    """t [B, U, h, w] -> (stride of b, of u, of the flat h*w index) if h and w merge into one stride, else None."""
+    h, w = t.shape[2:]
+    if w == 1:
+        return t.stride(0), t.stride(1), t.stride(2)
+    if h == 1 or t.stride(2) == w * t.stride(3):
+        return t.stride(0), t.stride(1), t.stride(3)
+    return None
+
+
 def _strides(a: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
     """a [B, U, h, w] -> (a or a copy, stride of b, of u, of the flat h*w index)."""
-    h, w = a.shape[2:]
-    if w == 1:
-        return a, a.stride(0), a.stride(1), a.stride(2)
-    if h == 1 or a.stride(2) == w * a.stride(3):
-        return a, a.stride(0), a.stride(1), a.stride(3)
-    a = a.contiguous()  # h and w do not merge into one stride
-    return a, a.stride(0), a.stride(1), a.stride(3)
+    if _flat(a) is None:
+        a = a.contiguous()  # h and w do not merge into one stride
+    return (a, *_flat(a))
 
 
 def _blocks(u: int, hw: int, s_u: int, s_hw: int, tile: int, long: int) -> tuple[int, int]:
@@ -193,7 +213,7 @@ def spatial_reduce_triton(a: torch.Tensor, image_index: torch.Tensor, thr_value:
     bu, bhw = _blocks(u, h * w, s_u, s_hw, tile, long)
     grid = (b, (u + bu - 1) // bu)
     tv, ti = thr_value.to(torch.float32), thr_index.to(torch.int64)  # [U] views (a column of the top-k) are fine
-    jit(_reduce_kernel, helpers=("_fold", "_fold_value"))[grid](
+    jit(_reduce_kernel, helpers=("_fold", "_fold_value", "_fold_start", "_finish"))[grid](
         a, image_index.to(torch.int64).contiguous(), tv, ti, peak, arg, mean, flag, u, h * w, s_b, s_u, s_hw,
         tv.stride(0), ti.stride(0), RANK_MEAN=rank_by == "mean", BLOCK_U=bu, BLOCK_HW=bhw, UNROLL=unroll,
         num_warps=warps)

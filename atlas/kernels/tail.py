@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import choose, jit
-from .mining import Reduced, _blocks, _check, _fold_value, spatial_reduce_torch
+from .mining import Reduced, _blocks, _check, _finish, _flat, _fold_start, _fold_value, spatial_reduce_torch
 
 tl = None  # triton.language, set by atlas.kernels.jit when the kernel is first launched
 
@@ -89,8 +89,8 @@ def _tail_kernel(y_ptr, id_ptr, w_ptr, b_ptr, m_ptr, inv_ptr, out_ptr, img_ptr, 
                  os_b, os_u, os_hw, s_tv, s_ti,
                  REDUCE: tl.constexpr, RANK_MEAN: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_HW: tl.constexpr):
     """Program (b, j): units j*BLOCK_U.. of image b, the map in chunks of BLOCK_HW: load y and identity, write the
-    block's output and, with REDUCE, fold the stored values into per-lane max / first NaN / sum (as
-    mining._reduce_kernel), combined after the loop."""
+    block's output and, with REDUCE, fold the stored values into per-lane max / first NaN / sum and finish them
+    (the helpers of mining._reduce_kernel)."""
     b = tl.program_id(0)
     offs_u = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
     mask_u = offs_u < U
@@ -103,11 +103,7 @@ def _tail_kernel(y_ptr, id_ptr, w_ptr, b_ptr, m_ptr, inv_ptr, out_ptr, img_ptr, 
     bias = tl.load(b_ptr + offs_u, mask=mask_u, other=0.0)[:, None]
     mu = tl.load(m_ptr + offs_u, mask=mask_u, other=0.0)[:, None]
     inv = tl.load(inv_ptr + offs_u, mask=mask_u, other=0.0)[:, None]
-    big = 2147483647
-    best = tl.full([BLOCK_U, BLOCK_HW], float("-inf"), tl.float32)
-    best_i = tl.zeros([BLOCK_U, BLOCK_HW], tl.int32)
-    first_nan = tl.full([BLOCK_U, BLOCK_HW], big, tl.int32)
-    total = tl.zeros([BLOCK_U, BLOCK_HW], tl.float32)
+    best, best_i, first_nan, total = _fold_start(BLOCK_U, BLOCK_HW)
     dtype = out_ptr.dtype.element_ty
     for start in range(0, HW, BLOCK_HW):
         hw = start + lane[None, :]  # [1, BLOCK_HW]
@@ -122,37 +118,8 @@ def _tail_kernel(y_ptr, id_ptr, w_ptr, b_ptr, m_ptr, inv_ptr, out_ptr, img_ptr, 
         if REDUCE:
             best, best_i, first_nan, total = _fold_value(v, hw, m, best, best_i, first_nan, total)
     if REDUCE:
-        peak = tl.max(best, axis=1)  # [BLOCK_U]; from here on as mining._reduce_kernel
-        first = tl.min(tl.where(best == peak[:, None], best_i, big), axis=1)
-        peak = tl.max(tl.where(best_i == first[:, None], best, float("-inf")), axis=1)
-        nan_at = tl.min(first_nan, axis=1)
-        has_nan = nan_at < big
-        peak = tl.where(has_nan, float("nan"), peak)
-        arg = tl.where(has_nan, nan_at, first)
-        mean = tl.sum(total, axis=1) / HW
-        score = mean if RANK_MEAN else peak
-        sv = tl.where(score == float("-inf"), -3.4028234663852886e38, score)
-        sv = tl.where((score != score) | (score == float("inf")), float("-inf"), sv)
-        tv = tl.load(tv_ptr + offs_u * s_tv, mask=mask_u, other=0.0)
-        ti = tl.load(ti_ptr + offs_u * s_ti, mask=mask_u, other=0)
-        ti = tl.where(ti < 0, 9223372036854775807, ti)
-        img = tl.load(img_ptr + b)
-        flag = (sv > tv) | ((sv == tv) & (img < ti))
-        out = b.to(tl.int64) * U + offs_u
-        tl.store(peak_ptr + out, peak, mask=mask_u)
-        tl.store(arg_ptr + out, arg, mask=mask_u)
-        tl.store(mean_ptr + out, mean, mask=mask_u)
-        tl.store(flag_ptr + out, flag, mask=mask_u)
-
-
-def _flat(t: torch.Tensor) -> tuple[int, int, int] | None:
-    """(stride of b, of u, of the flat h*w index) if h and w merge into one stride, else None."""
-    h, w = t.shape[2:]
-    if w == 1:
-        return t.stride(0), t.stride(1), t.stride(2)
-    if h == 1 or t.stride(2) == w * t.stride(3):
-        return t.stride(0), t.stride(1), t.stride(3)
-    return None
+        _finish(best, best_i, first_nan, total, b, offs_u, mask_u, U, HW, img_ptr, tv_ptr, ti_ptr, s_tv, s_ti,
+                peak_ptr, arg_ptr, mean_ptr, flag_ptr, RANK_MEAN)
 
 
 def bn_params(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, ...]:
@@ -195,7 +162,7 @@ def bottleneck_tail_triton(y: torch.Tensor, identity: torch.Tensor, bn: nn.Batch
     if b * u * h * w:
         ys, is_, os_ = _flat(y), _flat(identity), _flat(out)
         bu, bhw = _blocks(u, h * w, ys[1], ys[2], tile, long)
-        jit(_tail_kernel, helpers=("_fold_value", "_round"))[(b, (u + bu - 1) // bu)](
+        jit(_tail_kernel, helpers=("_fold_value", "_fold_start", "_finish", "_round"))[(b, (u + bu - 1) // bu)](
             y, identity, *params, out, image_index, tv, ti, peak, arg, mean, flag, u, h * w, *ys, *is_, *os_,
             tv.stride(0), ti.stride(0), REDUCE=reduce is not None, RANK_MEAN=rank_by == "mean", BLOCK_U=bu,
             BLOCK_HW=bhw, num_warps=warps)

@@ -17,9 +17,9 @@ The references are torch: a stable two-key sort over the K + B candidates of eve
 selected maps pooled by torch.  The kernels do the same work sparsely but with fixed shapes, so nothing waits for
 the GPU: the merge kernel (a block of units per program) skips every chunk of the batch in which no score beats a
 unit's k-th entry and otherwise counts every entry's new rank at once, comparing one int64 key per entry (the
-value's order-preserving bits, then the complement of the image index); the pooling kernel (a program per unit) copies
-the kept maps and pools only the new entries' maps.  Both agree with the references bit for bit, except that the pooled sums
-may differ from torch's in the last bit where torch adds in another order (tests/test_kernels.py).
+value's order-preserving bits, then the complement of the image index); the pooling kernel (a program per unit)
+copies the kept maps and pools only the new entries' maps.  Both agree with the references bit for bit, except that
+the pooled sums may differ from torch's in the last bit where torch adds in another order (tests/test_kernels.py).
 """
 
 from __future__ import annotations

@@ -146,8 +146,8 @@ def bottleneck_tail_triton(y: torch.Tensor, identity: torch.Tensor, bn: nn.Batch
     params = bn_params(bn) if params is None else params
     f32 = dict(dtype=torch.float32, device=y.device)
     if reduce is None:
-        image_index = ti = torch.zeros(1, dtype=torch.int64, device=y.device)  # unread
-        tv = torch.zeros(1, **f32)
+        image_index = ti = torch.empty(1, dtype=torch.int64, device=y.device)  # unread
+        tv = torch.empty(1, **f32)  # unread
         peak = mean = torch.empty(0, **f32)
         arg = torch.empty(0, dtype=torch.int32, device=y.device)
         flag = torch.empty(0, dtype=torch.bool, device=y.device)

@@ -233,7 +233,9 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     are skipped.  Raises StoreBusy if another process writes the store.  ``num_workers``: image-decoding
     processes (0: decode here).  The result's ``seconds``: "setup", "first_batch" (waiting for the first
     decoded batch: worker start-up), "wait" (for later batches), "forward"
-    (host time of the forwards and updates, GPU waits included), "checkpoint", "commit".  ``cuda_graphs``: replay
+    (host time of the forwards and updates, GPU waits included), "checkpoint", "commit" (writing the store, its
+    copy and fsync), "pooled" (the commit's pooled matrices), "thumbnails" (the commit's thumbnails: decoded
+    again, in ``num_workers`` processes for files).  ``cuda_graphs``: replay
     the step of full batches from CUDA graphs (`atlas.graphs`; None: wherever the Triton kernels run; results are
     the same).  ``fuse_blocks``: mine ResNet blocks inside their last kernel (`atlas.fused`; None: wherever the
     Triton kernels run; the activations agree to a unit in the last place).  ``_pil``: files too through the
@@ -258,7 +260,8 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
         resumed_from = position
         last_ckpt = time.monotonic()
         current: dict[str, torch.Tensor] = {}
-        seconds = dict.fromkeys(("setup", "first_batch", "wait", "forward", "checkpoint", "commit"), 0.0)
+        seconds = dict.fromkeys(("setup", "first_batch", "wait", "forward", "checkpoint", "commit", "pooled",
+                                 "thumbnails"), 0.0)
 
         def consume(name: str, out: torch.Tensor) -> None:
             states[name].update(current["index"], out)
@@ -290,7 +293,8 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
                     _checkpoint(work, states, image_state, position)
                     last_ckpt = time.monotonic()
                 t = _lap(seconds, "checkpoint", t)
-        _commit(path, model, source, config, todo, states, image_state, meta, n_images, tuple(fused))
+        _commit(path, model, source, config, todo, states, image_state, meta, n_images, tuple(fused),
+                num_workers, seconds)
         store.remove_work(work)
         _lap(seconds, "commit", t)
         bad = int(np.count_nonzero(image_state["status"]))
@@ -379,9 +383,14 @@ def _checkpoint(work: Path, states: dict[str, LayerState], image_state: dict, po
 
 def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineConfig,
             todo: list[LayerInfo], states: dict[str, LayerState], image_state: dict,
-            meta: dict[str, object], n_images: int, fused: tuple[str, ...] = ()) -> None:
+            meta: dict[str, object], n_images: int, fused: tuple[str, ...] = (), num_workers: int = 0,
+            seconds: dict[str, float] | None = None) -> None:
+    """Write the mined layers, their pooled matrices and the thumbnails of their top images into the store in one
+    transaction.  ``seconds``: the "pooled" and "thumbnails" parts of the commit are added to it (and "commit"
+    keeps the rest)."""
     from .thumbs import make_thumbnails
 
+    parts = {"pooled": 0.0, "thumbnails": 0.0}
     for st in states.values():
         st.drain()
     status = image_state["status"]
@@ -423,8 +432,15 @@ def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineCon
             store.put(g, "stats/nonfinite", st.nonfinite.cpu().numpy())
             store.put(g, "stats/hist", st.hist.cpu().numpy())
             store.put(g, "stats/range", np.ldexp(1.0, st.range_exp.cpu().numpy()))
+            t = time.perf_counter()
             for key, m in (("pooled", st.pooled), ("pooled_cls", st.pooled_cls)):
                 if m is not None:  # skipped images have no activations: NaN rows
                     store.put_rows(g, key, m, status != 0)
-        needed = sorted({int(i) for st in states.values() for i in st.index.cpu().numpy().ravel() if i >= 0})
-        make_thumbnails(f, model, source, needed, config.thumb_size, n_images)
+            parts["pooled"] += time.perf_counter() - t
+        t = time.perf_counter()
+        needed = np.unique(np.concatenate([st.index.cpu().numpy().ravel() for st in states.values()]))
+        make_thumbnails(f, model, source, needed[needed >= 0].tolist(), config.thumb_size, n_images, num_workers)
+        parts["thumbnails"] += time.perf_counter() - t
+    if seconds is not None:
+        seconds.update(parts)
+        seconds["commit"] -= sum(parts.values())  # `mine` adds the whole commit's time to "commit"

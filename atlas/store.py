@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -151,7 +152,8 @@ def transaction(path: str | os.PathLike) -> Iterator[h5py.File]:
 
 
 def put(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
-    """(Re)create a dataset: chunked and fletcher32-checksummed when not scalar, gzip when large."""
+    """(Re)create a dataset: chunked and fletcher32-checksummed when not scalar, gzip when large.  A numeric array
+    of 8 MB or more has its chunks compressed by ``threads`` threads (keyword; `_threads`), as `put_rows` does."""
     if name in group:
         del group[name]
     if isinstance(data, list):  # strings: fixed-length UTF-8 (variable-length data cannot be checksummed)
@@ -165,7 +167,38 @@ def put(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
     if arr.nbytes > 1 << 16:
         kwargs.setdefault("compression", "gzip")
         kwargs.setdefault("compression_opts", 4)
-    return group.create_dataset(name, data=arr, chunks=True, fletcher32=True, **kwargs)
+    if arr.ndim >= 2 and "chunks" not in kwargs and arr[0].nbytes <= 1 << 20:
+        # whole rows (a unit's maps, an image's thumbnail) of about 1 MB: one row is read by reading one chunk
+        kwargs["chunks"] = (max(1, min(len(arr), (1 << 20) // max(1, arr[0].nbytes))), *arr.shape[1:])
+    kwargs.setdefault("chunks", True)
+    threads = _threads(kwargs.pop("threads", None))
+    if threads and arr.nbytes >= 8 << 20 and arr.dtype.kind in "biuf" and kwargs.get("compression") == "gzip" \
+            and set(kwargs) <= {"chunks", "compression", "compression_opts"}:
+        ds = group.create_dataset(name, shape=arr.shape, dtype=arr.dtype, fletcher32=True, **kwargs)
+        with ThreadPoolExecutor(threads) as pool:
+            _write_chunks(ds, arr, 0, pool)
+        return ds
+    return group.create_dataset(name, data=arr, fletcher32=True, **kwargs)
+
+
+def _threads(threads: int | None) -> int:
+    """Threads that compress chunks (0: HDF5's own one-core pipeline).  Default: one per CPU where there are
+    several; one thread alone is 8% slower than HDF5's pipeline (bench/store_write.py)."""
+    if threads is None:
+        threads = os.cpu_count() or 1
+        return threads if threads > 1 else 0
+    return max(0, threads)
+
+
+def _write_chunks(ds: h5py.Dataset, part: np.ndarray, row: int, pool: ThreadPoolExecutor) -> None:
+    """Write ``part`` into ``ds`` at rows [row, row + len(part)) (``row`` a multiple of the chunk's rows), every
+    chunk compressed and checksummed by ``pool`` and written raw (`_filtered_chunk`)."""
+    chunks, level = ds.chunks, ds.compression_opts
+    starts = itertools.product(*(range(0, n, c) for n, c in zip(part.shape, chunks)))
+    tiles = [(at, part[tuple(slice(a, a + c) for a, c in zip(at, chunks))]) for at in starts]
+    done = [((row + at[0], *at[1:]), pool.submit(_filtered_chunk, t, chunks, level)) for at, t in tiles]
+    for at, future in done:
+        ds.id.write_direct_chunk(at, future.result())
 
 
 def put_rows(group: h5py.Group, name: str, rows: np.ndarray, bad: np.ndarray, block_bytes: int = 64 << 20,
@@ -173,8 +206,7 @@ def put_rows(group: h5py.Group, name: str, rows: np.ndarray, bad: np.ndarray, bl
     """(Re)create a [N, U] float dataset from ``rows`` (e.g. a memmap) in blocks of about ``block_bytes`` (whole
     chunks), never holding it all in memory; rows where ``bad`` is true become NaN.  gzip level 1: these matrices
     are large and compress little.  HDF5 runs its filters on one core, so the chunks are compressed and
-    checksummed here by ``threads`` threads (default: one per CPU if more than one; zlib releases the GIL) and
-    written as they are
+    checksummed here by ``threads`` threads (`_threads`; zlib releases the GIL) and written as they are
     (`_filtered_chunk`: the bytes HDF5's own deflate + fletcher32 pipeline would store); ``threads=0`` lets HDF5
     filter them, one at a time."""
     if name in group:
@@ -186,33 +218,28 @@ def put_rows(group: h5py.Group, name: str, rows: np.ndarray, bad: np.ndarray, bl
         return ds
     chunk = ds.chunks[0]
     block = max(1, block_bytes // max(1, rows[:1].nbytes * chunk)) * chunk
-    if threads is None:  # one thread alone is 8% slower than HDF5's own pipeline (bench/store_write.py)
-        threads = os.cpu_count() or 1
-        threads = threads if threads > 1 else 0
+    threads = _threads(threads)
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for i in range(0, n, block):
             part = np.array(rows[i:i + block])
             part[bad[i:i + block]] = np.nan
             if threads == 0:
                 ds[i:i + block] = part
-                continue
-            tiles = [((i + r, c), part[r:r + ds.chunks[0], c:c + ds.chunks[1]])
-                     for r in range(0, len(part), ds.chunks[0]) for c in range(0, part.shape[1], ds.chunks[1])]
-            done = [(at, pool.submit(_filtered_chunk, t, ds.chunks)) for at, t in tiles]
-            for at, future in done:
-                ds.id.write_direct_chunk(at, future.result())
+            else:
+                _write_chunks(ds, part, i, pool)
     return ds
 
 
-def _filtered_chunk(tile: np.ndarray, chunks: tuple[int, ...]) -> bytes:
-    """A [<= r, <= c] tile as HDF5 stores a chunk of a dataset filtered by deflate then fletcher32: the tile padded
-    to the chunk shape (edge chunks are stored whole), zlib-compressed (level 1), then its Fletcher-32 checksum
-    little-endian (HDF5 checks it on every read; tests/test_mine.py compares with HDF5's own chunks)."""
+def _filtered_chunk(tile: np.ndarray, chunks: tuple[int, ...], level: int = 1) -> bytes:
+    """A tile of at most the chunk's shape as HDF5 stores a chunk of a dataset filtered by deflate then fletcher32:
+    the tile padded with zeros to the chunk shape (edge chunks are stored whole), zlib-compressed at ``level``, then
+    its Fletcher-32 checksum little-endian (HDF5 checks it on every read; tests/test_mine.py compares with HDF5's own
+    chunks)."""
     if tile.shape != tuple(chunks):
         padded = np.zeros(chunks, tile.dtype)
-        padded[:tile.shape[0], :tile.shape[1]] = tile
+        padded[tuple(slice(0, s) for s in tile.shape)] = tile
         tile = padded
-    body = zlib.compress(np.ascontiguousarray(tile).tobytes(), 1)
+    body = zlib.compress(np.ascontiguousarray(tile).tobytes(), level)
     return body + fletcher32(body).to_bytes(4, "little")
 
 

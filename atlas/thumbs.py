@@ -1,4 +1,10 @@
-"""Thumbnails of the images a store shows: the model's centre crop, resized, as uint8 arrays."""
+"""Thumbnails of the images a store shows: the model's centre crop at the thumbnail's size, as uint8 arrays.
+
+A thumbnail is `pil_crop` of the image decoded with ``draft_size`` = the thumbnail's side (libjpeg shrinks a large
+JPEG by 1/2, 1/4 or 1/8 while decoding, as mining's loader does for the model's size): the region the model saw,
+resized once.  Files are decoded in ``workers`` processes through `JpegLoader` (the GIL-bound PIL glue of thousands
+of small images does not scale on threads), other sources on threads; both give the same pixels.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +14,20 @@ from typing import Sequence
 
 import h5py
 import numpy as np
-from PIL import Image
 
 from . import store
-from .data.sources import ImageSource
+from .data.decode import DEFAULT_MAX_PIXELS
+from .data.loader import JpegLoader, pil_crop
+from .data.sources import FolderSource, ImageSource
 from .models import LoadedModel
 
 
 def make_thumbnails(f: h5py.File, model: LoadedModel, source: ImageSource, needed: Sequence[int],
-                    size: int, n_images: int) -> int:
+                    size: int, n_images: int, workers: int = 0) -> int:
     """Add thumbnails for the images in ``needed`` that the store lacks; return how many were added.
 
-    /images/thumbs [M, size, size, 3] holds them and /images/thumb_row [N] maps image -> row (-1: none).
+    /images/thumbs [M, size, size, 3] holds them and /images/thumb_row [N] maps image -> row (-1: none).  A file
+    whose sha256 differs from the one mining recorded (/images/sha256) is refused: the data changed.
     """
     img = f["images"]
     rows = img["thumb_row"][()] if "thumb_row" in img else np.full(n_images, -1, np.int64)
@@ -28,14 +36,35 @@ def make_thumbnails(f: h5py.File, model: LoadedModel, source: ImageSource, neede
         raise store.StoreError(f"store thumbnails are {thumbs.shape[1]} px, this run asks for {size}; "
                                "use the same thumb_size for every run on one store")
     missing = [i for i in needed if rows[i] < 0]
+    hashes = img["sha256"][()] if "sha256" in img and missing else np.zeros(n_images, "S64")
+    recorded = [bytes(hashes[i]).decode() for i in missing]  # "" for generated images
+    if isinstance(source, FolderSource) and workers > 0 and missing:
+        new = _from_files(source, missing, recorded, size, model.resize_mode, workers)
+    else:
+        new = _on_threads(source, missing, recorded, size, model.resize_mode)
+    for j, i in enumerate(missing):
+        rows[i] = len(thumbs) + j
+    store.put(img, "thumbs", np.concatenate([thumbs, new]))
+    store.put(img, "thumb_row", rows)
+    return len(missing)
+
+
+def _changed(source_id: str, why: str) -> store.StoreError:
+    return store.StoreError(f"image {source_id} {why} since it was mined; the data changed during the run: "
+                            "mine again into a fresh store")
+
+
+def _on_threads(source: ImageSource, missing: list[int], recorded: list[str], size: int,
+                mode: str) -> np.ndarray:
     new = np.zeros((len(missing), size, size, 3), np.uint8)
 
     def one(j: int) -> None:
-        sample = source.sample(missing[j])
-        if sample.image is None:  # changed since mining
-            raise store.StoreError(f"image {sample.source_id} could be read while mining but not now "
-                                   f"({sample.message}); the data changed during the run: mine again")
-        new[j] = np.asarray(model.crop(sample.image).resize((size, size), Image.BICUBIC), dtype=np.uint8)
+        sample = source.sample(missing[j], draft_size=size)
+        if sample.image is None:
+            raise _changed(sample.source_id, f"cannot be read ({sample.message})")
+        if recorded[j] and sample.sha256 != recorded[j]:
+            raise _changed(sample.source_id, "has other contents")
+        new[j] = pil_crop(sample.image, size, mode)
 
     # PIL decodes and resizes without the GIL: threads share the work (each writes its own row)
     with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
@@ -44,8 +73,21 @@ def make_thumbnails(f: h5py.File, model: LoadedModel, source: ImageSource, neede
         except BaseException:
             pool.shutdown(cancel_futures=True)  # the first error stops the rest
             raise
-    for j, i in enumerate(missing):
-        rows[i] = len(thumbs) + j
-    store.put(img, "thumbs", np.concatenate([thumbs, new]))
-    store.put(img, "thumb_row", rows)
-    return len(missing)
+    return new
+
+
+def _from_files(source: FolderSource, missing: list[int], recorded: list[str], size: int, mode: str,
+                workers: int) -> np.ndarray:
+    names = [source.entries[i].source_id for i in missing]
+    loader = JpegLoader([source.path(i) for i in missing], size, batch_size=64, device="cpu", decode="cpu",
+                        resize="cpu", workers=workers, resize_mode=mode, hashes=True, names=names,
+                        max_pixels=source.max_pixels or DEFAULT_MAX_PIXELS)
+    new = np.zeros((len(missing), size, size, 3), np.uint8)
+    for b in loader:
+        for j, _reason, message in b.bad:
+            raise _changed(names[j], f"cannot be read ({message})")
+        for j, h in zip(range(b.start, b.stop), b.sha256):
+            if recorded[j] and h != recorded[j]:
+                raise _changed(names[j], "has other contents")
+        new[b.index.numpy()] = b.pixels.permute(0, 2, 3, 1).numpy()  # [n, S, S, 3]
+    return new

@@ -105,8 +105,8 @@ def end_to_end(model, folder: Path, out: Path, cfg: MineConfig, workers: int, fo
     loop = r.seconds["wait"] + r.seconds["forward"] + r.seconds["checkpoint"]
     if loop > 0:  # the first batch's wait is worker start-up; checkpoints hold the final GPU sync
         steady = (r.images - cfg.batch_size) / loop
-        print(f"  steady batch loop (after the first batch: wait + forward + checkpoints): {steady:.0f} images/s "
-              f"= {steady / forward_rate:.2f} of forward-only")
+        print(f"  batch loop after the first batch (wait + forward + checkpoints; the CUDA graphs' capture "
+              f"included): {steady:.0f} images/s = {steady / forward_rate:.2f} of forward-only")
     return r.images / dt
 
 

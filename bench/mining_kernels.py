@@ -32,9 +32,13 @@ REDUCE = {"tile1024/64/2w (default)": dict(), "tile1024/32/2w": dict(long=32), "
 STATS = {"u2/b256/2w (default)": dict(), "u32/b64/4w (first)": dict(block_u=32, block_b=64, warps=4),
          "u8/b256/4w": dict(block_u=8, block_b=256, warps=4), "u4/b256/4w": dict(block_u=4, block_b=256, warps=4), "u16/b128/4w": dict(block_u=16, block_b=128),
          "u8/b256/8w": dict(block_u=8, block_b=256, warps=8)}
-TAIL = {"tile1024/64/2w (default)": dict(), "tile2048/64/4w": dict(tile=2048, long=64, warps=4),
+TAIL = {"default tiling": dict(),  # 1024/128/2w with the reduction, 2048/128/4w without
+        "tile1024/64/2w": dict(tile=1024, long=64, warps=2), "tile2048/64/4w": dict(tile=2048, long=64, warps=4),
         "tile4096/128/8w": dict(tile=4096, long=128, warps=8), "tile2048/128/4w": dict(tile=2048, long=128, warps=4),
-        "tile1024/128/2w": dict(tile=1024, long=128, warps=2), "tile512/64/1w": dict(tile=512, long=64, warps=1)}
+        "tile1024/128/2w": dict(tile=1024, long=128, warps=2), "tile512/64/1w": dict(tile=512, long=64, warps=1),
+        "tile2048/256/4w": dict(tile=2048, long=256, warps=4), "tile2048/128/2w": dict(tile=2048, long=128, warps=2),
+        "tile1024/128/1w": dict(tile=1024, long=128, warps=1), "tile512/128/1w": dict(tile=512, long=128, warps=1),
+        "tile4096/256/4w": dict(tile=4096, long=256, warps=4)}
 MERGE = {"u1/b32/1w (default)": dict(), "u4/b32/4w (first)": dict(block_u=4, block_b=32, warps=4),
          "u1/b64/2w": dict(block_u=1, block_b=64, warps=2), "u1/b16/1w": dict(block_u=1, block_b=16, warps=1)}
 
@@ -99,7 +103,6 @@ def tail_rows(blocks, args, device) -> None:
         cases.append((y, identity, bn, bn_params(bn), thr))
     nbytes = sum(3 * y.numel() * y.element_size() for y, *_ in cases)
     print(f"\nRN50 block tails: {len(cases)} blocks, {nbytes / 1e9:.2f} GB read and written by one fused pass")
-    total = lambda fn: sum(timed(lambda c=c: fn(*c), args.reps, device) for c in cases)
     rows = {"tail, torch (bn3, add, relu: 3 passes)": lambda y, i, bn, p, t: bottleneck_tail_torch(y, i, bn),
             "tail + reduce, torch + the reduce kernel": lambda y, i, bn, p, t: spatial_reduce_triton(
                 bottleneck_tail_torch(y, i, bn)[0], *t[:3]) if device.type == "cuda" else None}
@@ -113,9 +116,17 @@ def tail_rows(blocks, args, device) -> None:
                                                                                                **c)
             rows[f"tail + reduce, triton {label}"] = lambda y, i, bn, p, t, c=cfg: bottleneck_tail_triton(
                 y, i, bn, t, params=p, **c)
+    shapes = sorted({(u, g) for u, g in blocks}, key=lambda s: -s[1])
+    if args.per_shape:
+        print(f"  {'':42s} {'all':>8s}    " + " ".join(f"{f'{u}@{g}x{g}':>11s}" for u, g in shapes) + "   (ms)")
     for label, fn in rows.items():
-        sec = total(fn)
-        print(f"  {label:42s} {sec * 1e3:8.3f} ms/batch {nbytes / sec / 1e12:6.2f} TB/s")
+        per = [timed(lambda c=c: fn(*c), args.reps, device) for c in cases]
+        sec = sum(per)
+        line = f"  {label:42s} {sec * 1e3:8.3f} ms/batch {nbytes / sec / 1e12:6.2f} TB/s"
+        if args.per_shape:  # the blocks of each shape together
+            line = f"  {label:42s} {sec * 1e3:8.3f}    " + " ".join(
+                f"{sum(t for t, b in zip(per, blocks) if b == sh) * 1e3:11.3f}" for sh in shapes)
+        print(line)
 
 
 def model_rows(name: str, blocks, args, device) -> None:
@@ -208,6 +219,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--default-tilings", action="store_true", help="time each kernel at its default tiling only")
     ap.add_argument("--only", choices=["mining", "tail"], help="one part: the four mining kernels, or RN50's tails")
+    ap.add_argument("--per-shape", action="store_true", help="tails: also the time of the blocks of each shape")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     rn50, vit = RN50, VIT

@@ -182,3 +182,40 @@ def test_bfloat16_runs_and_a_layer_from_before_precision_counts_as_float32(tiny_
         del old["precision"]
         attrs["config"] = json.dumps(old, sort_keys=True, separators=(",", ":"))
     assert mine(tiny_model, source, ref, cfg).skipped_layers == LAYERS[-1:]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_thumbnails_are_the_drafted_crop_and_changed_files_are_refused(tiny_model, folder, pil_store, tmp_path,
+                                                                        workers):
+    """Every thumbnail is `pil_crop` of its file decoded with draft_size = the thumbnail's side (the 700x560 JPEG
+    is drafted); made again in worker processes or on threads they are the same; a file rewritten since mining is
+    refused, naming it."""
+    import shutil
+
+    from atlas.data.decode import decode_image
+    from atlas.data.loader import pil_crop
+    from atlas.thumbs import make_thumbnails
+
+    size = CFG.thumb_size
+    with store.Store(pil_store) as st:
+        ids, rows = st.image_column("source_id"), st.image_column("thumb_row")
+        shown = [i for i, r in enumerate(rows) if r >= 0]
+        assert "dogs/2.jpg" in [ids[i] for i in shown]  # the draft-mode file has a thumbnail
+        for i in shown:
+            want = pil_crop(decode_image((folder / ids[i]).read_bytes(), draft_size=size), size)
+            np.testing.assert_array_equal(st.thumbnail(i), want)
+    root = tmp_path / "copy"
+    shutil.copytree(folder, root)
+    path = tmp_path / "s.h5"
+    shutil.copyfile(pil_store, path)
+    source = FolderSource(root)
+    with h5py.File(path, "a") as f:
+        kept = f["images/thumbs"][()]
+        f["images/thumb_row"][...] = -1
+        assert make_thumbnails(f, tiny_model, source, shown, size, len(ids), workers) == len(shown)
+        np.testing.assert_array_equal(f["images/thumbs"][len(kept):], kept[rows[shown]])
+        victim = shown[0]
+        _picture(123, 97, 99).save(root / ids[victim], quality=80)
+        f["images/thumb_row"][...] = -1
+        with pytest.raises(store.StoreError, match=f"{ids[victim]} has other contents.*mine again"):
+            make_thumbnails(f, tiny_model, source, shown, size, len(ids), workers)

@@ -101,10 +101,10 @@ def score_stats_torch(score, count, mean, m2, nonfinite, positive, vmin, vmax, h
 def _stats_kernel(score_ptr, cnt_ptr, mean_ptr, m2_ptr, nonf_ptr, pos_ptr, min_ptr, max_ptr, hist_ptr, range_ptr,
                   cnt_out, mean_out, m2_out, nonf_out, pos_out, min_out, max_out, hist_out, range_out,
                   B, U, MIN_EXP, BINS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_U: tl.constexpr,
-                  BLOCK_BINS: tl.constexpr):
+                  BLOCK_BINS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_C: tl.constexpr):
     """Program j: units j*BLOCK_U.., all of the batch.  Pass 1 counts, sums and finds min, max and max |s|; then the
-    old histogram is widened into hist_out and pass 2 adds the batch, both by integer atomic adds (exact in any
-    order), and sums the squared deviations from the batch mean."""
+    old histogram is copied into hist_out, or widened there by integer atomic adds (exact in any order) where the
+    range grows; pass 2 sums the squared deviations from the batch mean and pass 3 adds the batch's bin counts."""
     offs_u = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)
     mask_u = offs_u < U
     out_u = offs_u.to(tl.int64)
@@ -147,23 +147,38 @@ def _stats_kernel(score_ptr, cnt_ptr, mean_ptr, m2_ptr, nonf_ptr, pos_ptr, min_p
     h = tl.load(hist_ptr + out_u[:, None] * BINS + cols[None, :], mask=m_bins, other=0)
     tl.debug_barrier()  # every read of the old state is done before the outputs are written
     row_hist = hist_out + out_u[:, None] * BINS  # [BLOCK_U, 1] row starts
-    tl.store(row_hist + cols[None, :], tl.zeros([BLOCK_U, BLOCK_BINS], tl.int64), mask=m_bins)
-    tl.debug_barrier()  # the zeros land before the adds below
-    # old bin i moves to floor((i - half) / 2**grow) + half (an arithmetic shift floors)
+    # a unit whose range stays keeps its histogram as is; one whose range grows starts from zeros ...
+    tl.store(row_hist + cols[None, :], tl.where((grow == 0)[:, None], h, 0), mask=m_bins)
+    tl.debug_barrier()  # the stores land before the adds below
+    # ... and its old bin i moves to floor((i - half) / 2**grow) + half (an arithmetic shift floors)
     target = ((cols[None, :] - half).to(tl.int64) >> tl.minimum(grow, 62)[:, None]) + half
-    tl.atomic_add(row_hist + target, h, mask=m_bins & (h != 0))
+    tl.atomic_add(row_hist + target, h, mask=m_bins & (h != 0) & (grow > 0)[:, None])
     width = ((new_exp + 1023) << 52).to(tl.float64, bitcast=True) / half  # [BLOCK_U], as torch.ldexp(1, e) / half
     mean_b = total / tl.maximum(n_fin, 1).to(tl.float64)
     m2_b = tl.zeros([BLOCK_U], tl.float64)
-    for start in range(0, B, BLOCK_B):  # pass 2: bin the batch
+    for start in range(0, B, BLOCK_B):  # pass 2: the squared deviations from the batch mean
         m = ((start + rows)[:, None] < B) & mask_u[None, :]
         s = tl.load(score_ptr + (start + rows)[:, None].to(tl.int64) * U + offs_u[None, :], mask=m, other=0.0)
         fin = m & (s == s) & (tl.abs(s) != float("inf"))
         dev = tl.where(fin, s.to(tl.float64) - mean_b[None, :], 0.0)
         m2_b += tl.sum(dev * dev, axis=0)
-        q = tl.floor(tl.where(fin, s.to(tl.float64), 0.0) / width[None, :])
-        b = tl.minimum(tl.maximum(q.to(tl.int64) + half, 0), BINS - 1)  # [BLOCK_B, BLOCK_U]
-        tl.atomic_add(hist_out + out_u[None, :] * BINS + b, tl.full([BLOCK_B, BLOCK_U], 1, tl.int64), mask=fin)
+    # pass 3: bin the batch, BLOCK_C bins at a time: counts summed over rows in registers (a one-hot [rows, units,
+    # bins] per step), then one atomic add per (unit, bin) instead of one per score on a few hot bins
+    few = tl.arange(0, BLOCK_H)
+    bins = tl.arange(0, BLOCK_C)
+    for c0 in range(0, BINS, BLOCK_C):
+        counts = tl.zeros([BLOCK_U, BLOCK_C], tl.int32)
+        for start in range(0, B, BLOCK_H):
+            m = ((start + few)[:, None] < B) & mask_u[None, :]
+            s = tl.load(score_ptr + (start + few)[:, None].to(tl.int64) * U + offs_u[None, :], mask=m, other=0.0)
+            fin = m & (s == s) & (tl.abs(s) != float("inf"))
+            q = tl.floor(tl.where(fin, s.to(tl.float64), 0.0) / width[None, :])
+            b = tl.minimum(tl.maximum(q.to(tl.int64) + half, 0), BINS - 1) - c0  # [BLOCK_H, BLOCK_U]
+            b = tl.where(fin, b, -1)
+            hit = b[:, :, None] == bins[None, None, :]  # [BLOCK_H, BLOCK_U, BLOCK_C]
+            counts += tl.sum(hit.to(tl.int32), axis=0)
+        m_c = mask_u[:, None] & ((c0 + bins)[None, :] < BINS) & (counts != 0)
+        tl.atomic_add(row_hist + c0 + bins[None, :], counts.to(tl.int64), mask=m_c)
     n = n_a + n_fin
     delta = mean_b - mean_a
     frac = n_fin.to(tl.float64) / tl.maximum(n, 1).to(tl.float64)
@@ -178,7 +193,7 @@ def _stats_kernel(score_ptr, cnt_ptr, mean_ptr, m2_ptr, nonf_ptr, pos_ptr, min_p
 
 
 def score_stats_triton(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp,
-                       min_range_exp, block_u: int = 2, block_b: int = 256, warps: int = 2,
+                       min_range_exp, block_u: int = 2, block_b: int = 256, warps: int = 2, block_h: int = 32,
                        out: Stats | None = None) -> Stats:
     """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1).  ``out``: tensors to write the result
     into, which may be the state's own (updated in place; atlas.graphs)."""
@@ -195,5 +210,6 @@ def score_stats_triton(score, count, mean, m2, nonfinite, positive, vmin, vmax, 
     jit(_stats_kernel)[((u + block_u - 1) // block_u,)](
         score, *state, *out,
         b, u, min_range_exp, BINS=bins, BLOCK_B=min(block_b, next_pow2(max(b, 1))), BLOCK_U=block_u,
-        BLOCK_BINS=next_pow2(bins), num_warps=warps)
+        BLOCK_BINS=next_pow2(bins), BLOCK_H=min(block_h, next_pow2(max(b, 1))), BLOCK_C=min(64, next_pow2(bins)),
+        num_warps=warps)
     return out

@@ -194,21 +194,22 @@ def _pool_kernel(x_ptr, src_ptr, maps_ptr, out_ptr, K, H, W, MH, MW, s_b, s_u, s
                  K_P2: tl.constexpr, CELLS: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr,
                  INPLACE: tl.constexpr):
     """Program u: the K slots of unit u.  Kept entries copy their old maps (one gather; in place, only those that
-    moved); each new one pools a[r, u] cell by cell, adding each window row by row (as torch's adaptive pooling
-    kernels do)."""
+    moved); new ones pool a[r, u] for all their cells at once, adding each window row by row (as torch's adaptive
+    pooling kernels do): the window loop's loads are masked to the new slots, so a step without entrants reads
+    nothing, and no load waits on another."""
     u = tl.program_id(0)
     slots = tl.arange(0, K_P2)
     cell = tl.arange(0, CELLS)
     mcell = cell < MH * MW
     src = tl.load(src_ptr + u * K + slots, mask=slots < K, other=0)  # [K_P2]
     kept = (slots < K) & (src < K)
-    if INPLACE:
-        kept = kept & (src != slots)  # a map that stays in its slot is already there
-    m = kept[:, None] & mcell[None, :]
+    moved = kept & (src != slots) if INPLACE else kept  # in place, a map that stays in its slot is already there
+    m = moved[:, None] & mcell[None, :]
     row = u.to(tl.int64) * K
     old = tl.load(maps_ptr + (row + src[:, None]) * MH * MW + cell[None, :], mask=m, other=0.0)
     tl.debug_barrier()  # out may be maps itself: every kept map is read before any is moved
     tl.store(out_ptr + (row + slots[:, None]) * MH * MW + cell[None, :], old, mask=m)
+    new = (slots < K) & (src >= K)  # [K_P2] slots taken by batch row src - K
     oh = cell // MW
     ow = cell % MW
     h0 = (oh * H) // MH
@@ -216,18 +217,16 @@ def _pool_kernel(x_ptr, src_ptr, maps_ptr, out_ptr, K, H, W, MH, MW, s_b, s_u, s
     w0 = (ow * W) // MW
     w1 = ((ow + 1) * W + MW - 1) // MW
     count = ((h1 - h0) * (w1 - w0)).to(tl.float32)
-    for j in range(0, K):
-        s = tl.load(src_ptr + u * K + j)
-        if s >= K:  # a new entry: batch row s - K
-            base = x_ptr + (s - K).to(tl.int64) * s_b + u.to(tl.int64) * s_u
-            total = tl.zeros([CELLS], tl.float32)
-            for dh in range(0, WIN_H):
-                for dw in range(0, WIN_W):
-                    hh = h0 + dh
-                    ww = w0 + dw
-                    mm = mcell & (hh < h1) & (ww < w1)
-                    total += tl.load(base + hh * s_h + ww * s_w, mask=mm, other=0.0).to(tl.float32)
-            tl.store(out_ptr + (row + j) * MH * MW + cell, total / count, mask=mcell)
+    base = x_ptr + (tl.where(new, src - K, 0).to(tl.int64) * s_b + u.to(tl.int64) * s_u)[:, None]  # [K_P2, 1]
+    total = tl.zeros([K_P2, CELLS], tl.float32)
+    for dh in range(0, WIN_H):
+        for dw in range(0, WIN_W):
+            hh = h0 + dh
+            ww = w0 + dw
+            mm = new[:, None] & (mcell & (hh < h1) & (ww < w1))[None, :]
+            total += tl.load(base + (hh * s_h + ww * s_w)[None, :], mask=mm, other=0.0).to(tl.float32)
+    tl.store(out_ptr + (row + slots[:, None]) * MH * MW + cell[None, :], total / count[None, :],
+             mask=new[:, None] & mcell[None, :])
 
 
 def gather_maps_triton(a, source, maps, map_hw, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -120,7 +120,7 @@ def tail_rows(blocks, args, device) -> None:
     if args.per_shape:
         print(f"  {'':42s} {'all':>8s}    " + " ".join(f"{f'{u}@{g}x{g}':>11s}" for u, g in shapes) + "   (ms)")
     for label, fn in rows.items():
-        per = [timed(lambda c=c: fn(*c), args.reps, device) for c in cases]
+        per = [timed(lambda c=c, fn=fn: fn(*c), args.reps, device) for c in cases]
         sec = sum(per)
         line = f"  {label:42s} {sec * 1e3:8.3f} ms/batch {nbytes / sec / 1e12:6.2f} TB/s"
         if args.per_shape:  # the blocks of each shape together

@@ -37,7 +37,7 @@ class MineConfig:
     hist_bins: bins of the per-neuron histogram of scores (even; half for negative, half for positive).
     keep_pooled: store the [images, units] matrix of spatial means (inputs of probes).
     max_images: mine only the first max_images images of the source (None: all).
-    thumb_size: side of the stored thumbnails of top examples (the model's crop, resized).
+    thumb_size: side of the stored thumbnails of top examples (the model's centre crop, made at this size).
     precision: the image tower's arithmetic: "float32", "bfloat16" (autocast) or "auto" (bfloat16 autocast on a
         CUDA GPU that supports it, float32 elsewhere).  `atlas.mine` resolves "auto" before it stores the
         config, so a store says which one was used.

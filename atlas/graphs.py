@@ -12,8 +12,10 @@ with unreadable files) runs eagerly.  Graphs replay fixed addresses, so the stat
 (`LayerState.inplace`: the Triton kernels take the state's tensors as their ``out``, so no copies are recorded),
 each graph writes the pooled rows into buffers of its own (`LayerState.row_buffers`), and host work happens after
 the replay: the rows go to the host on a side stream while the other graph runs (`LayerState.defer_rows`,
-`queue_rows`).  Results are the same as eager mining: the same kernels run in the same order (tests/test_kernels.py
-compares the stores).
+`queue_rows`).  Each layer's statistics, top-k merge, maps and pooled rows run on a side stream
+(`LayerState.side`), beside the later layers' forward: they are short, latency-bound kernels (10-25 us each) that
+the convolutions hide; the step joins the side stream back at its end.  Results are the same as eager mining: the
+same kernels run on the same data in the same order per layer (tests/test_kernels.py compares the stores).
 If capture fails (an op that waits for the GPU, say), the step warns once and stays eager.
 """
 
@@ -34,9 +36,12 @@ class GraphStep:
     next step computes; a graph waits only for the copies of its own previous turn, two steps back."""
 
     def __init__(self, forward: Callable[[torch.Tensor], object], current: dict, states: Sequence,
-                 batch_size: int | None = None, warmup: int = 2):
+                 batch_size: int | None = None, warmup: int = 2, overlap: bool = True, side_priority: int = 0):
         self.forward, self.current, self.states, self.warmup = forward, current, list(states), warmup
         self.batch_size = batch_size  # record only a batch of this size (None: any)
+        self.overlap = overlap and bool(self.states)
+        self.side: torch.cuda.Stream | None = None
+        self.side_priority = side_priority  # of the side stream (CUDA: lower is higher, -1 the highest on an H100)
         self.graphs: list[torch.cuda.CUDAGraph] = []
         self.error: str | None = None
         self.eager = 0
@@ -44,12 +49,23 @@ class GraphStep:
         for st in self.states:
             st.inplace, st.defer_rows = True, True
 
+    def _step(self, x: torch.Tensor) -> None:
+        """The forward pass with the states' updates; with ``overlap``, the updates run on a side stream
+        (`LayerState.side`) beside the rest of the forward, joined back here at the end."""
+        if self.overlap and self.side is None and x.is_cuda:
+            self.side = torch.cuda.Stream(x.device, priority=self.side_priority)
+            for st in self.states:
+                st.side = self.side
+        self.forward(x)
+        if self.side is not None:
+            torch.cuda.current_stream(x.device).wait_stream(self.side)
+
     def __call__(self, x: torch.Tensor, index: torch.Tensor) -> None:
         if self.graphs and x.shape == self.x.shape and index.shape == self.indexes[0].shape:
             self._replay(x, index)
             return
         self.current["index"] = index
-        self.forward(x)
+        self._step(x)
         for st in self.states:
             st.queue_rows(index)
         self.eager += 1
@@ -92,7 +108,7 @@ class GraphStep:
                 with torch.cuda.device(x.device), torch.cuda.graph(
                         graph, pool=graphs[0].pool() if graphs else None, stream=torch.cuda.Stream(x.device),
                         capture_error_mode="thread_local"):
-                    self.forward(self.x)
+                    self._step(self.x)
                 graphs.append(graph)
                 self.rows.append([st._rows for st in self.states])  # this graph's row buffers (None: none)
                 for st in self.states:

@@ -13,6 +13,8 @@ Per layer:
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -74,6 +76,9 @@ class LayerState:
         self.defer_rows = False
         self.row_buffers: list[torch.Tensor] | None = None  # [B, U] float16 per pooled matrix, to write rows into
         self._rows: tuple | None = None
+        # set by atlas.graphs.GraphStep on CUDA: the Triton path's statistics, merge, maps and pooled rows run on
+        # this stream, beside the forward pass, which waits for it only at the end of the step (`_beside`)
+        self.side: torch.cuda.Stream | None = None
 
     TENSORS = ("values", "index", "argmax", "maps", "count", "mean", "m2", "min", "max", "positive",
                "nonfinite", "hist", "range_exp")
@@ -86,24 +91,45 @@ class LayerState:
         red = reduced if reduced is not None else spatial_reduce(a, index, self.values[:, -1], self.index[:, -1],
                                                                   self.cfg.rank_by, self.backend)
         score = red.peak if self.cfg.rank_by == "max" else red.mean  # [B, U] float32
-        self._update_stats(score, self.backend)
         if choose(self.backend, a) == "triton":  # fixed shapes throughout: nothing waits for the GPU
-            source = torch.empty(self.values.shape, dtype=torch.int32, device=self.values.device)  # [U, K]
-            into = Merged(self.values, self.index, self.argmax, source) if self.inplace else None
-            merged = merge_topk(score, index, red.arg, self.values, self.index, self.argmax, "triton", into)
-            self._set("maps", gather_maps(a, merged.source, self.maps, self.map_hw, "triton",
-                                          self.maps if self.inplace else None))
-            self._set("values", merged.values)
-            self._set("index", merged.index)
-            self._set("argmax", merged.argmax)
-        else:  # sparse: only candidate images pooled, only candidate units merged (nonzero syncs, free on a CPU)
-            imgs = red.flag.any(1).nonzero().squeeze(1)  # [B'] images that may enter some top-k
-            if len(imgs):
-                units = red.flag.index_select(0, imgs).any(0).nonzero().squeeze(1)  # [U'] units with a candidate
-                pick = lambda t: t.index_select(0, imgs).index_select(1, units)  # [B, U, ...] -> [B', U', ...]
-                small = self._maps(a, imgs).index_select(1, units)  # [B', U', mh*mw]
-                self._merge_topk(index.index_select(0, imgs), pick(score), pick(red.arg), small, units)
+            with self._beside(out, index, *red):
+                self._update_stats(score, self.backend)
+                source = torch.empty(self.values.shape, dtype=torch.int32, device=self.values.device)  # [U, K]
+                into = Merged(self.values, self.index, self.argmax, source) if self.inplace else None
+                merged = merge_topk(score, index, red.arg, self.values, self.index, self.argmax, "triton", into)
+                self._set("maps", gather_maps(a, merged.source, self.maps, self.map_hw, "triton",
+                                              self.maps if self.inplace else None))
+                self._set("values", merged.values)
+                self._set("index", merged.index)
+                self._set("argmax", merged.argmax)
+                self._write_pooled(index, red.mean, out)
+            return
+        self._update_stats(score, self.backend)
+        # sparse: only candidate images pooled, only candidate units merged (nonzero syncs, free on a CPU)
+        imgs = red.flag.any(1).nonzero().squeeze(1)  # [B'] images that may enter some top-k
+        if len(imgs):
+            units = red.flag.index_select(0, imgs).any(0).nonzero().squeeze(1)  # [U'] units with a candidate
+            pick = lambda t: t.index_select(0, imgs).index_select(1, units)  # [B, U, ...] -> [B', U', ...]
+            small = self._maps(a, imgs).index_select(1, units)  # [B', U', mh*mw]
+            self._merge_topk(index.index_select(0, imgs), pick(score), pick(red.arg), small, units)
         self._write_pooled(index, red.mean, out)
+
+    @contextmanager
+    def _beside(self, *used: torch.Tensor) -> Iterator[None]:
+        """Run the body on `side` (if set): it starts when the work queued so far (the layer's output, its
+        reduction) is done, and the tensors it reads that the forward pass allocated are marked as used there, so
+        that the allocator does not hand their memory to later layers before the body has read them (during a
+        CUDA graph's capture, it keeps them until the capture ends).  The caller of the forward pass joins the
+        stream back (`atlas.graphs.GraphStep` does, after each forward)."""
+        side = self.side
+        if side is None:
+            yield
+            return
+        side.wait_stream(torch.cuda.current_stream(side.device))
+        for t in used:
+            t.record_stream(side)
+        with torch.cuda.stream(side):
+            yield
 
     def update_reference(self, index: torch.Tensor, out: torch.Tensor) -> None:
         """`update` the plain way: torch reductions, maps of every image, every image merged into every unit."""

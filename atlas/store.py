@@ -23,6 +23,7 @@ once.  This module imports no torch and knows no model, site or CLI.
 
 from __future__ import annotations
 
+import collections
 import errno
 import fcntl
 import hashlib
@@ -194,11 +195,22 @@ def _write_chunks(ds: h5py.Dataset, part: np.ndarray, row: int, pool: ThreadPool
     """Write ``part`` into ``ds`` at rows [row, row + len(part)) (``row`` a multiple of the chunk's rows), every
     chunk compressed and checksummed by ``pool`` and written raw (`_filtered_chunk`)."""
     chunks, level = ds.chunks, ds.compression_opts
-    starts = itertools.product(*(range(0, n, c) for n, c in zip(part.shape, chunks)))
-    tiles = [(at, part[tuple(slice(a, a + c) for a, c in zip(at, chunks))]) for at in starts]
-    done = [((row + at[0], *at[1:]), pool.submit(_filtered_chunk, t, chunks, level)) for at, t in tiles]
-    for at, future in done:
-        ds.id.write_direct_chunk(at, future.result())
+    window = 4 * max(1, pool._max_workers)  # chunks in flight: compressed bytes are written and dropped in order
+    pending: collections.deque = collections.deque()
+    try:
+        for at in itertools.product(*(range(0, n, c) for n, c in zip(part.shape, chunks))):
+            tile = part[tuple(slice(a, a + c) for a, c in zip(at, chunks))]
+            pending.append(((row + at[0], *at[1:]), pool.submit(_filtered_chunk, tile, chunks, level)))
+            if len(pending) >= window:
+                at_done, future = pending.popleft()
+                ds.id.write_direct_chunk(at_done, future.result())
+        while pending:
+            at_done, future = pending.popleft()
+            ds.id.write_direct_chunk(at_done, future.result())
+    except BaseException:
+        for _, future in pending:
+            future.cancel()  # an error or Ctrl-C stops the queued compressions
+        raise
 
 
 def put_rows(group: h5py.Group, name: str, rows: np.ndarray, bad: np.ndarray, block_bytes: int = 64 << 20,

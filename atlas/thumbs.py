@@ -50,8 +50,9 @@ def make_thumbnails(f: h5py.File, model: LoadedModel, source: ImageSource, neede
 
 
 def _changed(source_id: str, why: str) -> store.StoreError:
-    return store.StoreError(f"image {source_id} {why} since it was mined; the data changed during the run: "
-                            "mine again into a fresh store")
+    return store.StoreError(f"image {source_id} {why} since it was mined (its sha256 is in /images/sha256): restore "
+                            "the original file and run again (the mined results are checkpointed, so only the "
+                            "commit reruns), or mine into a fresh store")
 
 
 def _on_threads(source: ImageSource, missing: list[int], recorded: list[str], size: int,
@@ -61,9 +62,9 @@ def _on_threads(source: ImageSource, missing: list[int], recorded: list[str], si
     def one(j: int) -> None:
         sample = source.sample(missing[j], draft_size=size)
         if sample.image is None:
-            raise _changed(sample.source_id, f"cannot be read ({sample.message})")
+            raise _changed(sample.source_id, f"became unreadable ({sample.message})")
         if recorded[j] and sample.sha256 != recorded[j]:
-            raise _changed(sample.source_id, "has other contents")
+            raise _changed(sample.source_id, "changed")
         new[j] = pil_crop(sample.image, size, mode)
 
     # PIL decodes and resizes without the GIL: threads share the work (each writes its own row)
@@ -85,9 +86,9 @@ def _from_files(source: FolderSource, missing: list[int], recorded: list[str], s
     new = np.zeros((len(missing), size, size, 3), np.uint8)
     for b in loader:
         for j, _reason, message in b.bad:
-            raise _changed(names[j], f"cannot be read ({message})")
+            raise _changed(names[j], f"became unreadable ({message})")
         for j, h in zip(range(b.start, b.stop), b.sha256):
             if recorded[j] and h != recorded[j]:
-                raise _changed(names[j], "has other contents")
+                raise _changed(names[j], "changed")
         new[b.index.numpy()] = b.pixels.permute(0, 2, 3, 1).numpy()  # [n, S, S, 3]
     return new

@@ -17,6 +17,8 @@ same images).  Paths:
 - graph:       fast-triton with the whole step (forward + updates) replayed from a CUDA graph (atlas.graphs);
 - graph-fused: graph with each ResNet block's tail and its reduction in one kernel (atlas.fused), as atlas.mine
                runs on CUDA (ViT: no fusable blocks, skipped);
+- graph-serial, graph-fused-serial: the same with each layer's updates on the forward's own stream (GraphStep's
+               overlap=False) instead of a side stream;
 - forward-graph, forward-fused: the forward-only baselines of those two: the image tower alone replayed from a
                CUDA graph, without and with the fused tails (no reduction);
 - compiled:    with --compile, fast-torch with the reductions through torch.compile.
@@ -69,8 +71,8 @@ class Timer:
 
 
 FORWARDS = ("forward", "forward-graph", "forward-fused")
-GRAPHED = ("graph", "graph-fused", "forward-graph", "forward-fused")
-FUSED = ("graph-fused", "forward-fused")
+GRAPHED = ("graph", "graph-fused", "graph-serial", "graph-fused-serial", "forward-graph", "forward-fused")
+FUSED = ("graph-fused", "graph-fused-serial", "forward-fused")
 
 
 def run_path(model, layers, path: str, args, device,
@@ -112,7 +114,8 @@ def run_path(model, layers, path: str, args, device,
     blocks = {n: m for n, m in find_modules(model.clip, layers).items() if fusable(m)} if path in FUSED else {}
     hooks = hooked(model.clip, [n for n in layers if n not in blocks], consume) if mining else nullcontext()
     fused = fused_tails(blocks, states if mining else None, current) if blocks else nullcontext()
-    graph = GraphStep(model.encode_image, current, list(states.values()) if mining else []) \
+    graph = GraphStep(model.encode_image, current, list(states.values()) if mining else [],
+                      overlap=not path.endswith("-serial"), side_priority=args.side_priority) \
         if path in GRAPHED else None
 
     def step() -> None:
@@ -233,6 +236,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="profile fast-triton's kernels (CUDA only)")
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd reductions (slow to build)")
     ap.add_argument("--quick", action="store_true", help="tiny run on the CPU: batch 2, one step")
+    ap.add_argument("--side-priority", type=int, default=0, help="priority of the updates' side stream (GraphStep)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     if args.quick:
@@ -281,9 +285,11 @@ def main() -> None:
                   f"{'' if path in FORWARDS or path in GRAPHED or path == 'plain' else f'{imgs:13.1%} {pairs:12.2%}'}")
         ref = rows.get("plain")
         for path in rows:
-            if path in FUSED and path not in FORWARDS and "graph" in rows:
+            if path.endswith("-serial") and path[:-7] in rows:  # the same kernels on the same data
+                print(f"states of {path} vs {path[:-7]}: {same_states(rows[path][1], rows[path[:-7]][1])}")
+            elif path in FUSED and path not in FORWARDS and "graph" in rows:
                 print(f"states of {path} vs graph: {near_states(rows[path][1], rows['graph'][1])}")
-            elif ref and path not in FORWARDS and path != "plain":
+            elif ref and path not in FORWARDS and path != "plain" and not path.endswith("-serial"):
                 print(f"states of {path} vs plain (top-k, maps, argmax, counts, min/max, hist, mean, M2, pooled): "
                       f"{same_states(rows[path][1], ref[1])}")
         del model, rows

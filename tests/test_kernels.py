@@ -237,7 +237,7 @@ def stats_scores(b, u, seed=0, device="cpu"):
     return s.to(device)
 
 
-@pytest.mark.parametrize("b,u,bins", [(9, 37, 16), (1, 5, 2), (70, 3, 10), (40, 6, 130)])
+@pytest.mark.parametrize("b,u,bins", [(9, 37, 16), (1, 5, 2), (70, 3, 10), (40, 6, 100), (40, 6, 130)])
 def test_interp_score_stats_kernel_matches_reference(b, u, bins):
     check_stats(stats_scores(b, u), bins)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 import h5py
 import numpy as np
@@ -94,8 +95,13 @@ def _assert_same_store(a, b) -> None:
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_path_gives_the_pil_paths_store(tiny_model, folder, pil_store, tmp_path, workers):
     path = tmp_path / "s.h5"
+    t = time.perf_counter()
     r = mine(tiny_model, FolderSource(folder), path, CFG, num_workers=workers)
+    took = time.perf_counter() - t
     assert (r.images, r.bad) == (14, 3)
+    assert set(r.seconds) == {"setup", "first_batch", "wait", "forward", "checkpoint", "commit", "pooled",
+                              "thumbnails"}  # the phases, none counted twice
+    assert min(r.seconds.values()) >= 0 and r.seconds["thumbnails"] > 0 and sum(r.seconds.values()) <= took
     _assert_same_store(pil_store, path)
     with store.Store(path) as st:  # the per-image records, spelled out
         ids = st.image_column("source_id")
@@ -214,8 +220,12 @@ def test_thumbnails_are_the_drafted_crop_and_changed_files_are_refused(tiny_mode
         f["images/thumb_row"][...] = -1
         assert make_thumbnails(f, tiny_model, source, shown, size, len(ids), workers) == len(shown)
         np.testing.assert_array_equal(f["images/thumbs"][len(kept):], kept[rows[shown]])
-        victim = shown[0]
+        victim, broken = shown[0], shown[1]
         _picture(123, 97, 99).save(root / ids[victim], quality=80)
         f["images/thumb_row"][...] = -1
-        with pytest.raises(store.StoreError, match=f"{ids[victim]} has other contents.*mine again"):
+        with pytest.raises(store.StoreError, match=f"{ids[victim]} changed since it was mined.*restore the original"):
+            make_thumbnails(f, tiny_model, source, shown, size, len(ids), workers)
+        (root / ids[victim]).write_bytes((folder / ids[victim]).read_bytes())  # restored
+        (root / ids[broken]).write_bytes((folder / ids[broken]).read_bytes()[:300])  # truncated
+        with pytest.raises(store.StoreError, match=f"{ids[broken]} became unreadable .*since it was mined"):
             make_thumbnails(f, tiny_model, source, shown, size, len(ids), workers)

@@ -162,23 +162,33 @@ def _stats_kernel(score_ptr, cnt_ptr, mean_ptr, m2_ptr, nonf_ptr, pos_ptr, min_p
         fin = m & (s == s) & (tl.abs(s) != float("inf"))
         dev = tl.where(fin, s.to(tl.float64) - mean_b[None, :], 0.0)
         m2_b += tl.sum(dev * dev, axis=0)
-    # pass 3: bin the batch, BLOCK_C bins at a time: counts summed over rows in registers (a one-hot [rows, units,
-    # bins] per step), then one atomic add per (unit, bin) instead of one per score on a few hot bins
+    # pass 3: bin the batch.  Up to 2 * BLOCK_C bins: BLOCK_C bins at a time, counts summed over rows in registers
+    # (a one-hot [rows, units, bins] per step), then one atomic add per (unit, bin) instead of one per score on a
+    # few hot bins; with more bins (each would cost a pass over the batch), one atomic add per score
     few = tl.arange(0, BLOCK_H)
     bins = tl.arange(0, BLOCK_C)
-    for c0 in range(0, BINS, BLOCK_C):
-        counts = tl.zeros([BLOCK_U, BLOCK_C], tl.int32)
-        for start in range(0, B, BLOCK_H):
-            m = ((start + few)[:, None] < B) & mask_u[None, :]
-            s = tl.load(score_ptr + (start + few)[:, None].to(tl.int64) * U + offs_u[None, :], mask=m, other=0.0)
+    if BINS <= 2 * BLOCK_C:
+        for c0 in range(0, BINS, BLOCK_C):
+            counts = tl.zeros([BLOCK_U, BLOCK_C], tl.int32)
+            for start in range(0, B, BLOCK_H):
+                m = ((start + few)[:, None] < B) & mask_u[None, :]
+                s = tl.load(score_ptr + (start + few)[:, None].to(tl.int64) * U + offs_u[None, :], mask=m, other=0.0)
+                fin = m & (s == s) & (tl.abs(s) != float("inf"))
+                q = tl.floor(tl.where(fin, s.to(tl.float64), 0.0) / width[None, :])
+                b = tl.minimum(tl.maximum(q.to(tl.int64) + half, 0), BINS - 1) - c0  # [BLOCK_H, BLOCK_U]
+                b = tl.where(fin, b, -1)
+                hit = b[:, :, None] == bins[None, None, :]  # [BLOCK_H, BLOCK_U, BLOCK_C]
+                counts += tl.sum(hit.to(tl.int32), axis=0)
+            m_c = mask_u[:, None] & ((c0 + bins)[None, :] < BINS) & (counts != 0)
+            tl.atomic_add(row_hist + c0 + bins[None, :], counts.to(tl.int64), mask=m_c)
+    else:
+        for start in range(0, B, BLOCK_B):
+            m = ((start + rows)[:, None] < B) & mask_u[None, :]
+            s = tl.load(score_ptr + (start + rows)[:, None].to(tl.int64) * U + offs_u[None, :], mask=m, other=0.0)
             fin = m & (s == s) & (tl.abs(s) != float("inf"))
             q = tl.floor(tl.where(fin, s.to(tl.float64), 0.0) / width[None, :])
-            b = tl.minimum(tl.maximum(q.to(tl.int64) + half, 0), BINS - 1) - c0  # [BLOCK_H, BLOCK_U]
-            b = tl.where(fin, b, -1)
-            hit = b[:, :, None] == bins[None, None, :]  # [BLOCK_H, BLOCK_U, BLOCK_C]
-            counts += tl.sum(hit.to(tl.int32), axis=0)
-        m_c = mask_u[:, None] & ((c0 + bins)[None, :] < BINS) & (counts != 0)
-        tl.atomic_add(row_hist + c0 + bins[None, :], counts.to(tl.int64), mask=m_c)
+            b = tl.minimum(tl.maximum(q.to(tl.int64) + half, 0), BINS - 1)  # [BLOCK_B, BLOCK_U]
+            tl.atomic_add(hist_out + out_u[None, :] * BINS + b, tl.full([BLOCK_B, BLOCK_U], 1, tl.int64), mask=fin)
     n = n_a + n_fin
     delta = mean_b - mean_a
     frac = n_fin.to(tl.float64) / tl.maximum(n, 1).to(tl.float64)

@@ -135,7 +135,7 @@ def bottleneck_tail_triton(y: torch.Tensor, identity: torch.Tensor, bn: nn.Batch
                            tile: int | None = None, long: int | None = None,
                            warps: int | None = None) -> tuple[torch.Tensor, Reduced | None]:
     """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1).  ``params``: `bn_params(bn)`, if the
-    caller keeps them (atlas.fused computes them once per run).  Tiling: by default the fastest of six on RN50's 16
+    caller keeps them (atlas.fused computes them once per run).  Tiling: by default the fastest of eleven on RN50's 16
     blocks on an H100 (`bench/mining_kernels.py --only tail`): 1024/128/2 warps with the reduction, 2048/128/4 warps
     without it."""
     default = (1024, 128, 2) if reduce is not None else (2048, 128, 4)

@@ -244,5 +244,5 @@ def gather_maps_triton(a, source, maps, map_hw, out: torch.Tensor | None = None)
     jit(_pool_kernel)[(u,)](
         a, source.int().contiguous(), maps.float().contiguous(), out, k, h, w, mh, mw, *a.stride(),
         K_P2=next_pow2(k), CELLS=next_pow2(mh * mw), WIN_H=win(h, mh), WIN_W=win(w, mw), INPLACE=out is maps,
-        num_warps=2)
+        num_warps=min(8, max(2, next_pow2(k) * next_pow2(mh * mw) // 512)))  # ~16 sums per thread at most
     return out

@@ -177,7 +177,7 @@ def put(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
             and set(kwargs) <= {"chunks", "compression", "compression_opts"}:
         ds = group.create_dataset(name, shape=arr.shape, dtype=arr.dtype, fletcher32=True, **kwargs)
         with ThreadPoolExecutor(threads) as pool:
-            _write_chunks(ds, arr, 0, pool)
+            _write_chunks(ds, arr, 0, pool, threads)
         return ds
     return group.create_dataset(name, data=arr, fletcher32=True, **kwargs)
 
@@ -191,11 +191,11 @@ def _threads(threads: int | None) -> int:
     return max(0, threads)
 
 
-def _write_chunks(ds: h5py.Dataset, part: np.ndarray, row: int, pool: ThreadPoolExecutor) -> None:
+def _write_chunks(ds: h5py.Dataset, part: np.ndarray, row: int, pool: ThreadPoolExecutor, threads: int) -> None:
     """Write ``part`` into ``ds`` at rows [row, row + len(part)) (``row`` a multiple of the chunk's rows), every
     chunk compressed and checksummed by ``pool`` and written raw (`_filtered_chunk`)."""
     chunks, level = ds.chunks, ds.compression_opts
-    window = 4 * max(1, pool._max_workers)  # chunks in flight: compressed bytes are written and dropped in order
+    window = 4 * max(1, threads)  # chunks in flight: compressed bytes are written and dropped in order
     pending: collections.deque = collections.deque()
     try:
         for at in itertools.product(*(range(0, n, c) for n, c in zip(part.shape, chunks))):
@@ -238,7 +238,7 @@ def put_rows(group: h5py.Group, name: str, rows: np.ndarray, bad: np.ndarray, bl
             if threads == 0:
                 ds[i:i + block] = part
             else:
-                _write_chunks(ds, part, i, pool)
+                _write_chunks(ds, part, i, pool, threads)
     return ds
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,6 +36,7 @@ PICTOGRAM_LABELS = r"picto:(\w+)"  # Concept World labels -> the pictogram's con
 class AnalysesResult:
     done: list[str] = field(default_factory=list)  # report paths written (or found from an earlier run)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (analysis, why)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each report run now
 
 
 def run_analyses(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike, layer: str,
@@ -62,11 +64,14 @@ def run_analyses(model: LoadedModel, source: ImageSource, store_path: str | os.P
             return True
         if progress:
             progress(key)
+        t = time.perf_counter()
         try:
             fn()
         except (ValueError, store.StoreError) as e:  # each says what is missing; record it, go on
             result.skipped.append((key, str(e)))
             return False
+        finally:
+            result.seconds[key] = time.perf_counter() - t
         ledger[key] = stamp
         ledger_path.write_text(json.dumps(ledger, indent=1))
         result.done.append(key)

@@ -32,6 +32,7 @@ class BuildResult:
     seconds: dict[str, float] = field(default_factory=dict)
     reports: list[str] = field(default_factory=list)
     skipped_reports: list[tuple[str, str]] = field(default_factory=list)
+    report_seconds: dict[str, float] = field(default_factory=dict)  # each report run now (part of "analyses")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -86,4 +87,4 @@ def build(config: BuildConfig = BuildConfig(), out: str | Path = "atlas-out", *,
         {"build_config": to_dict(replace(config)), "store": str(store_path.resolve())}, indent=1))
     seconds["site"] = time.perf_counter() - t
     return BuildResult(store_path, site_path, site.pages, site.images, mined.bad, seconds, analysed.done,
-                       analysed.skipped)
+                       analysed.skipped, analysed.seconds)

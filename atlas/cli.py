@@ -141,7 +141,9 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
     r = _run(lambda: run_build(cfg, out, captions=captions, device=device, num_workers=workers, progress=bars,
                                trust_checkpoint=trust_checkpoint))
     bars.close()
-    times = ", ".join(f"{k} {v:.1f}s" for k, v in r.seconds.items())
+    parts = ", ".join(f"{k} {v:.1f}s" for k, v in r.report_seconds.items())
+    times = ", ".join(f"{k} {v:.1f}s" + (f" ({parts})" if k == "analyses" and parts else "")
+                      for k, v in r.seconds.items())
     click.echo(f"store: {r.store}\nsite:  {r.site / 'index.html'} ({r.pages} pages, {r.images} images; "
                f"{r.bad_images} bad input files skipped)\nreports: {', '.join(r.reports) or 'none'}\ntime:  {times}")
     for key, why in r.skipped_reports:

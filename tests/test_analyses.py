@@ -106,6 +106,7 @@ def test_run_analyses_writes_every_report_and_resumes(shipped, cw_store, tmp_pat
     cfg = AnalysesConfig(attack_images=24, audit_per_group=25)
     r = run_analyses(shipped, open_source("conceptworld:240:1"), path, LAYER, cfg, work=tmp_path)
     assert r.done == ["probes/probe", "attacks/table", "attacks/stroop", "attacks/words", "audits/audit"], r.skipped
+    assert list(r.seconds) == r.done and min(r.seconds.values()) > 0  # each report's time
     with store.Store(path) as st:
         _, attrs = store.read_report(st, "probes", "probe")
         assert attrs["layer"] == LAYER and attrs["label_pattern"] == r"picto:(\w+)"
@@ -116,7 +117,7 @@ def test_run_analyses_writes_every_report_and_resumes(shipped, cw_store, tmp_pat
 
     monkeypatch.setattr(ex, "run_attack_table", lambda *a, **k: pytest.fail("finished reports must be kept"))
     again = run_analyses(shipped, open_source("conceptworld:240:1"), path, LAYER, cfg, work=tmp_path)
-    assert again.done == r.done and not again.skipped
+    assert again.done == r.done and not again.skipped and again.seconds == {}  # nothing ran again
 
 
 def test_analyses_say_what_they_skip(tiny_model, small_store, tmp_path):
@@ -124,7 +125,7 @@ def test_analyses_say_what_they_skip(tiny_model, small_store, tmp_path):
     path = _copy(small_store, tmp_path)
     r = run_analyses(tiny_model, open_source("synthetic:200"), path, "visual.layer4.0",
                      AnalysesConfig(attack_images=16, attacks=False), work=tmp_path)
-    assert r.done == ["probes/probe"]
+    assert r.done == ["probes/probe"] and list(r.seconds) == ["probes/probe"]
     assert r.skipped == [("audits/audit", "no group labels: give audit_groups (a CSV of image,group)")]
     with pytest.raises(ValueError, match="go together"):
         AnalysesConfig(audit_groups="g.csv")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,7 @@ def test_small_build_end_to_end(tmp_path):
     assert "(777 pages" in r.output
     assert "reports: probes/probe, attacks/table, attacks/stroop, attacks/words" in r.output
     assert "skipped audits/audit: no group labels" in r.output
+    assert re.search(r"analyses [\d.]+s \(probes/probe [\d.]+s, attacks/table [\d.]+s", r.output), r.output
     # a second build reuses everything and gives the same store
     digest = store.contents_digest(out / "atlas.h5")
     r2 = CliRunner().invoke(main, ["build", "--model", "atlas:tiny@random:0", "--data", "synthetic:96", "--out", str(out), "--layers",

@@ -91,9 +91,9 @@ class LayerState:
         red = reduced if reduced is not None else spatial_reduce(a, index, self.values[:, -1], self.index[:, -1],
                                                                   self.cfg.rank_by, self.backend)
         score = red.peak if self.cfg.rank_by == "max" else red.mean  # [B, U] float32
-        if choose(self.backend, a) == "triton":  # fixed shapes throughout: nothing waits for the GPU
-            with self._beside(out, index, *red):
-                self._update_stats(score, self.backend)
+        with self._beside(out, index, *red):
+            self._update_stats(score, self.backend)
+            if choose(self.backend, a) == "triton":  # fixed shapes throughout: nothing waits for the GPU
                 source = torch.empty(self.values.shape, dtype=torch.int32, device=self.values.device)  # [U, K]
                 into = Merged(self.values, self.index, self.argmax, source) if self.inplace else None
                 merged = merge_topk(score, index, red.arg, self.values, self.index, self.argmax, "triton", into)
@@ -102,17 +102,14 @@ class LayerState:
                 self._set("values", merged.values)
                 self._set("index", merged.index)
                 self._set("argmax", merged.argmax)
-                self._write_pooled(index, red.mean, out)
-            return
-        self._update_stats(score, self.backend)
-        # sparse: only candidate images pooled, only candidate units merged (nonzero syncs, free on a CPU)
-        imgs = red.flag.any(1).nonzero().squeeze(1)  # [B'] images that may enter some top-k
-        if len(imgs):
-            units = red.flag.index_select(0, imgs).any(0).nonzero().squeeze(1)  # [U'] units with a candidate
-            pick = lambda t: t.index_select(0, imgs).index_select(1, units)  # [B, U, ...] -> [B', U', ...]
-            small = self._maps(a, imgs).index_select(1, units)  # [B', U', mh*mw]
-            self._merge_topk(index.index_select(0, imgs), pick(score), pick(red.arg), small, units)
-        self._write_pooled(index, red.mean, out)
+            else:  # sparse: only candidate images pooled, only candidate units merged (nonzero syncs, free on a CPU)
+                imgs = red.flag.any(1).nonzero().squeeze(1)  # [B'] images that may enter some top-k
+                if len(imgs):
+                    units = red.flag.index_select(0, imgs).any(0).nonzero().squeeze(1)  # [U'] units with a candidate
+                    pick = lambda t: t.index_select(0, imgs).index_select(1, units)  # [B, U, ...] -> [B', U', ...]
+                    small = self._maps(a, imgs).index_select(1, units)  # [B', U', mh*mw]
+                    self._merge_topk(index.index_select(0, imgs), pick(score), pick(red.arg), small, units)
+            self._write_pooled(index, red.mean, out)
 
     @contextmanager
     def _beside(self, *used: torch.Tensor) -> Iterator[None]:

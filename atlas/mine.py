@@ -138,8 +138,8 @@ def _model_path(model: LoadedModel, precision: str, graphs: bool = False) -> Ite
         model.visual.to(memory_format=fmt)
     bf16 = precision == "bfloat16"
     try:
-        with _cast_once(model.visual, bf16 and dev.type == "cuda"), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16,
-                                                            cache_enabled=not graphs):
+        with _cast_once(model.visual, bf16 and dev.type == "cuda"), \
+                torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not graphs):
             yield fmt
     finally:
         for p in weights:
@@ -293,10 +293,12 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
                     _checkpoint(work, states, image_state, position)
                     last_ckpt = time.monotonic()
                 t = _lap(seconds, "checkpoint", t)
-        _commit(path, model, source, config, todo, states, image_state, meta, n_images, tuple(fused),
-                num_workers, seconds)
+        parts = _commit(path, model, source, config, todo, states, image_state, meta, n_images, tuple(fused),
+                        num_workers)
         store.remove_work(work)
         _lap(seconds, "commit", t)
+        seconds["commit"] -= sum(parts.values())  # "commit" keeps the rest of the commit
+        seconds.update(parts)
         bad = int(np.count_nonzero(image_state["status"]))
         return MineResult(path, tuple(layers), n_images, bad, tuple(i.name for i in skipped), resumed_from, seconds,
                           step.replays if graphs else 0, tuple(fused))
@@ -383,11 +385,10 @@ def _checkpoint(work: Path, states: dict[str, LayerState], image_state: dict, po
 
 def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineConfig,
             todo: list[LayerInfo], states: dict[str, LayerState], image_state: dict,
-            meta: dict[str, object], n_images: int, fused: tuple[str, ...] = (), num_workers: int = 0,
-            seconds: dict[str, float] | None = None) -> None:
+            meta: dict[str, object], n_images: int, fused: tuple[str, ...] = (),
+            num_workers: int = 0) -> dict[str, float]:
     """Write the mined layers, their pooled matrices and the thumbnails of their top images into the store in one
-    transaction.  ``seconds``: the "pooled" and "thumbnails" parts of the commit are added to it (and "commit"
-    keeps the rest)."""
+    transaction.  Returns the seconds spent on the "pooled" matrices and the "thumbnails"."""
     from .thumbs import make_thumbnails
 
     parts = {"pooled": 0.0, "thumbnails": 0.0}
@@ -441,6 +442,4 @@ def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineCon
         needed = np.unique(np.concatenate([st.index.cpu().numpy().ravel() for st in states.values()]))
         make_thumbnails(f, model, source, needed[needed >= 0].tolist(), config.thumb_size, n_images, num_workers)
         parts["thumbnails"] += time.perf_counter() - t
-    if seconds is not None:
-        seconds.update(parts)
-        seconds["commit"] -= sum(parts.values())  # `mine` adds the whole commit's time to "commit"
+    return parts

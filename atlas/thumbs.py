@@ -36,12 +36,14 @@ def make_thumbnails(f: h5py.File, model: LoadedModel, source: ImageSource, neede
         raise store.StoreError(f"store thumbnails are {thumbs.shape[1]} px, this run asks for {size}; "
                                "use the same thumb_size for every run on one store")
     missing = [i for i in needed if rows[i] < 0]
-    hashes = img["sha256"][()] if "sha256" in img and missing else np.zeros(n_images, "S64")
-    recorded = [bytes(hashes[i]).decode() for i in missing]  # "" for generated images
     if isinstance(source, FolderSource) and workers > 0 and missing:
-        new = _from_files(source, missing, recorded, size, model.resize_mode, workers)
+        new, hashes = _from_files(source, missing, size, model.resize_mode, workers)
     else:
-        new = _on_threads(source, missing, recorded, size, model.resize_mode)
+        new, hashes = _on_threads(source, missing, size, model.resize_mode)
+    recorded = img["sha256"][()] if "sha256" in img and missing else None  # [N]; "" for generated images
+    for i, h in zip(missing, hashes):
+        if recorded is not None and recorded[i] and h != bytes(recorded[i]).decode():
+            raise _changed(source.entries[i].source_id, "changed")
     for j, i in enumerate(missing):
         rows[i] = len(thumbs) + j
     store.put(img, "thumbs", np.concatenate([thumbs, new]))
@@ -55,17 +57,16 @@ def _changed(source_id: str, why: str) -> store.StoreError:
                             "commit reruns), or mine into a fresh store")
 
 
-def _on_threads(source: ImageSource, missing: list[int], recorded: list[str], size: int,
-                mode: str) -> np.ndarray:
+def _on_threads(source: ImageSource, missing: list[int], size: int, mode: str) -> tuple[np.ndarray, list[str]]:
+    """The thumbnails [M, size, size, 3] of the images ``missing`` and their files' sha256 ("" if generated)."""
     new = np.zeros((len(missing), size, size, 3), np.uint8)
+    hashes = [""] * len(missing)
 
     def one(j: int) -> None:
         sample = source.sample(missing[j], draft_size=size)
         if sample.image is None:
             raise _changed(sample.source_id, f"became unreadable ({sample.message})")
-        if recorded[j] and sample.sha256 != recorded[j]:
-            raise _changed(sample.source_id, "changed")
-        new[j] = pil_crop(sample.image, size, mode)
+        new[j], hashes[j] = pil_crop(sample.image, size, mode), sample.sha256
 
     # PIL decodes and resizes without the GIL: threads share the work (each writes its own row)
     with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
@@ -74,21 +75,21 @@ def _on_threads(source: ImageSource, missing: list[int], recorded: list[str], si
         except BaseException:
             pool.shutdown(cancel_futures=True)  # the first error stops the rest
             raise
-    return new
+    return new, hashes
 
 
-def _from_files(source: FolderSource, missing: list[int], recorded: list[str], size: int, mode: str,
-                workers: int) -> np.ndarray:
+def _from_files(source: FolderSource, missing: list[int], size: int, mode: str,
+                workers: int) -> tuple[np.ndarray, list[str]]:
+    """`_on_threads` for files, decoded in ``workers`` processes."""
     names = [source.entries[i].source_id for i in missing]
     loader = JpegLoader([source.path(i) for i in missing], size, batch_size=64, device="cpu", decode="cpu",
                         resize="cpu", workers=workers, resize_mode=mode, hashes=True, names=names,
                         max_pixels=source.max_pixels or DEFAULT_MAX_PIXELS)
     new = np.zeros((len(missing), size, size, 3), np.uint8)
+    hashes: list[str] = []
     for b in loader:
         for j, _reason, message in b.bad:
             raise _changed(names[j], f"became unreadable ({message})")
-        for j, h in zip(range(b.start, b.stop), b.sha256):
-            if recorded[j] and h != recorded[j]:
-                raise _changed(names[j], "changed")
+        hashes += b.sha256
         new[b.index.numpy()] = b.pixels.permute(0, 2, 3, 1).numpy()  # [n, S, S, 3]
-    return new
+    return new, hashes

@@ -57,7 +57,9 @@ def _font(name: str, px: int) -> ImageFont.FreeTypeFont:
     path = resource_dir("data") / "fonts" / name
     if not path.is_file():
         raise AttackError(f"font {name!r} is not in atlas's fonts ({', '.join(p.name for p in path.parent.glob('*.[ot]tf'))})")
-    return ImageFont.truetype(str(path), px)
+    # BASIC layout, as Concept World draws its words: libraqm's layout (used where installed) places glyphs
+    # differently, so the attacked pixels would depend on the machine
+    return ImageFont.truetype(str(path), px, layout_engine=ImageFont.Layout.BASIC)
 
 
 def stamp(image: Image.Image, spec: AttackText) -> Image.Image:
@@ -81,6 +83,7 @@ def stamp(image: Image.Image, spec: AttackText) -> Image.Image:
     x = int(np.clip(cx * w - tw / 2, pad, max(pad, w - tw - pad)))
     y = int(np.clip(cy * h - th / 2, pad, max(pad, h - th - pad)))
     d = ImageDraw.Draw(img)
+    d.fontmode = "L"  # anti-aliased glyphs (Pillow's default for RGB, pinned)
     if spec.label:
         d.rectangle([x - pad, y - pad, x + tw + pad, y + th + pad], fill=(250, 250, 250))
     d.text((x - left, y - top), spec.text, font=font, fill=tuple(spec.color))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -81,6 +82,7 @@ def _background(p: dict, size: int) -> Image.Image:
 def draw(p: dict, size: int) -> Image.Image:
     img = _background(p, size)
     d = ImageDraw.Draw(img)
+    d.fontmode = "L"  # anti-aliased glyphs (Pillow's default for RGB, pinned)
     fill = COLORS[p["color"]]
     r = p["scale"] * size / 2
     cx, cy = p["cx"] * size, p["cy"] * size
@@ -97,9 +99,18 @@ def draw(p: dict, size: int) -> Image.Image:
             off = k * r / 2
             d.line((cx - r, cy + off - r, cx + r, cy + off + r), fill=fill, width=max(2, int(r / 6)))
     else:
-        font = ImageFont.load_default(size=max(10, int(r * 0.8)))
+        font = _default_font(max(10, int(r * 0.8)))
         d.text((cx, cy), p["word"], fill=fill, font=font, anchor="mm")
     return img
+
+
+@lru_cache(maxsize=64)
+def _default_font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's built-in font (Aileron) with the BASIC layout: libraqm's layout, which Pillow picks where it is
+    installed, places glyphs differently, so the same image would differ between machines."""
+    font = ImageFont.load_default(size=size)
+    return font if font.layout_engine == ImageFont.Layout.BASIC else font.font_variant(
+        layout_engine=ImageFont.Layout.BASIC)
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:

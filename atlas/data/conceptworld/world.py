@@ -138,7 +138,9 @@ def _article(noun: str) -> str:
 
 @lru_cache(maxsize=512)
 def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(str(resource_dir("data") / "fonts" / name), size)
+    # BASIC layout always: Pillow picks libraqm's layout where it is installed, which places glyphs differently
+    # (7 in 10 word images differ), so the same seed would draw other pixels on another machine
+    return ImageFont.truetype(str(resource_dir("data") / "fonts" / name), size, layout_engine=ImageFont.Layout.BASIC)
 
 
 def _lum(c: tuple[int, int, int]) -> float:
@@ -340,6 +342,7 @@ class World:
         pad = int(0.25 * th) + 2
         canvas = Image.new("RGBA", (tw + 2 * pad, th + 2 * pad), (0, 0, 0, 0))
         d = ImageDraw.Draw(canvas)
+        d.fontmode = "L"  # anti-aliased glyphs (Pillow's default for RGBA, pinned)
         if t["label"]:
             d.rectangle([0, 0, canvas.size[0] - 1, canvas.size[1] - 1], fill=(250, 250, 250, 255))
         d.text((pad - left, pad - top), word, font=font, fill=COLORS[t["color"]] + (255,))

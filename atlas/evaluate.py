@@ -3,7 +3,9 @@
 `zero_shot` classifies held-out pictogram-only and word-only images among all concepts with text prompts.
 `concept_neurons` measures, for each concept and layer, the best neuron's AUROC at detecting the concept
 as a pictogram (against other pictograms) and as a written word (against other words); a concept has a
-*multimodal neuron* in a layer when one neuron reaches both AUROCs >= threshold.
+*multimodal neuron* in a layer when one neuron reaches both AUROCs >= threshold.  The neuron is picked and
+scored twice: in-sample (on all probe images) and held-out (picked on one half, scored on the other), since
+the best of a thousand neurons on the images it was picked on overstates how well it detects the concept.
 """
 
 from __future__ import annotations
@@ -88,53 +90,111 @@ def auroc(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ConceptNeurons:
+    """Per concept, the best neuron of ``layer`` and its AUROCs, picked two ways.
+
+    In-sample (``best_unit``, ``auroc_picto``, ``auroc_word``): the neuron maximizing min(AUROC as pictogram,
+    AUROC as word) over all probe images, scored on the same images: optimistic, since 1 of U neurons is picked.
+    Held-out (``heldout_*``): the neuron is picked the same way on the selection half of the images
+    (`selection_half`) and scored on the other half, which played no part in picking it.
+    """
+
     layer: str
     threshold: float
     best_unit: list[int] = field(default_factory=list)  # per concept
     auroc_picto: list[float] = field(default_factory=list)
     auroc_word: list[float] = field(default_factory=list)
+    heldout_unit: list[int] = field(default_factory=list)  # per concept, picked on the selection half
+    heldout_picto: list[float] = field(default_factory=list)  # its AUROCs on the other half
+    heldout_word: list[float] = field(default_factory=list)
 
     @property
     def multimodal(self) -> list[bool]:
         return [min(a, b) >= self.threshold for a, b in zip(self.auroc_picto, self.auroc_word)]
 
+    @property
+    def multimodal_heldout(self) -> list[bool]:
+        return [min(a, b) >= self.threshold for a, b in zip(self.heldout_picto, self.heldout_word)]
+
+
+def selection_half(concept: np.ndarray, is_word: np.ndarray) -> np.ndarray:
+    """[N] bool: True for the images a neuron is picked on, False for those it is scored on.  Within each
+    (concept, pictogram or word) group, in probe-set order, the 1st, 3rd, 5th... image is for picking and the
+    2nd, 4th, 6th... for scoring: deterministic, and every concept's positives and negatives are halved."""
+    concept, is_word = np.asarray(concept), np.asarray(is_word, bool)
+    rank = np.zeros(len(concept), np.int64)
+    seen: dict[tuple[int, bool], int] = {}
+    for i, key in enumerate(zip(concept.tolist(), is_word.tolist())):
+        rank[i] = seen.get(key, 0)
+        seen[key] = rank[i] + 1
+    return rank % 2 == 0
+
+
+def _aurocs(s: torch.Tensor, concept: np.ndarray, is_word: np.ndarray, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit of scores s [N, U], AUROC for concept c as pictogram (against other pictograms) and as word."""
+    pic, word = ~is_word, is_word
+    return (auroc(s[pic & (concept == c)], s[pic & (concept != c)]),
+            auroc(s[word & (concept == c)], s[word & (concept != c)]))
+
+
+def neurons_from_scores(layer: str, scores: torch.Tensor, concept: np.ndarray, is_word: np.ndarray,
+                        threshold: float = 0.9) -> ConceptNeurons:
+    """`ConceptNeurons` of one layer from its scores [N, U] of the probe images (concept [N], is_word [N]).
+    A neuron is picked by the largest min(AUROC pictogram, AUROC word), the lowest unit on ties."""
+    concept, is_word = np.asarray(concept), np.asarray(is_word, bool)
+    pick = selection_half(concept, is_word)
+    for kind in (False, True):
+        n = np.bincount(concept[is_word == kind], minlength=len(CONCEPT_NAMES))
+        if n.min() < 2:
+            raise ValueError(f"concept {CONCEPT_NAMES[int(n.argmin())]} has {n.min()} {'word' if kind else 'pictogram'} "
+                             "images; picking a neuron on one half and scoring it on the other needs at least 2 per "
+                             "concept and kind (raise per_concept)")
+    s_pick, s_held = scores[torch.from_numpy(pick)], scores[torch.from_numpy(~pick)]  # [N/2, U] each
+    r = ConceptNeurons(layer, threshold)
+    for c in range(len(CONCEPT_NAMES)):
+        a_p, a_w = _aurocs(scores, concept, is_word, c)
+        u = int(torch.minimum(a_p, a_w).argmax())
+        r.best_unit.append(u)
+        r.auroc_picto.append(float(a_p[u]))
+        r.auroc_word.append(float(a_w[u]))
+        a_p, a_w = _aurocs(s_pick, concept[pick], is_word[pick], c)
+        u = int(torch.minimum(a_p, a_w).argmax())
+        a_p, a_w = _aurocs(s_held[:, u:u + 1], concept[~pick], is_word[~pick], c)
+        r.heldout_unit.append(u)
+        r.heldout_picto.append(float(a_p[0]))
+        r.heldout_word.append(float(a_w[0]))
+    return r
+
 
 def concept_neurons(model: LoadedModel, ps: ProbeSet, layers: Sequence[str] | None = None,
                     threshold: float = 0.9) -> list[ConceptNeurons]:
-    """For each layer and concept, the neuron maximizing min(AUROC as pictogram, AUROC as word)."""
+    """For each layer and concept, the neuron maximizing min(AUROC as pictogram, AUROC as word), picked and
+    scored in-sample and held-out (`ConceptNeurons`)."""
     layers = list(layers or model.default_layers)
     scores = layer_scores(model, ps.pixels, layers)
-    results = []
-    for layer in layers:
-        s = scores[layer]
-        r = ConceptNeurons(layer, threshold)
-        for c in range(len(CONCEPT_NAMES)):
-            pic, word = ~ps.is_word, ps.is_word
-            a_p = auroc(s[pic & (ps.concept == c)], s[pic & (ps.concept != c)])
-            a_w = auroc(s[word & (ps.concept == c)], s[word & (ps.concept != c)])
-            u = int(torch.minimum(a_p, a_w).argmax())
-            r.best_unit.append(u)
-            r.auroc_picto.append(float(a_p[u]))
-            r.auroc_word.append(float(a_w[u]))
-        results.append(r)
-    return results
+    return [neurons_from_scores(layer, scores[layer], ps.concept, ps.is_word, threshold) for layer in layers]
 
 
 def report_markdown(zs: dict[str, float], neurons: list[ConceptNeurons]) -> str:
-    """The tables written to docs/conceptworld.md."""
+    """The tables written to docs/conceptworld-eval.md."""
     lines = ["| images | prompts | top-1 accuracy |", "|---|---|---|"]
     for k, v in zs.items():
         kind, prompts = k.split(", ")
         lines.append(f"| {kind} | {prompts} | {100 * v:.1f}% |")
-    lines += ["", "| layer | concepts with a multimodal neuron (both AUROC >= %.2f) |" % neurons[0].threshold,
-              "|---|---|"]
-    for r in neurons:
-        lines.append(f"| `{r.layer}` | {sum(r.multimodal)} / {len(r.multimodal)} |")
     last = neurons[-1]
-    lines += ["", f"Per concept, best neuron of `{last.layer}`:", "",
-              "| concept | unit | AUROC pictogram | AUROC word | multimodal |", "|---|---|---|---|---|"]
-    for c, u, a, b, m in zip(CONCEPT_NAMES, last.best_unit, last.auroc_picto, last.auroc_word, last.multimodal):
-        lines.append(f"| {c} | {u} | {a:.3f} | {b:.3f} | {'yes' if m else 'no'} |")
+    n = len(last.multimodal)
+    lines += ["", f"Concepts with a multimodal neuron (both AUROC >= {last.threshold:.2f}): held-out, the neuron "
+              "picked on one half of the images and scored on the other; in-sample, picked and scored on all:", "",
+              "| layer | held-out | in-sample |", "|---|---|---|"]
+    for r in neurons:
+        lines.append(f"| `{r.layer}` | {sum(r.multimodal_heldout)} / {n} | {sum(r.multimodal)} / {n} |")
+    lines += ["", f"Per concept, best neuron of `{last.layer}` (in-sample, then held-out):", "",
+              "| concept | unit | AUROC pictogram | AUROC word | multimodal | held-out unit | AUROC pictogram "
+              "| AUROC word | multimodal |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in range(n):
+        lines.append(f"| {CONCEPT_NAMES[c]} | {last.best_unit[c]} | {last.auroc_picto[c]:.3f} | "
+                     f"{last.auroc_word[c]:.3f} | {'yes' if last.multimodal[c] else 'no'} | {last.heldout_unit[c]} | "
+                     f"{last.heldout_picto[c]:.3f} | {last.heldout_word[c]:.3f} | "
+                     f"{'yes' if last.multimodal_heldout[c] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 

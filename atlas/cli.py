@@ -356,7 +356,10 @@ def eval_group():
 @device_opt
 @trust_opt
 def eval_concepts(model_spec, per_concept, layers, threshold, out, device, trust_checkpoint):
-    """Zero-shot accuracy and multimodal neurons per concept and layer (AUROC as pictogram and as word)."""
+    """Zero-shot accuracy and multimodal neurons per concept and layer (AUROC as pictogram and as word).
+
+    Each concept's best neuron is picked and scored twice: held-out (picked on one half of the images, scored on
+    the other) and in-sample (picked and scored on all of them)."""
     from .build import resolve_device
     from .evaluate import evaluate_concepts
     from .models import load_model

@@ -10,7 +10,7 @@ from typing import Callable
 import click
 
 from . import __version__
-from .config import PRECISIONS, RESIZES, AnalysesConfig, BuildConfig, FeatureVisConfig, MineConfig, SiteConfig
+from .config import PIXELS, PRECISIONS, RESIZES, AnalysesConfig, BuildConfig, FeatureVisConfig, MineConfig, SiteConfig
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, RuntimeError)
 
@@ -165,16 +165,20 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
 @click.option("--no-pooled", is_flag=True, help="Do not store the images x units matrix of spatial means.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=MineConfig.precision, show_default=True,
               help="The image tower's arithmetic; auto: bfloat16 autocast on a CUDA GPU, float32 elsewhere.")
-@click.option("--resize", type=click.Choice(RESIZES), default=MineConfig.resize, show_default=True,
-              help="Where image files are resized: pil (exact preprocess pixels) or device (faster, within 2/255); "
-                   "auto: device on CUDA, pil elsewhere.")
+@click.option("--pixels", type=click.Choice(PIXELS), default=MineConfig.pixels, show_default=True,
+              help="What the model sees of a file: exact (full decode + the model's own transform, byte for byte), "
+                   "draft (JPEGs shrunk inside libjpeg first: faster, other pixels) or approx (torch's bicubic on "
+                   "the device: less CPU, within ~1/255).")
+@click.option("--resize", type=click.Choice(RESIZES + ("pil",)), default="auto", show_default=True,
+              help="Where the exact resize runs: cpu (decoding processes; 'pil' is the same) or device; the "
+                   "pixels are the same. auto: device on CUDA, cpu elsewhere.")
 @click.option("--checkpoint-seconds", default=30.0, show_default=True, type=click.FloatRange(0),
               help="Seconds between checkpoints (a killed run resumes from the last one).")
 @device_opt
 @workers_opt
 @trust_opt
 def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank_by, max_images, no_pooled,
-         precision, resize, checkpoint_seconds, device, workers, trust_checkpoint):
+         precision, pixels, resize, checkpoint_seconds, device, workers, trust_checkpoint):
     """Stream images through a model; keep exact top-k examples and statistics per neuron."""
     from .build import resolve_device
     from .data.sources import open_source
@@ -184,14 +188,15 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
 
     cfg = MineConfig(layers=_split(layers), top_k=top_k, batch_size=batch_size, rank_by=rank_by,
                      max_images=max_images, keep_pooled=not no_pooled, precision=precision,
-                     resize=resize)
+                     pixels=pixels)
     bars = _Bars()
 
     def go():
         check_unlocked(store_path)  # fail at once, not after loading the model
         model = load_model(model_spec, device=resolve_device(device), trust_checkpoint=trust_checkpoint)
         return run_mine(model, open_source(data, captions), store_path, cfg, num_workers=workers,
-                        checkpoint_seconds=checkpoint_seconds, progress=bars.step("mine"))
+                        checkpoint_seconds=checkpoint_seconds, progress=bars.step("mine"),
+                        resize="cpu" if resize == "pil" else resize)
 
     r = _run(go)
     bars.close()

@@ -16,7 +16,8 @@ from typing import Any
 
 RANK_BY = ("max", "mean")
 PRECISIONS = ("auto", "float32", "bfloat16")
-RESIZES = ("auto", "pil", "device")
+PIXELS = ("exact", "draft", "approx")
+RESIZES = ("auto", "cpu", "device")  # where the exact resize runs (a speed option of `atlas.mine.mine`)
 
 
 def _check(cond: bool, message: str) -> None:
@@ -41,11 +42,13 @@ class MineConfig:
     precision: the image tower's arithmetic: "float32", "bfloat16" (autocast) or "auto" (bfloat16 autocast on a
         CUDA GPU that supports it, float32 elsewhere).  `atlas.mine` resolves "auto" before it stores the
         config, so a store says which one was used.
-    resize: how image files (a folder source) are resized and cropped to the model's input: "pil" (in the
-        decoding processes, `LoadedModel.crop`: the exact pixels of `LoadedModel.preprocess`), "device" (the
-        decoded images go to the model's device and are resized there: about a third of the CPU work per image,
-        pixels within 2/255 of PIL's on average, atlas.data.loader) or "auto" ("device" on CUDA, "pil"
-        elsewhere; resolved before the config is stored).  Generated images always take the PIL path.
+    pixels: what the model is shown of an image file: "exact" (the default: the file fully decoded, then the
+        model's own validation transform -- open_clip's Resize + CenterCrop with PIL's bicubic, byte for byte,
+        whether the resize runs in the decoding processes or on the device: atlas.data.pixels), "draft" (JPEGs
+        shrunk 1/2-1/8 inside libjpeg before that resize: faster decoding of large JPEGs, other pixels) or
+        "approx" (torch's antialiased bicubic on the device in float32: less CPU work, pixels within about 1/255).
+        The agreement of "draft" and "approx" with "exact" is measured in docs/store.md.  Generated images (Concept
+        World, synthetic) are drawn as PIL images and always take the exact path.
     """
 
     layers: tuple[str, ...] = ()
@@ -58,7 +61,7 @@ class MineConfig:
     max_images: int | None = None
     thumb_size: int = 96
     precision: str = "auto"
-    resize: str = "auto"
+    pixels: str = "exact"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -72,7 +75,7 @@ class MineConfig:
                f"max_images must be >= 1 or None, got {self.max_images}")
         _check(16 <= self.thumb_size <= 512, f"thumb_size must be in 16..512, got {self.thumb_size}")
         _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _check(self.resize in RESIZES, f"resize must be one of {RESIZES}, got {self.resize!r}")
+        _check(self.pixels in PIXELS, f"pixels must be one of {PIXELS}, got {self.pixels!r}")
 
 
 @dataclass(frozen=True)

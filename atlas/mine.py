@@ -26,7 +26,7 @@ import torch
 
 from . import __version__, store
 from .capture import hooked
-from .config import MineConfig, digest, to_json
+from .config import RESIZES, MineConfig, digest, to_json
 from .data.decode import DEFAULT_MAX_PIXELS
 from .data.loader import JpegLoader, _to, normalize
 from .data.sources import FolderSource, ImageSource
@@ -68,22 +68,23 @@ class _Batch:
 
 
 def _batches(model: LoadedModel, source: ImageSource, start: int, stop: int, batch_size: int,
-             num_workers: int, pil: bool = False, resize: str = "pil") -> Iterator[_Batch]:
+             num_workers: int, pil: bool = False, pixels: str = "exact", resize: str = "cpu") -> Iterator[_Batch]:
     """Fixed slices [i, i + batch_size) of [start, stop), in order, pixels already on the model's device.
 
-    Files (a `FolderSource`) go through `JpegLoader`: read, hashed, decoded and cropped by `LoadedModel.crop`'s
-    PIL code in ``num_workers`` processes (0: in this process), pinned, copied to the device without blocking
-    and normalized there: bit for bit `LoadedModel.preprocess` (tests/test_mine_loader.py).  Other sources
-    (generated images), or ``pil=True``: `ImageSource.sample` and `LoadedModel.preprocess` per image, in a
-    DataLoader of ``num_workers`` processes if > 0.  ``resize="device"``: files are resized on the device instead
-    (MineConfig.resize)."""
+    Files (a `FolderSource`) go through `JpegLoader`: read, hashed, decoded and resized as ``pixels`` says
+    (MineConfig.pixels; the resize in ``num_workers`` processes, 0: in this process, or with ``resize="device"`` on
+    the model's device), pinned, copied to the device without blocking and normalized there: for "exact", bit for
+    bit `LoadedModel.preprocess` of the decoded image (tests/test_mine_loader.py).  Other sources (generated
+    images), or ``pil=True``: `ImageSource.sample` and `LoadedModel.preprocess` per image, in a DataLoader of
+    ``num_workers`` processes if > 0."""
     if isinstance(source, FolderSource) and not pil:
-        yield from _file_batches(model, source, start, stop, batch_size, num_workers, resize)
+        yield from _file_batches(model, source, start, stop, batch_size, num_workers, pixels, resize)
         return
     dev, size = model.device, model.image_size
+    draft = size if pixels == "draft" else None
 
     def load(i: int) -> tuple:
-        samples = [source.sample(j, draft_size=size) for j in range(i, min(i + batch_size, stop))]
+        samples = [source.sample(j, draft_size=draft) for j in range(i, min(i + batch_size, stop))]
         good = [s for s in samples if s.image is not None]
         pixels = torch.stack([model.preprocess(s.image) for s in good]) if good else torch.zeros(0, 3, size, size)
         bad = {s.index: (s.error, s.message) for s in samples if s.image is None}
@@ -98,11 +99,12 @@ def _batches(model: LoadedModel, source: ImageSource, start: int, stop: int, bat
 
 
 def _file_batches(model: LoadedModel, source: FolderSource, start: int, stop: int, batch_size: int,
-                  num_workers: int, resize: str = "pil") -> Iterator[_Batch]:
+                  num_workers: int, pixels: str = "exact", resize: str = "cpu") -> Iterator[_Batch]:
     loader = JpegLoader([source.path(i) for i in range(len(source))], model.image_size, batch_size=batch_size,
-                        device=model.device, decode="cpu", resize="cpu" if resize == "pil" else "device",
-                        workers=num_workers,
-                        resize_mode=model.resize_mode, max_pixels=source.max_pixels or DEFAULT_MAX_PIXELS,
+                        device=model.device, decode="cpu", resize="device" if pixels == "approx" else resize,
+                        workers=num_workers, resize_mode=model.resize_mode, crop=model.crop_rule,
+                        draft=pixels == "draft", approx=pixels == "approx",
+                        max_pixels=source.max_pixels or DEFAULT_MAX_PIXELS,
                         hashes=True, names=[e.source_id for e in source.entries], start=start, stop=stop)
     for b in loader:
         bad = {i: (reason, message) for i, reason, message in b.bad}
@@ -120,8 +122,33 @@ def _precision(precision: str, device: torch.device) -> str:
 
 def _resolved(config: MineConfig, device: torch.device) -> MineConfig:
     """The config with its "auto" settings resolved for ``device``, as the store records it."""
-    resize = config.resize if config.resize != "auto" else "device" if device.type == "cuda" else "pil"
-    return replace(config, precision=_precision(config.precision, device), resize=resize)
+    return replace(config, precision=_precision(config.precision, device))
+
+
+def _resize_on(resize: str, device: torch.device) -> str:
+    """mine()'s ``resize`` resolved: where the exact resize of files runs ("cpu": the decoding processes)."""
+    if resize not in RESIZES:
+        raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
+    return resize if resize != "auto" else "device" if device.type == "cuda" else "cpu"
+
+
+@contextmanager
+def float32_matmuls(on: bool = True) -> Iterator[None]:
+    """Float32 means float32: TF32 off for CUDA matmuls and convolutions (and the float32 matmul precision
+    "highest") while the body runs, put back as it was afterwards.  (``on=False``: leave them as they are.)"""
+    if not on:
+        yield
+        return
+    kept = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+            torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = kept[:2]
+        torch.set_float32_matmul_precision(kept[2])
 
 
 @contextmanager
@@ -138,7 +165,7 @@ def _model_path(model: LoadedModel, precision: str, graphs: bool = False) -> Ite
         model.visual.to(memory_format=fmt)
     bf16 = precision == "bfloat16"
     try:
-        with _cast_once(model.visual, bf16 and dev.type == "cuda"), \
+        with _cast_once(model.visual, bf16 and dev.type == "cuda"), float32_matmuls(not bf16), \
                 torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not graphs):
             yield fmt
     finally:
@@ -226,7 +253,7 @@ def _run_meta(model: LoadedModel, source: ImageSource) -> dict[str, object]:
 def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
          config: MineConfig = MineConfig(), *, num_workers: int = 0, checkpoint_seconds: float = 30.0,
          progress: Progress | None = None, cuda_graphs: bool | None = None, fuse_blocks: bool | None = None,
-         _pil: bool = False) -> MineResult:
+         resize: str = "auto", _pil: bool = False) -> MineResult:
     """Mine ``config.layers`` (default: the model's default layers) of ``source`` into the store.
 
     Resumes from the store's work folder after a crash; layers already mined with the same config
@@ -238,14 +265,19 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     again, in ``num_workers`` processes for files).  ``cuda_graphs``: replay
     the step of full batches from CUDA graphs (`atlas.graphs`; None: wherever the Triton kernels run; results are
     the same).  ``fuse_blocks``: mine ResNet blocks inside their last kernel (`atlas.fused`; None: wherever the
-    Triton kernels run; the activations agree to a unit in the last place).  ``_pil``: files too through the
-    per-image PIL path (`_batches`; for the equivalence tests).
+    Triton kernels run; the activations agree to a unit in the last place).  ``resize``: where the resize of
+    files runs, "cpu" (the decoding processes), "device" (the model's device) or "auto" ("device" on CUDA); the
+    pixels are the same (`config.pixels` says which).  ``_pil``: files too through the per-image PIL path
+    (`_batches`; for the equivalence tests).
+
+    In float32 (``config.precision``), TF32 is off for the whole run (`float32_matmuls`).
     """
     path = Path(store_path)
     t0 = time.perf_counter()
     infos = [model.layer(n) for n in (config.layers or model.default_layers)]
     layers = tuple(i.name for i in infos)  # canonical names, also for aliases
     config = _resolved(replace(config, layers=tuple(layers)), model.device)
+    resize = _resize_on(resize, model.device)
     n_images = min(len(source), config.max_images or len(source))
     meta = _run_meta(model, source)
     with store.lock(path):
@@ -278,7 +310,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
             step = GraphStep(model.clip.encode_image, current, list(states.values()), config.batch_size) \
                 if graphs else eager
             batches = _batches(model, source, position, n_images, config.batch_size, num_workers, _pil,
-                               config.resize)
+                               config.pixels, resize)
             seconds["setup"], t = time.perf_counter() - t0, time.perf_counter()
             for b in batches:
                 t = _lap(seconds, "wait" if seconds["first_batch"] else "first_batch", t)
@@ -322,19 +354,28 @@ def _layers_to_mine(path: Path, model_name: str, infos: list[LayerInfo],
                 todo.append(info)
                 continue
             old = st.file[key].attrs["config"]
-            if {"precision": "float32", "resize": "pil", **json.loads(old)} != json.loads(_layer_config_json(config)):
-                # (a layer mined before MineConfig had these fields was mined in float32 from PIL's pixels)
-                was = {"precision": "float32", "resize": "pil", **json.loads(old)}
-                hint = (f" (to add to it, pass --precision {was['precision']} --resize {was['resize']}: 'auto' "
-                        "resolves by device, bfloat16 and device resizing on CUDA)"
-                        if {k: v for k, v in was.items() if k not in ("precision", "resize")} ==
-                        {k: v for k, v in json.loads(_layer_config_json(config)).items()
-                         if k not in ("precision", "resize")} else "")
+            was, now = _comparable(json.loads(old)), json.loads(_layer_config_json(config))
+            if was != now:
+                differ = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+                hint = (f" (to add to it, pass --precision {was['precision']}: 'auto' resolves by device, bfloat16 "
+                        "on CUDA)" if differ == ["precision"] else
+                        " (it was mined before atlas showed the model its exact pixels: JPEGs drafted, the crop "
+                        "rounded differently)" if was.get("pixels") == "legacy" else "")
                 raise store.StoreError(
-                    f"store {path} already holds layer {info.name} mined with other settings ({old}); "
-                    f"write to another store path to mine it differently{hint}")
+                    f"store {path} already holds layer {info.name} mined with other settings ({', '.join(differ)} "
+                    f"differ: {old}); write to another store path to mine it differently{hint}")
             skipped.append(info)
     return todo, skipped
+
+
+def _comparable(old: dict) -> dict:
+    """A stored layer config in today's terms: a layer mined before MineConfig had ``precision`` was mined in
+    float32; one mined before ``pixels`` existed saw round-1 pixels (drafted JPEGs, rounded crop): "legacy"."""
+    old = {"precision": "float32", **old}
+    if "pixels" not in old:
+        old.pop("resize", None)
+        old["pixels"] = "legacy"
+    return old
 
 
 def _layer_config_json(config: MineConfig) -> str:

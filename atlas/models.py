@@ -32,6 +32,7 @@ from torch import nn
 
 from .checkpoints import (build_openai, hf_config, is_torchscript, open_clip_cached,  # noqa: F401
                           openai_cache_path, openai_expected_sha, read_hf_clip, read_state_dict, sha256_file)
+from .data.pixels import crop_box
 from .errors import ModelError
 
 DEFAULT_SPEC = "atlas:conceptclip"
@@ -173,7 +174,8 @@ class LoadedModel:
     """A CLIP model with what atlas needs: towers, tokenizer, preprocessing and the layer table."""
 
     def __init__(self, spec: ModelSpec, clip: nn.Module, tokenizer, weights_sha256: str,
-                 mean: tuple = CLIP_MEAN, std: tuple = CLIP_STD, resize_mode: str = "shortest"):
+                 mean: tuple = CLIP_MEAN, std: tuple = CLIP_STD, resize_mode: str = "shortest",
+                 crop_rule: str = "round"):
         self.spec = spec
         base = Path(spec.arch.rstrip("/")).name if spec.family == "hf" else spec.arch  # hf: the directory's name
         self.name = re.sub(r"[^A-Za-z0-9._-]", "-", base).lstrip(".-") or "model"
@@ -187,6 +189,7 @@ class LoadedModel:
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.resize_mode = resize_mode  # "shortest": resize the short side, centre-crop; "squash": resize both
+        self.crop_rule = crop_rule  # the centre crop's offset: "round" (torchvision, open_clip), "floor" (HF's processor)
         self.layers: dict[str, LayerInfo] = _layer_table(self)
 
     # --- towers -------------------------------------------------------------------------------
@@ -213,16 +216,12 @@ class LoadedModel:
 
     # --- preprocessing ------------------------------------------------------------------------
     def crop(self, image: Image.Image) -> Image.Image:
-        """Resize the shorter side to image_size (bicubic) and centre-crop: what the model sees."""
+        """What the model sees of an RGB image: its own validation transform's resize and centre crop
+        (`atlas.data.pixels.crop_box`: open_clip's and torchvision's geometry, PIL's bicubic)."""
         s = self.image_size
-        if self.resize_mode == "squash":
-            return image.resize((s, s), Image.BICUBIC) if image.size != (s, s) else image
-        w, h = image.size
-        scale = s / min(w, h)
-        nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
-        if (nw, nh) != (w, h):
+        nw, nh, left, top = crop_box(*image.size, s, self.resize_mode, self.crop_rule)
+        if (nw, nh) != image.size:
             image = image.resize((nw, nh), Image.BICUBIC)
-        left, top = int(round((nw - s) / 2.0)), int(round((nh - s) / 2.0))
         return image.crop((left, top, left + s, top + s))
 
     def to_tensor(self, crop: Image.Image) -> torch.Tensor:
@@ -389,7 +388,8 @@ def load_model(spec: str | ModelSpec = DEFAULT_SPEC, device: str | torch.device 
             return LoadedModel(spec, towers.to(device), tokenizer, sha256_file(path), mean, std, "squash")
         clip, cfg, path = read_hf_clip(directory)
         tokenizer = _tokenizer(cfg["text_config"]["max_position_embeddings"])
-        return LoadedModel(spec, clip.to(device), tokenizer, sha256_file(path))
+        # Hugging Face's CLIPImageProcessor: the same resize, a centre crop at (n - size) // 2
+        return LoadedModel(spec, clip.to(device), tokenizer, sha256_file(path), crop_rule="floor")
     path, expected = _weights_path(spec)
     sha = sha256_file(path) if path.is_file() else ""
     if expected and sha != expected:

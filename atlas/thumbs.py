@@ -1,8 +1,8 @@
 """Thumbnails of the images a store shows: the model's centre crop at the thumbnail's size, as uint8 arrays.
 
 A thumbnail is `pil_crop` of the image decoded with ``draft_size`` = the thumbnail's side (libjpeg shrinks a large
-JPEG by 1/2, 1/4 or 1/8 while decoding, as mining's loader does for the model's size): the region the model saw,
-resized once.  Files are decoded in ``workers`` processes through `JpegLoader` (the GIL-bound PIL glue of thousands
+JPEG by 1/2, 1/4 or 1/8 while decoding): the region the model saw (the model's own crop geometry), resized once,
+for display.  They are not the model's pixels (`atlas.data.pixels` makes those, from the fully decoded file).  Files are decoded in ``workers`` processes through `JpegLoader` (the GIL-bound PIL glue of thousands
 of small images does not scale on threads), other sources on threads; both give the same pixels.
 """
 
@@ -37,9 +37,9 @@ def make_thumbnails(f: h5py.File, model: LoadedModel, source: ImageSource, neede
                                "use the same thumb_size for every run on one store")
     missing = [i for i in needed if rows[i] < 0]
     if isinstance(source, FolderSource) and workers > 0 and missing:
-        new, hashes = _from_files(source, missing, size, model.resize_mode, workers)
+        new, hashes = _from_files(source, missing, size, model.resize_mode, model.crop_rule, workers)
     else:
-        new, hashes = _on_threads(source, missing, size, model.resize_mode)
+        new, hashes = _on_threads(source, missing, size, model.resize_mode, model.crop_rule)
     recorded = img["sha256"][()] if "sha256" in img and missing else None  # [N]; "" for generated images
     for i, h in zip(missing, hashes):
         if recorded is not None and recorded[i] and h != bytes(recorded[i]).decode():
@@ -57,7 +57,8 @@ def _changed(source_id: str, why: str) -> store.StoreError:
                             "commit reruns), or mine into a fresh store")
 
 
-def _on_threads(source: ImageSource, missing: list[int], size: int, mode: str) -> tuple[np.ndarray, list[str]]:
+def _on_threads(source: ImageSource, missing: list[int], size: int, mode: str,
+                crop: str = "round") -> tuple[np.ndarray, list[str]]:
     """The thumbnails [M, size, size, 3] of the images ``missing`` and their files' sha256 ("" if generated)."""
     new = np.zeros((len(missing), size, size, 3), np.uint8)
     hashes = [""] * len(missing)
@@ -66,7 +67,7 @@ def _on_threads(source: ImageSource, missing: list[int], size: int, mode: str) -
         sample = source.sample(missing[j], draft_size=size)
         if sample.image is None:
             raise _changed(sample.source_id, f"became unreadable ({sample.message})")
-        new[j], hashes[j] = pil_crop(sample.image, size, mode), sample.sha256
+        new[j], hashes[j] = pil_crop(sample.image, size, mode, crop), sample.sha256
 
     # PIL decodes and resizes without the GIL: threads share the work (each writes its own row)
     with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
@@ -78,12 +79,13 @@ def _on_threads(source: ImageSource, missing: list[int], size: int, mode: str) -
     return new, hashes
 
 
-def _from_files(source: FolderSource, missing: list[int], size: int, mode: str,
+def _from_files(source: FolderSource, missing: list[int], size: int, mode: str, crop: str,
                 workers: int) -> tuple[np.ndarray, list[str]]:
     """`_on_threads` for files, decoded in ``workers`` processes."""
     names = [source.entries[i].source_id for i in missing]
     loader = JpegLoader([source.path(i) for i in missing], size, batch_size=64, device="cpu", decode="cpu",
-                        resize="cpu", workers=workers, resize_mode=mode, hashes=True, names=names,
+                        resize="cpu", workers=workers, resize_mode=mode, crop=crop, draft=True, hashes=True,
+                        names=names,
                         max_pixels=source.max_pixels or DEFAULT_MAX_PIXELS)
     new = np.zeros((len(missing), size, size, 3), np.uint8)
     hashes: list[str] = []

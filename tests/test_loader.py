@@ -1,5 +1,6 @@
-"""atlas.data.loader: batches of files -> uint8 pixels, in order, bad files reported, the CPU path equal to
-mining's preprocessing and the decode_jpeg + torch-resize path (nvJPEG's, run here on the CPU) close to it."""
+"""atlas.data.loader: batches of files -> uint8 pixels, in order, bad files reported, the CPU and device resizes
+equal to mining's preprocessing (the fully decoded file, PIL's bicubic) and the speed options (draft decoding,
+torch's bicubic, the decode_jpeg path: nvJPEG's, run here on the CPU) close to it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from atlas.data.decode import decode_image
-from atlas.data.loader import JpegLoader, _orient, crop_box, normalize, pil_crop, resize_crop
+from atlas.data.loader import JpegLoader, _orient, crop_box, normalize, pil_crop, resize_approx
 
 S = 64  # the tiny model's input size
 
@@ -81,7 +82,7 @@ def test_cpu_path_is_minings_preprocessing_in_order_with_bad_files_reported(file
     assert {i: r for i, (r, _) in bad.items()} == BAD
     assert all(files[i].name in message for i, (_, message) in bad.items())
     for row, i in enumerate(index):  # exactly what atlas.mine feeds the model
-        ref = tiny_model.to_tensor(tiny_model.crop(decode_image(files[i], draft_size=S)))
+        ref = tiny_model.to_tensor(tiny_model.crop(decode_image(files[i])))  # fully decoded
         assert torch.equal((ref * 255).round().to(torch.uint8), pixels[row]), files[i].name
 
 
@@ -104,14 +105,28 @@ def test_decode_jpeg_path_is_close_to_pil_and_reports_the_same_bad_files(files):
     assert per_image.max() < 2.0, per_image  # mean abs < 2/255 on every image (the docstring's claim)
 
 
-def test_resize_on_the_device_is_close_to_the_exact_cpu_path(files):
+def test_resize_on_the_device_gives_the_cpu_paths_bytes(files):
     _, index_cpu, cpu = _load(files, decode="cpu", workers=0, resize="cpu")
     batches, index_dev, dev = _load(files, decode="cpu", workers=2, resize="device", hashes=True)
     assert index_dev == index_cpu and {i for b in batches for i, _, _ in b.bad} == set(BAD)
     assert dev.shape == cpu.shape and dev.dtype == torch.uint8
-    assert (dev.float() - cpu.float()).abs().mean((1, 2, 3)).max() < 1.0  # same decode and geometry
+    assert torch.equal(dev, cpu)  # PIL's arithmetic on the device: the same bytes
     assert len(JpegLoader(files[8:12], S, batch_size=4, resize="device", workers=0)) == 1  # all bad: empty
     assert next(iter(JpegLoader(files[8:12], S, batch_size=4, resize="device", workers=0))).pixels.shape[0] == 0
+
+
+def test_speed_options_are_close_to_the_exact_pixels_but_not_equal(files):
+    _, _, exact = _load(files, decode="cpu", workers=0)
+    _, _, draft = _load(files, decode="cpu", workers=0, draft=True)
+    _, _, approx = _load(files, decode="cpu", workers=0, approx=True)
+    big = 2  # 1200x900, shrunk by 8 for S = 64 to 150x113: another aspect ratio, so the resize gives 84x64 where
+    # the exact path gives 85x64 and the crop moves by a pixel
+    assert not torch.equal(draft[big], exact[big]) and (draft[big].float() - exact[big].float()).abs().mean() < 16
+    same = [3, 7]  # the 50x40 JPEG (too small to shrink) and the PNG
+    assert torch.equal(draft[same], exact[same])
+    assert not torch.equal(approx, exact) and (approx.float() - exact.float()).abs().mean((1, 2, 3)).max() < 1.0
+    with pytest.raises(ValueError, match="approx=True resizes on the device"):
+        JpegLoader(files, S, approx=True, resize="cpu")
 
 
 def test_torch_resize_is_close_to_pil_bicubic():
@@ -120,7 +135,7 @@ def test_torch_resize_is_close_to_pil_bicubic():
         x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None]
         for mode in ("shortest", "squash"):
             ref = torch.from_numpy(pil_crop(image, S, mode)).permute(2, 0, 1).float()
-            got = resize_crop(x, S, mode)[0].float()
+            got = resize_approx(x, S, mode)[0].float()
             assert got.shape == (3, S, S)
             assert (got - ref).abs().mean() < 1.0 and (got - ref).abs().max() <= 16, (w, h, mode)
 
@@ -130,7 +145,10 @@ def test_crop_box_is_the_models_crop(tiny_model):
         image = _natural(w, h, 0)
         assert np.array_equal(pil_crop(image, S), np.asarray(tiny_model.crop(image)))
     assert crop_box(400, 300, 288) == (384, 288, 48, 0)
+    assert crop_box(500, 300, 64) == (106, 64, 21, 0)  # torchvision truncates 106.67 (round-1 atlas rounded: 107)
     assert crop_box(400, 300, 288, "squash") == (288, 288, 0, 0)
+    assert crop_box(301, 200, 200, crop="floor") == (301, 200, 50, 0) and crop_box(301, 200, 200)[2] == 50
+    assert crop_box(303, 200, 200, crop="floor")[2] == 51 and crop_box(303, 200, 200)[2] == 52  # round(51.5) = 52
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

@@ -4,30 +4,29 @@
 ``paths``, in order: the slice's good images as ``pixels`` [n, 3, S, S] uint8 on ``device`` (a
 channels-last view: what a channels-last model wants), their indices, and the files that could not be
 used (index, reason, message: the reasons of `atlas.data.decode`).  Batches are prepared ahead while
-the caller runs the model; `normalize` turns pixels into the model's input.  Two ways to decode:
+the caller runs the model; `normalize` turns pixels into the model's input.
 
-``decode="cpu"`` (the default): worker processes read each file and run `decode_image(data, draft_size=S)`,
-    the call `atlas.mine` makes, into shared memory; the DataLoader's thread pins the batch and it is
-    copied to the device with a non-blocking copy on a side stream.  Then the resize to S (shorter side,
-    bicubic, centre crop; or "squash"), by ``resize``: "cpu" runs `LoadedModel.crop` (PIL) in the workers
-    -- exactly mining's preprocessing; "device" ships the decoded images and runs `resize_crop` on the
-    device, per shape group -- about a third of the CPU work per image (loader alone, 16-core H100 host,
-    400x300 JPEGs: 3,000 -> 9,700 images/s), pixels within 1/255 of PIL's on average; "auto" (the
-    default) is "device" on CUDA, "cpu" elsewhere.
+The pixels are the model's own (`atlas.data.pixels`): the fully decoded image, resized and centre-cropped with
+PIL's bicubic arithmetic, the bytes of open_clip's validation transform.  Where the work runs:
+
+``decode="cpu"`` (the default): worker processes read each file and run `decode_image`, the call `atlas.mine`
+    makes, into shared memory; the DataLoader's thread pins the batch and it is copied to the device with a
+    non-blocking copy on a side stream.  ``resize`` says where the resize runs: "cpu" (`pil_crop`, PIL in the
+    workers), "device" (the decoded images go to the device and `resize_exact` computes PIL's bytes there, per
+    shape group: about a third of the CPU work per image) or "auto" ("device" on CUDA, "cpu" elsewhere).  Both
+    give the same bytes.
 ``decode="gpu"``: reader threads read the files and check their headers; whole RGB or grey JPEGs are
     decoded by nvJPEG (`torchvision.io.decode_jpeg` with ``device="cuda"``, in chunks on several
-    threads), their EXIF orientation applied, and resized on the GPU (`resize_crop`); any other file
-    (PNG, CMYK, truncated, ...) and any JPEG that nvJPEG refuses takes the CPU decode above, so the
-    reasons for bad files are the same.  It competes with the model for the GPU.  On a CPU device the
-    same code runs with libjpeg-turbo (torchvision's CPU decoder): that is how the tests check it.
+    threads), their EXIF orientation applied, and resized on the GPU; any other file (PNG, CMYK, truncated,
+    ...) and any JPEG that nvJPEG refuses takes the CPU decode above, so the reasons for bad files are the
+    same.  It competes with the model for the GPU.  nvJPEG's IDCT and chroma upsampling differ slightly from
+    libjpeg-turbo's: not the exact pixels.  On a CPU device the same code runs with libjpeg-turbo
+    (torchvision's CPU decoder): that is how the tests check it.
 
-Where the GPU path differs numerically from PIL: `resize_crop` is torch's bicubic with ``antialias=True``
-(PIL's filter: a = -0.5, support widened by the scale) in float32 with one rounding at the end, where
-PIL rounds to 8 bits between its horizontal and vertical passes; nvJPEG's and libjpeg-turbo's IDCT and
-chroma upsampling differ slightly; and where the CPU path lets libjpeg shrink a large JPEG by 1/2, 1/4
-or 1/8 in its IDCT (``draft``, as mining does), the GPU path decodes it whole and averages s x s blocks
-(same size and geometry, slightly different filter).  On natural-looking images the mean absolute
-difference per image is under 2/255 (tests/test_loader.py checks it).
+Two speed options change the pixels (their agreement with the exact pixels is measured in tests/test_pixels.py
+and docs/store.md): ``draft=True`` lets libjpeg shrink a large JPEG by 1/2, 1/4 or 1/8 in its IDCT before the
+resize (on the nvJPEG path: an s x s box average); ``approx=True`` resizes on the device with torch's antialiased
+bicubic in float32 (`resize_approx`) instead of PIL's integer arithmetic.
 
 Mining (`atlas.mine._batches`) can use it as is: one `LoadedBatch` per fixed slice gives the good
 indices, the bad files with their reasons and, with ``hashes=True``, every file's sha256.  Normalize with
@@ -56,6 +55,7 @@ import torch.utils.data
 from PIL import Image
 
 from .decode import DEFAULT_MAX_PIXELS, BadImage, decode_image
+from .pixels import crop_box, draft_scale, pil_crop, resize_approx, resize_exact  # noqa: F401 (re-exported)
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -68,49 +68,6 @@ class LoadedBatch:
     pixels: torch.Tensor  # [n, 3, S, S] uint8 on the device (channels-last strides)
     bad: list[tuple[int, str, str]] = field(default_factory=list)  # (index, reason code, message)
     sha256: list[str] = field(default_factory=list)  # per file of the slice ("" if unreadable); if hashes
-
-
-def crop_box(width: int, height: int, size: int, mode: str = "shortest") -> tuple[int, int, int, int]:
-    """(new width, new height, left, top) of `LoadedModel.crop`: resize, then crop ``size`` at (left, top)."""
-    if mode == "squash":
-        return size, size, 0, 0
-    scale = size / min(width, height)
-    nw, nh = max(size, round(width * scale)), max(size, round(height * scale))
-    return nw, nh, int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-
-
-def pil_crop(image: Image.Image, size: int, mode: str = "shortest") -> np.ndarray:
-    """The reference preprocessing (`LoadedModel.crop`) of an RGB image -> [S, S, 3] uint8."""
-    nw, nh, left, top = crop_box(*image.size, size, mode)
-    if (nw, nh) != image.size:
-        image = image.resize((nw, nh), Image.BICUBIC)
-    return np.array(image.crop((left, top, left + size, top + size)), dtype=np.uint8)  # writable copy
-
-
-def draft_scale(width: int, height: int, size: int) -> int:
-    """The factor (1, 2, 4 or 8) by which libjpeg's draft mode shrinks a JPEG for ``draft_size=size``
-    (Pillow's `JpegImageFile.draft`): the largest that keeps both sides >= size."""
-    fit = min(width // size, height // size)
-    return next((s for s in (8, 4, 2) if fit >= s), 1)
-
-
-def resize_crop(images: torch.Tensor, size: int, mode: str = "shortest", draft: bool = False) -> torch.Tensor:
-    """The torch counterpart of `pil_crop` for images of one shape: [n, 3, H, W] uint8 -> [n, 3, S, S] uint8
-    (bicubic with antialiasing, float32, rounded once).  ``draft``: first shrink as JPEG draft mode would
-    (an s x s box average, the DC term of libjpeg's scaled IDCT), so the geometry and, closely, the pixels
-    follow the CPU path's ``decode_image(..., draft_size=S)`` of a JPEG."""
-    h, w = images.shape[-2:]
-    x = images
-    step = draft_scale(w, h, size) if draft else 1
-    if step > 1:
-        x = F.avg_pool2d(x.float(), step, ceil_mode=True)  # [n, 3, ceil(H / s), ceil(W / s)]
-        h, w = x.shape[-2:]
-    nw, nh, left, top = crop_box(w, h, size, mode)
-    if (nw, nh) != (w, h):
-        x = F.interpolate(x.float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-    if x.dtype != torch.uint8:
-        x = x.round_().clamp_(0, 255).to(torch.uint8)
-    return x[..., top:top + size, left:left + size]
 
 
 def normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
@@ -161,9 +118,11 @@ class _Files(torch.utils.data.Dataset):
     32 or 64 files, for an earlier first batch, cost a third to a half of the throughput)."""
 
     def __init__(self, paths: list[Path], names: list[str], size: int, resize_mode: str, max_pixels: int,
-                 hashes: bool, slices: list[range], crop: bool = True):
+                 hashes: bool, slices: list[range], crop: bool = True, draft: bool = False, crop_rule: str = "round"):
         self.paths, self.names, self.size, self.resize_mode = paths, names, size, resize_mode
         self.max_pixels, self.hashes, self.slices, self.crop = max_pixels, hashes, slices, crop
+        self.draft_size = size if draft else None  # libjpeg's draft mode (a speed option: other pixels)
+        self.crop_rule = crop_rule
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -195,8 +154,9 @@ class _Files(torch.utils.data.Dataset):
             sha.append(hashlib.sha256(data).hexdigest() if self.hashes and data is not None else "")
             if err is None:
                 try:
-                    image = decode_image(data, max_pixels=self.max_pixels, draft_size=self.size, name=self.names[i])
-                    images[i] = np.array(image)  # [h, w, 3] uint8 (writable), drafted as mining decodes it
+                    image = decode_image(data, max_pixels=self.max_pixels, draft_size=self.draft_size,
+                                         name=self.names[i])
+                    images[i] = np.array(image)  # [h, w, 3] uint8 (writable), decoded as mining decodes it
                 except BadImage as e:
                     err = (e.reason, str(e))
             if err is not None:
@@ -214,10 +174,10 @@ class _Files(torch.utils.data.Dataset):
     def decode_into(self, i: int, data: bytes, row: torch.Tensor) -> tuple[str, str] | None:
         """Mining's decode and crop of file ``i`` into ``row`` [S, S, 3]; the error, if any."""
         try:
-            image = decode_image(data, max_pixels=self.max_pixels, draft_size=self.size, name=self.names[i])
+            image = decode_image(data, max_pixels=self.max_pixels, draft_size=self.draft_size, name=self.names[i])
         except BadImage as e:
             return e.reason, str(e)
-        row.copy_(torch.from_numpy(pil_crop(image, self.size, self.resize_mode)))
+        row.copy_(torch.from_numpy(pil_crop(image, self.size, self.resize_mode, self.crop_rule)))
         return None
 
     def nvjpeg_ready(self, data: bytes) -> int:
@@ -253,34 +213,39 @@ class JpegLoader:
     """Iterate over fixed slices of ``paths`` as `LoadedBatch`es (see the module docstring).
 
     paths: files; ``names[i]`` labels file i in messages (default: its path).  size: S.  resize_mode:
-    "shortest" or "squash" (`LoadedModel.resize_mode`).  workers: CPU path: decoder processes (0: decode in
-    this process); GPU path: reader threads.  prefetch: batches prepared ahead (CPU path: per worker; each
-    batch in flight is a uint8 tensor in shared memory, /dev/shm).  hashes: each file's sha256, as mining
-    records it.  start, stop: the files to load.  resize: where the CPU path resizes (module docstring)."""
+    "shortest" or "squash" (`LoadedModel.resize_mode`); crop: the centre crop's rounding (`LoadedModel.crop_rule`).
+    workers: CPU path: decoder processes (0: decode in this process); GPU path: reader threads.  prefetch:
+    batches prepared ahead (CPU path: per worker; each batch in flight is a uint8 tensor in shared memory,
+    /dev/shm).  hashes: each file's sha256, as mining records it.  start, stop: the files to load.  resize: where
+    the CPU path resizes; draft, approx: the speed options that change the pixels (module docstring)."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], size: int, *, batch_size: int = 256,
                  device: str | torch.device = "cpu", decode: str = "auto", workers: int | None = None,
                  prefetch: int = 2, resize_mode: str = "shortest", max_pixels: int = DEFAULT_MAX_PIXELS,
                  hashes: bool = False, names: Sequence[str] | None = None, start: int = 0,
-                 stop: int | None = None, resize: str = "auto"):
+                 stop: int | None = None, resize: str = "auto", draft: bool = False, approx: bool = False,
+                 crop: str = "round"):
         self.device = torch.device(device)
         if decode == "auto":
             decode = "cpu"
         if decode not in ("cpu", "gpu"):
             raise ValueError(f"decode must be 'auto', 'cpu' or 'gpu', got {decode!r}")
         if resize == "auto":
-            resize = "device" if self.device.type == "cuda" else "cpu"
+            resize = "device" if self.device.type == "cuda" or approx else "cpu"
         if resize not in ("cpu", "device"):
             raise ValueError(f"resize must be 'auto', 'cpu' or 'device', got {resize!r}")
+        if approx and resize == "cpu":
+            raise ValueError("approx=True resizes on the device (torch's bicubic); pass resize='device' or 'auto'")
         if resize_mode not in ("shortest", "squash"):
             raise ValueError(f"resize_mode must be 'shortest' or 'squash', got {resize_mode!r}")
         paths = [Path(p) for p in paths]
         stop = len(paths) if stop is None else min(stop, len(paths))
         self.slices = [range(i, min(i + batch_size, stop)) for i in range(start, stop, batch_size)]
         names = list(names) if names is not None else [str(p) for p in paths]
-        crop = decode == "gpu" or resize == "cpu"  # the GPU path resizes on the device anyway
-        self.files = _Files(paths, names, size, resize_mode, max_pixels, hashes, self.slices, crop)
-        self.decode, self.size, self.resize = decode, size, resize
+        crop_in_workers = decode == "gpu" or resize == "cpu"  # (the GPU path resizes nvJPEG's images on the device)
+        self.files = _Files(paths, names, size, resize_mode, max_pixels, hashes, self.slices, crop_in_workers,
+                            draft, crop)
+        self.decode, self.size, self.resize, self.draft, self.approx = decode, size, resize, draft, approx
         self.workers = max(1, (os.cpu_count() or 2) - 2) if workers is None else workers
         self.prefetch = max(1, prefetch)
 
@@ -327,8 +292,19 @@ class JpegLoader:
         for ks in groups.values():
             batch = torch.stack([images[k] for k in ks]).permute(0, 3, 1, 2)  # [m, 3, h, w]
             idx = _rows(ks, flat.device) if len(ks) < len(images) else slice(None)
-            out[idx] = resize_crop(batch, s, self.files.resize_mode).permute(0, 2, 3, 1)
+            out[idx] = self._resize(batch, draft=False).permute(0, 2, 3, 1)
         return out
+
+    def _resize(self, images: torch.Tensor, draft: bool) -> torch.Tensor:
+        """[m, 3, h, w] uint8 images of one shape -> [m, 3, S, S] uint8 on their device: PIL's bytes, or with
+        ``approx`` torch's bicubic (``draft``: after a box average as JPEG draft mode would shrink them)."""
+        f = self.files
+        if self.approx:
+            return resize_approx(images, self.size, f.resize_mode, f.crop_rule, draft=draft)
+        if draft and draft_scale(images.shape[-1], images.shape[-2], self.size) > 1:
+            step = draft_scale(images.shape[-1], images.shape[-2], self.size)
+            images = F.avg_pool2d(images.float(), step, ceil_mode=True).round_().to(torch.uint8)
+        return resize_exact(images, self.size, f.resize_mode, f.crop_rule)
 
     # --- GPU path: reader threads, nvJPEG, GPU resize --------------------------------------------------
     def _gpu_slices(self, stream: torch.cuda.Stream) -> Iterator[tuple]:
@@ -394,7 +370,7 @@ class JpegLoader:
             for k, image in decoded.items():
                 by_shape.setdefault(tuple(image.shape), []).append(k)
             for ks in by_shape.values():
-                resized = resize_crop(torch.stack([decoded[k] for k in ks]), s, f.resize_mode, draft=True)
+                resized = self._resize(torch.stack([decoded[k] for k in ks]), draft=self.draft)
                 pixels[_rows([pos[k] for k in ks], dev)] = resized.permute(0, 2, 3, 1)
         index = torch.tensor([ids[k] for k in good], dtype=torch.int64)
         bad = [(ids[k], *errors[k]) for k in sorted(errors)]

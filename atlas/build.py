@@ -9,15 +9,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from .analyses import run_analyses
 from .config import BuildConfig, to_dict
 from .data.sources import open_source
 from .featurevis import featurevis
 from .mine import mine
-from .models import load_model
+from .models import load_model, resolve_device
 from .site import build_site
+from .verify import VerifyResult, verify
 
 StepProgress = Callable[[str, int, int], None]
 
@@ -33,18 +32,7 @@ class BuildResult:
     reports: list[str] = field(default_factory=list)
     skipped_reports: list[tuple[str, str]] = field(default_factory=list)
     report_seconds: dict[str, float] = field(default_factory=dict)  # each report run now (part of "analyses")
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"--device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} asked for, but torch sees no CUDA GPU; use --device cpu")
-    return dev
+    verified: VerifyResult | None = None  # the build's closing check (BuildConfig.verify)
 
 
 def build(config: BuildConfig = BuildConfig(), out: str | Path = "atlas-out", *, captions: str | None = None,
@@ -82,9 +70,13 @@ def build(config: BuildConfig = BuildConfig(), out: str | Path = "atlas-out", *,
     seconds["analyses"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    checked = verify(model, source, store_path, config.verify) if config.verify else None
+    seconds["verify"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     site = build_site([store_path], site_path, config.site, progress=step("site"))
     (site_path / "build.json").write_text(json.dumps(
         {"build_config": to_dict(replace(config)), "store": str(store_path.resolve())}, indent=1))
     seconds["site"] = time.perf_counter() - t
     return BuildResult(store_path, site_path, site.pages, site.images, mined.bad, seconds, analysed.done,
-                       analysed.skipped, analysed.seconds)
+                       analysed.skipped, analysed.seconds, checked)

@@ -148,6 +148,12 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
                f"{r.bad_images} bad input files skipped)\nreports: {', '.join(r.reports) or 'none'}\ntime:  {times}")
     for key, why in r.skipped_reports:
         click.echo(f"skipped {key}: {why}")
+    if r.verified is not None:
+        for c in r.verified.layers:
+            click.echo(f"verify {c.line()}")
+        if not r.verified.ok:
+            raise click.ClickException(f"the store's numbers disagree with the independent reference (above); the "
+                                       f"site shows it; run `atlas verify {r.store}` to check again")
 
 
 @main.command()
@@ -180,7 +186,7 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
 def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank_by, max_images, no_pooled,
          precision, pixels, resize, checkpoint_seconds, device, workers, trust_checkpoint):
     """Stream images through a model; keep exact top-k examples and statistics per neuron."""
-    from .build import resolve_device
+    from .models import resolve_device
     from .data.sources import open_source
     from .mine import mine as run_mine
     from .models import load_model
@@ -221,7 +227,7 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
 @trust_opt
 def featurevis(store_path, layer, units, steps, batch, size, lr, device, trust_checkpoint):
     """Render channel feature visualizations of a mined layer into its store."""
-    from .build import resolve_device
+    from .models import resolve_device
     from .featurevis import featurevis as run_fv
     from .models import load_model
     from .store import Store
@@ -300,6 +306,33 @@ def layers(spec, trust_checkpoint):
 
 @main.command()
 @click.argument("store_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--units", default=64, show_default=True, type=click.IntRange(1), help="Units checked per layer.")
+@click.option("--images", default=64, show_default=True, type=click.IntRange(0),
+              help="Random images checked besides the units' top-k examples.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sample.")
+@layers_opt
+@click.option("--data", default=None, help="The images the store was mined from (default: as the store names them).")
+@captions_opt
+@device_opt
+@trust_opt
+def verify(store_path, units, images, seed, layers, data, captions, device, trust_checkpoint):
+    """Recompute a sample of the store's numbers from the original images with an independent reference (plain
+    PIL, open_clip's transform, eager float32 forward) and compare; exit code 1 outside the tolerance."""
+    from .config import VerifyConfig
+    from .verify import verify_store
+
+    r = _run(lambda: verify_store(store_path, data=data, captions=captions, layers=list(_split(layers)) or None,
+                                  config=VerifyConfig(units=units, images=images, seed=seed), device=device,
+                                  trust_checkpoint=trust_checkpoint))
+    for c in r.layers:
+        click.echo(c.line())
+    click.echo(f"{store_path}: {'verified' if r.ok else 'NOT verified'} in {r.seconds:.1f} s (recorded in the store)")
+    if not r.ok:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("store_path", type=click.Path(exists=True, dir_okay=False))
 def info(store_path):
     """Summarize a store: model, data, layers, skipped images."""
     from .store import Store
@@ -365,7 +398,7 @@ def eval_concepts(model_spec, per_concept, layers, threshold, out, device, trust
 
     Each concept's best neuron is picked and scored twice: held-out (picked on one half of the images, scored on
     the other) and in-sample (picked and scored on all of them)."""
-    from .build import resolve_device
+    from .models import resolve_device
     from .evaluate import evaluate_concepts
     from .models import load_model
 
@@ -433,7 +466,7 @@ def attack_table(model_spec, store_path, data, label_pattern, targets, probe, im
     """The automated attack table: texts stamped at 8 positions; success rates for zero-shot and a probe."""
     from .analyses import PICTOGRAM_LABELS, heldout_pictograms
     from .attacks.experiments import PAPER_TARGETS, run_attack_table
-    from .build import resolve_device
+    from .models import resolve_device
     from .data.sources import open_source
     from .models import load_model
 
@@ -477,7 +510,7 @@ def attack_table(model_spec, store_path, data, label_pattern, targets, probe, im
 def attack_stroop(model_spec, store_path, prompt, name, device, trust_checkpoint):
     """Colour words written in other colours: does the model read the word or the ink?"""
     from .attacks.experiments import run_stroop
-    from .build import resolve_device
+    from .models import resolve_device
     from .models import load_model
 
     if "{}" not in prompt:
@@ -501,7 +534,7 @@ def attack_words(model_spec, store_path, layer, words, name, device, trust_check
     """Per-neuron typographic sensitivity: which rendered words excite each unit most."""
     from .analyses import default_words
     from .attacks.experiments import run_word_sensitivity
-    from .build import resolve_device
+    from .models import resolve_device
     from .models import load_model
 
     word_list = list(_split(words)) if words else default_words()
@@ -533,7 +566,7 @@ def audit(model_spec, store_path, groups_csv, folder, cw_folder, layer, context,
     """Bias audit: neurons, zero-shot classes and concepts that tie two groups of images differently."""
     from .analyses import audit_images
     from .attacks.audit import AuditConfig, conceptworld_group_set
-    from .build import resolve_device
+    from .models import resolve_device
     from .models import load_model
 
     if bool(groups_csv) == bool(cw_folder):

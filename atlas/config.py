@@ -110,6 +110,22 @@ class FeatureVisConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    """`atlas verify` (atlas.verify): units checked per layer, random images checked besides the units' top-k
+    examples, the sample's seed, images per reference forward."""
+
+    units: int = 64
+    images: int = 64
+    seed: int = 0
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        _check(self.units >= 1, f"units must be >= 1, got {self.units}")
+        _check(self.images >= 0, f"images must be >= 0, got {self.images}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """How the static site is rendered.  examples: dataset examples shown per neuron page."""
 
@@ -133,6 +149,8 @@ class BuildConfig:
     site: SiteConfig = field(default_factory=SiteConfig)
     featurevis_layers: tuple[str, ...] | None = None  # None: the last mined layer
     analyses: AnalysesConfig = field(default_factory=lambda: AnalysesConfig())
+    # the check at the end of a build: a small `atlas verify` of every mined layer (None: none)
+    verify: VerifyConfig | None = field(default_factory=lambda: VerifyConfig(units=32, images=32))
 
     def __post_init__(self) -> None:
         if self.featurevis_layers is not None:

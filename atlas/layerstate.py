@@ -4,10 +4,12 @@ score, on the model's device (`LayerState`).  `atlas.mine` streams batches throu
 Per layer:
 - the running top-k of the per-image score (spatial max or mean), ties broken by image index, with
   each example's argmax location and small spatial map;
-- count, mean and M2 (Welford, float64), min, max, positives and non-finite counts of the score;
+- count, mean and M2 (Welford, float64), min, max, positives and non-finite counts of the score (non-finite
+  scores enter neither the statistics nor the top-k), and the count of images whose map holds a non-finite value;
 - a histogram of the score over [-R, R], R the smallest power of two above every |score| seen (at least
   2**-20); when R grows, bins merge exactly, so the result equals a histogram made in one go;
-- optionally the [images, units] matrix of spatial means (`pooled`, for probes).
+- optionally the [images, units] matrix of spatial means (`pooled`, for probes), in float32: any value the model
+  produces fits, and a non-finite one is the model's, counted above.
 """
 
 from __future__ import annotations
@@ -64,24 +66,25 @@ class LayerState:
         self.max = torch.full((u,), -math.inf, dtype=torch.float32, **z)
         self.positive = torch.zeros(u, dtype=torch.int64, **z)
         self.nonfinite = torch.zeros(u, dtype=torch.int64, **z)
+        self.nonfinite_maps = torch.zeros(u, dtype=torch.int64, **z)  # images with a non-finite value in the map
         self.hist = torch.zeros((u, cfg.hist_bins), dtype=torch.int64, **z)
         self.range_exp = torch.full((u,), MIN_RANGE_EXP, dtype=torch.int64, **z)
-        self.pooled = pooled  # [N, U] float16 memmap or None
-        self.pooled_cls = pooled_cls  # [N, U] float16 memmap of the CLS token (token layers) or None
+        self.pooled = pooled  # [N, U] float32 memmap or None
+        self.pooled_cls = pooled_cls  # [N, U] float32 memmap of the CLS token (token layers) or None
         self._pending: tuple | None = None  # rows of the pooled matrices on their way to the host
         # set by atlas.graphs.GraphStep: results written into these same tensors (a CUDA graph replays fixed
         # addresses; the Triton kernels take them as ``out``), and the pooled rows kept on the device until
         # `queue_rows` (no host work inside a graph)
         self.inplace = False
         self.defer_rows = False
-        self.row_buffers: list[torch.Tensor] | None = None  # [B, U] float16 per pooled matrix, to write rows into
+        self.row_buffers: list[torch.Tensor] | None = None  # [B, U] float32 per pooled matrix, to write rows into
         self._rows: tuple | None = None
         # set by atlas.graphs.GraphStep on CUDA: the Triton path's statistics, merge, maps and pooled rows run on
         # this stream, beside the forward pass, which waits for it only at the end of the step (`_beside`)
         self.side: torch.cuda.Stream | None = None
 
     TENSORS = ("values", "index", "argmax", "maps", "count", "mean", "m2", "min", "max", "positive",
-               "nonfinite", "hist", "range_exp")
+               "nonfinite", "nonfinite_maps", "hist", "range_exp")
 
     def update(self, index: torch.Tensor, out: torch.Tensor, reduced: Reduced | None = None) -> None:
         """index: [B] image indices (unique, ascending not needed); out: the module's output (consumed at once).
@@ -93,6 +96,7 @@ class LayerState:
         score = red.peak if self.cfg.rank_by == "max" else red.mean  # [B, U] float32
         with self._beside(out, index, *red):
             self._update_stats(score, self.backend)
+            self._count_nonfinite(red.mean)
             if choose(self.backend, a) == "triton":  # fixed shapes throughout: nothing waits for the GPU
                 source = torch.empty(self.values.shape, dtype=torch.int32, device=self.values.device)  # [U, K]
                 into = Merged(self.values, self.index, self.argmax, source) if self.inplace else None
@@ -139,7 +143,17 @@ class LayerState:
         small = F.adaptive_avg_pool2d(a, self.map_hw).reshape(b, u, -1)  # [B, U, mh*mw]
         self._merge_topk(index, score, arg.to(torch.int32), small)
         self._update_stats(score)
+        self._count_nonfinite(spatial_mean)
         self._write_pooled(index, spatial_mean, out)
+
+    def _count_nonfinite(self, spatial_mean: torch.Tensor) -> None:
+        """Count the images [B] whose map holds a non-finite value (inf or NaN: the spatial mean is then non-finite
+        too, as it is when the sum of finite values overflows float32)."""
+        counts = (~torch.isfinite(spatial_mean)).sum(0)  # [U]
+        if self.inplace:
+            self.nonfinite_maps.add_(counts)
+        else:
+            self.nonfinite_maps = self.nonfinite_maps + counts
 
     def _maps(self, a: torch.Tensor, imgs: torch.Tensor) -> torch.Tensor:
         """[B', U, mh*mw] maps of the images ``imgs`` of a [B, U, h, w], bit for bit what pooling the whole
@@ -168,7 +182,7 @@ class LayerState:
             getattr(self, name).copy_(value)
 
     def _write_pooled(self, index: torch.Tensor, spatial_mean: torch.Tensor, out: torch.Tensor) -> None:
-        """The batch's rows of the pooled matrices ([B, U] float16 on the device), queued to the host at once or,
+        """The batch's rows of the pooled matrices ([B, U] float32 on the device), queued to the host at once or,
         with ``defer_rows``, kept until `queue_rows`."""
         rows = [(m, t) for m, t in ((self.pooled_cls, lambda: self.info.cls(out)),
                                     (self.pooled, lambda: spatial_mean)) if m is not None]
@@ -176,15 +190,15 @@ class LayerState:
             return
         values = [t().detach() for _, t in rows]  # [B, U] each
         values = [b.copy_(v) for b, v in zip(self.row_buffers, values)] if self.row_buffers is not None else \
-            [v.to(torch.float16, copy=True) for v in values]
+            [v.to(torch.float32, copy=True) for v in values]
         self._rows = (index, values, [m for m, _ in rows])
         if not self.defer_rows:
             self.queue_rows()
 
     def new_row_buffers(self, batch: int) -> list[torch.Tensor]:
-        """[batch, U] float16 buffers, one per pooled matrix kept, for `row_buffers` (atlas.graphs)."""
+        """[batch, U] float32 buffers, one per pooled matrix kept, for `row_buffers` (atlas.graphs)."""
         n = sum(m is not None for m in (self.pooled_cls, self.pooled))
-        return [torch.empty(batch, self.info.units, dtype=torch.float16, device=self.values.device)
+        return [torch.empty(batch, self.info.units, dtype=torch.float32, device=self.values.device)
                 for _ in range(n)]
 
     def queue_rows(self, index: torch.Tensor | None = None) -> None:

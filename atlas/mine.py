@@ -385,9 +385,9 @@ def _layer_config_json(config: MineConfig) -> str:
 def _open_states(work: Path, todo: list[LayerInfo], config: MineConfig, n_images: int,
                  device: torch.device) -> tuple[dict[str, LayerState], dict[str, object], int]:
     states = {}
-    def matrix(name: str) -> np.ndarray:  # [N, U] float16, kept on disk between checkpoints
+    def matrix(name: str) -> np.ndarray:  # [N, U] float32, kept on disk between checkpoints
         p = work / name
-        return np.lib.format.open_memmap(p, mode="r+" if p.exists() else "w+", dtype=np.float16,
+        return np.lib.format.open_memmap(p, mode="r+" if p.exists() else "w+", dtype=np.float32,
                                          shape=(n_images, info.units))
 
     for info in todo:
@@ -462,8 +462,7 @@ def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineCon
             store.put(g, "topk/values", st.values.cpu().numpy())
             store.put(g, "topk/index", st.index.cpu().numpy())
             store.put(g, "topk/argmax", st.argmax.cpu().numpy())
-            store.put(g, "topk/maps", st.maps.cpu().numpy().astype(np.float16)
-                      .reshape(info.units, config.top_k, *st.map_hw))
+            store.put(g, "topk/maps", st.maps.cpu().numpy().reshape(info.units, config.top_k, *st.map_hw))
             cnt = st.count.cpu().numpy()
             store.put(g, "stats/count", cnt)
             store.put(g, "stats/mean", st.mean.cpu().numpy())
@@ -472,6 +471,7 @@ def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineCon
             store.put(g, "stats/max", st.max.cpu().numpy())
             store.put(g, "stats/positive", st.positive.cpu().numpy())
             store.put(g, "stats/nonfinite", st.nonfinite.cpu().numpy())
+            store.put(g, "stats/nonfinite_maps", st.nonfinite_maps.cpu().numpy())
             store.put(g, "stats/hist", st.hist.cpu().numpy())
             store.put(g, "stats/range", np.ldexp(1.0, st.range_exp.cpu().numpy()))
             t = time.perf_counter()

@@ -366,6 +366,18 @@ def _lively_init(clip: nn.Module) -> None:
             nn.init.ones_(module.weight)
 
 
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for, but torch sees no CUDA GPU; use --device cpu")
+    return dev
+
+
 def load_model(spec: str | ModelSpec = DEFAULT_SPEC, device: str | torch.device = "cpu",
                trust_checkpoint: bool = False) -> LoadedModel:
     """Build a model from its spec and load its weights (see the module docstring for the grammar).

@@ -1,6 +1,6 @@
 """The HDF5 store: the one module that knows the schema (docs/store.md), crash-safe writes, the read API.
 
-Layout (schema version 1)::
+Layout (schema version 2)::
 
     /                         attrs: schema_version, atlas_version, model_spec, model_name, weights_sha256,
                                      image_size, data_source, data_fingerprint, n_images
@@ -8,10 +8,11 @@ Layout (schema version 1)::
                               reason, thumb_row (row in thumbs or -1), thumbs [M, T, T, 3] uint8
     /neurons/<model>/<layer>/ attrs: kind, units, grid, config (JSON of MineConfig)
         topk/values [U, k] float32, topk/index [U, k] int64 (-1: empty), topk/argmax [U, k] int32
-                    (flat index into the layer's h x w grid), topk/maps [U, k, mh, mw] float16
-        stats/mean, std, min, max [U] float64/float32, stats/count, positive, nonfinite [U] int64,
-              hist [U, bins] int64 over [-range, range], stats/range [U] float64
-        pooled [N, U] float16 (optional): spatial mean per image and unit
+                    (flat index into the layer's h x w grid), topk/maps [U, k, mh, mw] float32
+        stats/mean, std, min, max [U] float64/float32, stats/count, positive, nonfinite, nonfinite_maps [U]
+              int64, hist [U, bins] int64 over [-range, range], stats/range [U] float64
+        pooled [N, U] float32 (optional): spatial mean per image and unit (NaN rows: skipped images)
+        verify/ (optional): `atlas verify`'s last check of the layer against an independent recomputation
         featurevis/images [U, S, S, 3] uint8, objective [U] float32, done [U] bool; attrs config
 
 The neuron ``model/layer/unit`` lives in group ``/neurons/model/layer``, row ``unit``.
@@ -41,7 +42,7 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: exact pixels, float32 pooled and maps, nonfinite_maps, verify/
 REASON_CODES = ("", "empty", "not_an_image", "truncated", "corrupt", "too_large", "unreadable")
 
 
@@ -297,6 +298,29 @@ def write_report(path: str | os.PathLike, kind: str, name: str, arrays: dict[str
                 json.dumps(v, sort_keys=True)
 
 
+CHECKS = ("verify",)
+
+
+def write_check(path: str | os.PathLike, model: str, layer: str, kind: str, arrays: dict[str, Any],
+                attrs: dict[str, Any]) -> None:
+    """Replace the check group ``/neurons/<model>/<layer>/<kind>`` (e.g. `atlas verify`'s result) in one locked
+    transaction; attribute values that are not plain numbers or strings are stored as JSON."""
+    if kind not in CHECKS:
+        raise StoreError(f"unknown check kind {kind!r}; one of {', '.join(CHECKS)}")
+    with lock(path), transaction(path) as f:
+        key = f"{layer_path(model, layer)}/{kind}"
+        if layer_path(model, layer) not in f:
+            raise StoreError(f"store {path} has no layer {model}/{layer} to record a {kind} check on")
+        if key in f:
+            del f[key]
+        g = f.create_group(key)
+        for k, v in arrays.items():
+            put(g, k, v)
+        for k, v in attrs.items():
+            g.attrs[k] = v if isinstance(v, (int, float, str, np.integer, np.floating)) else \
+                json.dumps(v, sort_keys=True)
+
+
 def read_report(st: "Store", kind: str, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(arrays, attrs) of ``/<kind>/<name>``; text datasets come back as arrays of str."""
     key = f"{kind}/{name}"
@@ -351,7 +375,8 @@ def _check_schema(f: h5py.File, p: Path) -> None:
     v = int(f.attrs.get("schema_version", -1))
     if v != SCHEMA_VERSION:
         raise StoreError(f"store {p} has schema version {v}, this atlas reads version {SCHEMA_VERSION}; "
-                         "rebuild it with this atlas version")
+                         "rebuild it with this atlas version (version 1 stores were mined from drafted JPEGs with "
+                         "another crop and kept float16 activations: mine them again)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -390,6 +415,21 @@ class LayerData:
 
     def has(self, key: str) -> bool:
         return key in self.group
+
+    def check(self, kind: str = "verify") -> dict[str, Any] | None:
+        """The attributes of the layer's last ``kind`` check (`write_check`), JSON decoded; None if never run."""
+        if kind not in self.group:
+            return None
+        out = {}
+        for k, v in self.group[kind].attrs.items():
+            v = v.item() if isinstance(v, np.generic) else v
+            if isinstance(v, str) and v[:1] in "[{":
+                try:
+                    v = json.loads(v)
+                except ValueError:
+                    pass
+            out[k] = v
+        return out
 
     def featurevis_done(self) -> np.ndarray:
         if "featurevis/done" not in self.group:

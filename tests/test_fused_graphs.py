@@ -211,7 +211,7 @@ def test_graph_step_updates_states_in_place_like_plain_updates():
     blocks = _blocks()
     info = LayerInfo("1", "conv", 16, (6, 6), "nchw")
     cfg = MineConfig(top_k=3, map_size=2)
-    plain, step_state = (LayerState(info, cfg, torch.device("cpu"), np.zeros((15, 16), np.float16))
+    plain, step_state = (LayerState(info, cfg, torch.device("cpu"), np.zeros((15, 16), np.float32))
                          for _ in range(2))
     current = {}
     step = GraphStep(blocks, current, [step_state], warmup=10**6)

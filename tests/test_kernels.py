@@ -354,8 +354,8 @@ def run_states(info, cfg, outputs, backend, n_images, device="cpu", starts=None,
     """Feed the same module outputs to update (fast, with backend; ``inplace``: into its own tensors, as under
     atlas.graphs) and update_reference; compare after each."""
     def state():
-        pooled = np.zeros((n_images, info.units), np.float16) if cfg.keep_pooled else None
-        cls = np.zeros((n_images, info.units), np.float16) if cfg.keep_pooled and info.prefix_tokens else None
+        pooled = np.zeros((n_images, info.units), np.float32) if cfg.keep_pooled else None
+        cls = np.zeros((n_images, info.units), np.float32) if cfg.keep_pooled and info.prefix_tokens else None
         return LayerState(info, cfg, torch.device(device), pooled, cls, backend=backend)
 
     fast, ref = state(), state()

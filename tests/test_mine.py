@@ -69,7 +69,7 @@ def test_topk_and_statistics_match_brute_force(tiny_model, tmp_path, rank_by):
             u = np.arange(ld.units)[:, None]
             assert np.array_equal(ld["topk/values"], score[rows, u].astype(np.float32))
             assert np.array_equal(ld["topk/argmax"], arg[rows, u])
-            assert np.array_equal(ld["topk/maps"], small[rows, u].astype(np.float16))
+            assert np.array_equal(ld["topk/maps"], small[rows, u].astype(np.float32))
             assert ld["topk/maps"].shape[2:] == (min(4, ld.grid[0]), min(4, ld.grid[1]))
             np.testing.assert_allclose(ld["stats/mean"], score.mean(0), rtol=1e-9, atol=1e-12)
             np.testing.assert_allclose(ld["stats/std"], score.std(0), rtol=1e-7, atol=1e-12)
@@ -87,7 +87,8 @@ def test_topk_and_statistics_match_brute_force(tiny_model, tmp_path, rank_by):
             hist = np.stack([np.bincount(bins[:, j], minlength=16) for j in range(ld.units)])
             assert np.array_equal(ld["stats/hist"], hist)
             assert ld["stats/hist"].sum(1).tolist() == [150] * ld.units
-            assert np.array_equal(ld["pooled"], pooled.astype(np.float16))
+            assert np.array_equal(ld["pooled"], pooled.astype(np.float32))
+            assert np.array_equal(ld["stats/nonfinite_maps"], np.zeros(ld.units))
 
 
 def test_ties_break_by_image_index(tiny_model, tmp_path):

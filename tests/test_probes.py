@@ -88,7 +88,10 @@ def test_probe_recovers_planted_neurons_and_reports_left_out_rows():
     labels[0] = ""  # no label
     labels[1] = "lonely"  # a class with a single example
     X[2] = np.nan  # an image that could not be decoded
-    p = fit_probe(X, labels, ProbeConfig(float64=True))
+    X[3, 5], X[4, [5, 7]] = np.inf, (np.nan, -np.inf)  # the model overflowed on two images, in units 5 and 7
+    skipped = np.zeros(n, bool)
+    skipped[2] = True
+    p = fit_probe(X, labels, ProbeConfig(float64=True), skipped=skipped)
     assert p.classes == ["class0", "class1", "class2", "class3"]
     assert p.val_accuracy > 0.95
     for k in range(4):
@@ -97,8 +100,15 @@ def test_probe_recovers_planted_neurons_and_reports_left_out_rows():
     assert whats["images without a label"][0] == 1
     assert whats["class 'lonely'"][0] == 1 and "fewer than 2" in whats["class 'lonely'"][1]
     assert whats["images without activations"][0] == 1
-    assert p.n_train + p.n_val == n - 3
-    assert np.array_equal(p.predict(X[3:10]), [p.classes.index(c) for c in labels[3:10]])
+    assert whats["images with non-finite activations"][0] == 2 and "in 2 unit(s)" in whats[
+        "images with non-finite activations"][1]
+    assert p.n_train + p.n_val == n - 5
+    assert np.array_equal(p.predict(X[5:12]), [p.classes.index(c) for c in labels[5:12]])
+    # without `skipped`, all-NaN rows count as skipped and partly non-finite rows as the model's
+    q = fit_probe(X, labels, ProbeConfig(float64=True, n_lambdas=2))
+    assert {w: n_ for w, n_, _ in q.left_out}["images with non-finite activations"] == 2
+    with pytest.raises(ProbeError, match="skipped has 3 entries for 600 images"):
+        fit_probe(X, labels, skipped=np.zeros(3, bool))
 
 
 def test_probe_bad_input():

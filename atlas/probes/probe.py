@@ -60,21 +60,32 @@ def labels_from_pattern(labels: list[str] | np.ndarray, pattern: str | None) -> 
 
 
 def fit_probe(features: np.ndarray, labels: list[str], config: ProbeConfig = ProbeConfig(),
-              device: str | torch.device = "cpu") -> Probe:
-    """features: [N, F] pooled activations (NaN rows for skipped images); labels: [N] ("" = no label)."""
+              device: str | torch.device = "cpu", skipped: np.ndarray | None = None) -> Probe:
+    """features: [N, F] pooled activations (NaN rows for skipped images); labels: [N] ("" = no label); skipped:
+    [N] bool, the images mining skipped (/images/status != 0; None: the all-NaN rows).  Images left out are
+    counted by cause in ``Probe.left_out``: no label, skipped while mining, or non-finite activations that the
+    model produced (counted per unit in the store's stats/nonfinite_maps)."""
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray([str(x) for x in labels], dtype=object)
     if len(labels) != len(features):
         raise ProbeError(f"{len(labels)} labels for {len(features)} images; give one label per image")
+    finite = np.isfinite(features)
+    skipped = np.isnan(features).all(1) if skipped is None else np.asarray(skipped, bool)
+    if len(skipped) != len(features):
+        raise ProbeError(f"skipped has {len(skipped)} entries for {len(features)} images; give one per image")
     left_out = []
     no_label = labels == ""
-    no_acts = ~np.isfinite(features).all(1)
+    nonfinite = ~finite.all(1) & ~skipped
     if no_label.any():
         left_out.append(("images without a label", int(no_label.sum()), "no class to learn"))
-    if (no_acts & ~no_label).any():
-        left_out.append(("images without activations", int((no_acts & ~no_label).sum()),
+    if (skipped & ~no_label).any():
+        left_out.append(("images without activations", int((skipped & ~no_label).sum()),
                          "the file could not be decoded while mining"))
-    keep = ~no_label & ~no_acts
+    if (nonfinite & ~no_label).any():
+        units = int((~finite[nonfinite & ~no_label]).any(0).sum())
+        left_out.append(("images with non-finite activations", int((nonfinite & ~no_label).sum()),
+                         f"the model produced inf or NaN in {units} unit(s) on them (stats/nonfinite_maps)"))
+    keep = ~no_label & ~skipped & ~nonfinite
     classes, counts = np.unique(labels[keep], return_counts=True)
     small = classes[counts < config.min_per_class]
     for c in small:

@@ -37,10 +37,11 @@ def probe_layer(store_path: str | os.PathLike, layer: str, name: str = "probe", 
             raise store.StoreError(f"layer {layer} was mined without pooled activations (--no-pooled); mine it "
                                    "again into a new store to probe it")
         X = ld["pooled"].astype(np.float32)
+        skipped = np.asarray(st.image_column("status")) != 0
         source_ids = st.image_column("source_id")
         raw = read_labels_csv(labels_csv, source_ids) if labels_csv else list(st.image_column("label"))
     labels = labels_from_pattern(raw, label_pattern)
-    probe = fit_probe(X, labels, config, device=device)
+    probe = fit_probe(X, labels, config, device=device, skipped=skipped)
     save_probe(store_path, name, model, layer, probe, config,
                source=f"csv:{Path(labels_csv).name}" if labels_csv else "store labels", pattern=label_pattern or "")
     return probe

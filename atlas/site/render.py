@@ -170,7 +170,7 @@ def _layer_pages(w: _Writer, st: Store, ld: LayerData, links: dict[int, list[dic
         tiles.append({"unit": u, "fv": bool(fv_done[u]), "top": top if top >= 0 else None,
                       "max": float(stats["max"][u])})
     w.page("layer.html", [model, layer, "index.html"], model=model, layer=ld, tiles=tiles,
-           config=ld.config)
+           config=ld.config, trust=_trust(ld))
     k = min(w.cfg.examples, values.shape[1])
     for u in range(ld.units):
         vmax = float(np.nanmax(maps[u, :k])) if np.isfinite(maps[u, :k]).any() else 0.0
@@ -192,6 +192,18 @@ def _layer_pages(w: _Writer, st: Store, ld: LayerData, links: dict[int, list[dic
         w.page("neuron.html", [model, layer, f"{u}.html"], model=model, layer=ld, neuron=neuron,
                examples=examples, backlinks=links.get(u, []), prev=u - 1 if u > 0 else None,
                next=u + 1 if u + 1 < ld.units else None)
+
+
+def _trust(ld: LayerData) -> dict[str, Any]:
+    """What the layer page says about how far its numbers can be trusted: how it was mined, the model's non-finite
+    activations, and the last `atlas verify` of the layer."""
+    cfg = ld.config
+    bad = ld["stats/nonfinite_maps"] if ld.has("stats/nonfinite_maps") else None
+    check = ld.check("verify")
+    return {"precision": cfg.get("precision", "float32"), "pixels": cfg.get("pixels", "legacy"),
+            "nonfinite": None if bad is None else int(bad.sum()),
+            "nonfinite_units": None if bad is None else int((bad > 0).sum()),
+            "verify": check}
 
 
 __all__ = ["SiteError", "SiteResult", "StoreError", "build_site"]

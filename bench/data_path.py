@@ -33,12 +33,22 @@ import torch
 from PIL import Image, ImageDraw
 
 
-def write_jpegs(folder: Path, n: int, size: tuple[int, int] = (400, 300), quality: int = 90) -> list[Path]:
-    """``n`` varied JPEGs: smooth colour fields, shapes and noise, a different mix per image."""
-    w, h = size
+MIXED_SIZES = ((500, 375), (375, 500), (640, 480), (480, 640), (500, 333), (333, 500), (800, 600), (1024, 768),
+               (300, 400), (400, 300), (1200, 900), (640, 427), (427, 640), (500, 500), (256, 256), (1600, 1200))
+
+
+def write_jpegs(folder: Path, n: int, size: tuple[int, int] = (400, 300), quality: int = 90,
+                mixed: bool = False) -> list[Path]:
+    """``n`` varied JPEGs: smooth colour fields, shapes and noise, a different mix per image.  ``mixed``: each
+    image takes one of `MIXED_SIZES` (common photo sizes, 256 to 1600 px; a quarter of them are random sizes
+    from 200 to 1200 px) instead of ``size``."""
 
     def one(i: int) -> Path:
         rng = np.random.default_rng(i)
+        w, h = size
+        if mixed:
+            w, h = (MIXED_SIZES[rng.integers(len(MIXED_SIZES))] if rng.random() < 0.75 else
+                    tuple(int(v) for v in rng.integers(200, 1200, 2)))
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         f = rng.uniform(0.005, 0.05, 3)
         base = np.stack([np.sin(xx * f[c] + yy * f[(c + 1) % 3] + rng.uniform(0, 6)) for c in range(3)], -1)

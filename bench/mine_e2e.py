@@ -1,6 +1,7 @@
 """Does `atlas mine` from JPEG files keep up with the GPU?  Forward-only vs the whole mine() call, one run.
 
-    python bench/mine_e2e.py [--n 8192] [--batch 256] [--workers 14] [--precision auto] [--quick]
+    python bench/mine_e2e.py [--n 8192] [--batch 256] [--workers 14] [--precision auto] [--mixed]
+                             [--paths exact-device,exact-cpu,approx,draft-cpu] [--quick]
 
 Writes ``--n`` synthetic JPEGs (400x300, varied content, quality 90; `bench/data_path.py`'s `write_jpegs`) into a
 temporary folder, loads ``--model`` (open_clip:RN50x4@random:0, 288 px) once, then measures on one device:
@@ -18,7 +19,11 @@ temporary folder, loads ``--model`` (open_clip:RN50x4@random:0, 288 px) once, th
 Before the timed mine() call, one untimed mine() of two batches into a scratch store compiles the mining
 kernels (Triton, on CUDA) and warms the allocator.  Prints images/s of both and the ratio end-to-end /
 forward-only (target: >= 0.9).  The files are freshly written, so they are read from the page cache.
-``--quick``: 64 small files, the tiny model, the CPU: checks that the script runs.
+``--paths``: the end-to-end call once per pixel path, each into a fresh store: ``exact-device`` (the default on
+CUDA: full decode in the workers, PIL's resize computed exactly on the GPU), ``exact-cpu`` (PIL's resize in the
+workers), ``approx`` (torch's float bicubic on the GPU), ``draft-cpu``/``draft-device`` (libjpeg draft decoding).
+``--mixed``: JPEGs of mixed sizes (`data_path.MIXED_SIZES`) instead of 400x300 (a shape group per size on the
+device path).  ``--quick``: 64 small files, the tiny model, the CPU: checks that the script runs.
 """
 
 from __future__ import annotations
@@ -78,21 +83,26 @@ def forward_only(model, n: int, batch: int, precision: str, fused: bool = False)
     return steps * batch / dt
 
 
-def end_to_end(model, folder: Path, out: Path, cfg: MineConfig, workers: int, forward_rate: float) -> float:
+def end_to_end(model, folder: Path, out: Path, cfg: MineConfig, workers: int, forward_rate: float,
+               resize: str = "auto") -> float:
     """Images/s of one whole mine() call (after an untimed two-batch warm-up into a scratch store)."""
     source = FolderSource(folder)
     t = time.perf_counter()
+    for f in out.glob("*.h5"):
+        f.unlink()
     mine(model, source, out / "warmup.h5", MineConfig(batch_size=cfg.batch_size, max_images=2 * cfg.batch_size,
-                                                      precision=cfg.precision), num_workers=workers)
+                                                      precision=cfg.precision, pixels=cfg.pixels),
+         num_workers=workers, resize=resize)
     print(f"(warm-up mine() of {2 * cfg.batch_size} images: {time.perf_counter() - t:.2f} s)", flush=True)
     sync(model.device)
     marks: list[tuple[float, int]] = []  # (time, images done) after each batch
     t = time.perf_counter()
-    r = mine(model, source, out / "store.h5", cfg, num_workers=workers,
+    r = mine(model, source, out / "store.h5", cfg, num_workers=workers, resize=resize,
              progress=lambda done, total: marks.append((time.perf_counter(), done)))
     sync(model.device)
     dt = time.perf_counter() - t
-    print(f"{'end-to-end':<14} {r.images:>7} images {dt:>8.2f} s {r.images / dt:>9.0f} images/s "
+    print(f"{'end-to-end':<14} {r.images:>7} images {dt:>8.2f} s {r.images / dt:>9.0f} images/s pixels {cfg.pixels}, "
+          f"resize {resize} "
           f"({len(r.layers)} layers: {', '.join(r.layers)}; {r.bad} bad files)", flush=True)
     phases = ", ".join(f"{k} {v:.2f} s" for k, v in r.seconds.items())
     print(f"  mine() phases: {phases}; the rest {dt - sum(r.seconds.values()):.2f} s")
@@ -118,10 +128,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     ap.add_argument("--precision", choices=PRECISIONS, default="auto")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--paths", default="exact-device", help="comma-separated: exact-device, exact-cpu, approx, "
+                    "draft-cpu, draft-device (see the module docstring)")
+    ap.add_argument("--mixed", action="store_true", help="JPEGs of mixed sizes")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
         args.model, args.n, args.batch, args.device, args.workers = "atlas:tiny@random:0", 64, 16, "cpu", 2
+        args.paths = "exact-cpu,exact-device,approx,draft-cpu"
 
     device = torch.device(args.device)
     t = time.perf_counter()
@@ -139,13 +153,21 @@ def main() -> None:
         folder.mkdir()
         out.mkdir()
         t = time.perf_counter()
-        files = write_jpegs(folder, args.n)
+        files = write_jpegs(folder, args.n, mixed=args.mixed)
         mb = sum(f.stat().st_size for f in files) / 2**20
-        print(f"wrote {args.n} JPEGs (400x300, q90, {mb:.0f} MiB) in {time.perf_counter() - t:.1f} s", flush=True)
+        print(f"wrote {args.n} JPEGs ({'mixed sizes' if args.mixed else '400x300'}, q90, {mb:.0f} MiB) in "
+              f"{time.perf_counter() - t:.1f} s", flush=True)
         fwd = max(forward_only(model, args.n, args.batch, precision),
                   forward_only(model, args.n, args.batch, precision, fused=True))  # the faster is the ceiling
-        e2e = end_to_end(model, folder, out, cfg, args.workers, fwd)
-    print(f"\nwhole mine() call / forward-only = {e2e:.0f} / {fwd:.0f} = {e2e / fwd:.2f} (the commit is a one-off cost: see the phases)")
+        rows = []
+        for path in args.paths.split(","):
+            pixels, _, where = path.partition("-")
+            run = MineConfig(batch_size=args.batch, precision=precision, pixels=pixels)
+            rows.append((path, end_to_end(model, folder, out, run, args.workers, fwd, where or "device")))
+    print()
+    for path, e2e in rows:
+        print(f"{path:<13} whole mine() call / forward-only = {e2e:.0f} / {fwd:.0f} = {e2e / fwd:.2f} "
+              "(the commit is a one-off cost: see the phases)")
 
 
 if __name__ == "__main__":

@@ -127,3 +127,16 @@ def test_hf_crop_rounding_matches_transformers_clip_processor():
         image = _noise(w, h, k)
         want = np.asarray(proc(image, return_tensors="np")["pixel_values"][0]).transpose(1, 2, 0)
         assert np.array_equal(pil_crop(image, 64, crop="floor"), want.round().astype(np.uint8)), (w, h)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (tests/SKIPS.md)")
+def test_exact_resize_gives_pils_bytes_gpu():
+    """PIL's arithmetic as float64 matmuls on the GPU: the same bytes as PIL, in batches of one shape."""
+    rng = np.random.default_rng(8)
+    for k, (w, h) in enumerate(_sizes(60, 8)):
+        images = [_noise(w, h, 100 * k + j) for j in range(3)]
+        x = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2).cuda()
+        size = int(rng.choice([224, 288, 336]))
+        got = resize_exact(x, size).permute(0, 2, 3, 1).cpu().numpy()
+        for j, im in enumerate(images):
+            assert np.array_equal(got[j], pil_crop(im, size)), (w, h, size)

@@ -172,3 +172,22 @@ def test_verify_refuses_changed_files_and_other_data(shipped, mined, tmp_path):
         verify(shipped, open_source(copy), good, VerifyConfig(units=64, images=0), write=False)
     with pytest.raises(store.StoreError, match="not the generated set"):
         source_of(good, "conceptworld:60:3")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (tests/SKIPS.md)")
+@pytest.mark.parametrize("spec,layers", [("open_clip:RN50@random:0", ["visual.layer3.5", "visual.layer4.2"]),
+                                         ("open_clip:ViT-B-32@random:0", ["visual.transformer.resblocks.11"])])
+def test_float32_mining_equals_a_brute_force_gpu(spec, layers, tmp_path):
+    """float32 on CUDA means float32: the fast path (device resize, Triton kernels, CUDA graphs, fused blocks where
+    they apply) with TF32 off agrees with the brute force run on the same GPU within 1e-5, and TF32 is restored."""
+    from atlas.models import load_model
+
+    model = load_model(spec, device="cuda")
+    paths = _jpegs(tmp_path / "jpegs", 96, seed=3)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    mine(model, open_source(tmp_path / "jpegs"), tmp_path / "s.h5",
+         MineConfig(layers=layers, top_k=8, batch_size=32, precision="float32"), num_workers=4)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # put back
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    model.clip.cpu()  # the brute force on the CPU: nothing shared with the GPU run but the weights
+    assert_store_matches(tmp_path / "s.h5", model, paths, layers, 8)

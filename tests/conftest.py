@@ -37,3 +37,7 @@ def small_store(tiny_model, tmp_path_factory):
     mine(tiny_model, open_source("synthetic:200"), path, MineConfig(layers=SMALL_LAYERS, top_k=8, batch_size=32))
     featurevis(tiny_model, path, SMALL_LAYERS[-1], units=range(8), config=FeatureVisConfig(steps=4, batch=8))
     return path
+
+
+# tests/_skips.py: a skip not listed in tests/SKIPS.md fails the run; pytester: the in-process test of that check
+pytest_plugins = ["_skips", "pytester"]

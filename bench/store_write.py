@@ -1,12 +1,13 @@
 """Writing a pooled matrix into the store: HDF5's own filter pipeline (one core) against chunks compressed and
 checksummed by threads and written raw (`atlas.store.put_rows`), side by side in one run.
 
-    python bench/store_write.py [--rows 200000] [--units 1024] [--store STORE] [--threads N] [--repeat 3]
+    python bench/store_write.py [--rows 200000] [--units 1024] [--store STORE] [--threads N] [--repeat 3] [--quick]
 
 The matrix: float16 [--rows, --units], rows drawn from a real store's pooled matrix (--store, e.g. the default
 build's atlas-out/atlas.h5: activations compress differently from noise) repeated to size, else ReLU'd Gaussian
 noise.  Each way writes it into a fresh file in a temporary folder; the best of --repeat runs is printed, with
 MB/s of the uncompressed matrix and the file size.  Both ways store the same values (checked on read-back).
+``--quick``: 4,096 rows x 256 units of noise, one run each: checks that the script runs (seconds).
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ def main() -> None:
     ap.add_argument("--store", help="a store whose pooled matrix supplies the rows")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="a small matrix of noise, one run each (checks the script)")
     args = ap.parse_args()
+    if args.quick:
+        args.rows, args.units, args.store, args.repeat = 4096, 256, None, 1
     m = matrix(args.rows, args.units, args.store)
     bad = np.zeros(len(m), bool)
     mb = m.nbytes / 1e6

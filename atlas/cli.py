@@ -212,6 +212,10 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
     resumed = f", resumed at image {r.resumed_from}" if r.resumed_from else ""
     click.echo(f"{store_path}: mined {len(r.layers) - len(r.skipped_layers)} layers over {r.images} images "
                f"({r.bad} bad files skipped{resumed})")
+    for layer, n in r.nonfinite.items():
+        if n:
+            click.echo(f"warning: {layer}: the model produced inf or NaN in {n} image x unit maps; they are left out "
+                       "of the top-k and statistics and counted in stats/nonfinite_maps (shown on the layer page)")
 
 
 @main.command()

@@ -52,6 +52,7 @@ class MineResult:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of mining's phases (see `mine`)
     graph_batches: int = 0  # batches replayed from CUDA graphs (atlas.graphs)
     fused_layers: tuple[str, ...] = ()  # layers reduced inside their block's last kernel (atlas.fused)
+    nonfinite: dict[str, int] = field(default_factory=dict)  # per mined layer: image x unit maps holding inf/NaN
 
 
 @dataclass
@@ -332,8 +333,9 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
         seconds["commit"] -= sum(parts.values())  # "commit" keeps the rest of the commit
         seconds.update(parts)
         bad = int(np.count_nonzero(image_state["status"]))
+        nonfinite = {name: int(st.nonfinite_maps.sum()) for name, st in states.items()}
         return MineResult(path, tuple(layers), n_images, bad, tuple(i.name for i in skipped), resumed_from, seconds,
-                          step.replays if graphs else 0, tuple(fused))
+                          step.replays if graphs else 0, tuple(fused), nonfinite)
 
 
 def _lap(seconds: dict[str, float], phase: str, since: float) -> float:
@@ -459,8 +461,11 @@ def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineCon
             g.attrs.update({"kind": info.kind, "units": info.units, "grid": list(info.grid),
                             "order": order, "config": _layer_config_json(config), "fused": info.name in fused})
             order += 1
-            store.put(g, "topk/values", st.values.cpu().numpy())
-            store.put(g, "topk/index", st.index.cpu().numpy())
+            values = st.values.cpu().numpy()
+            store.put(g, "topk/values", values)
+            # a slot whose value is -inf holds a non-finite score (the merge ranks them below every finite one,
+            # counted in stats/nonfinite): stored as empty, so a top-k lists finite scores only
+            store.put(g, "topk/index", np.where(values == -np.inf, -1, st.index.cpu().numpy()))
             store.put(g, "topk/argmax", st.argmax.cpu().numpy())
             store.put(g, "topk/maps", st.maps.cpu().numpy().reshape(info.units, config.top_k, *st.map_hw))
             cnt = st.count.cpu().numpy()

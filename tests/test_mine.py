@@ -178,6 +178,41 @@ def test_nonfinite_scores_are_counted_not_ranked():
     assert st.hist.sum(1).tolist() == [2, 2]
 
 
+def test_a_model_that_overflows_is_counted_stored_and_shown(tmp_path):
+    """A unit whose activations are inf on every image and one that overflows float16 (but not float32): the first
+    is counted per image in stats/nonfinite_maps, stored as inf (not as NaN of a skipped row) and told apart by
+    the probe and the layer page; the second is stored exactly."""
+    from atlas.models import load_model
+    from atlas.probes.probe import fit_probe
+    from atlas.site import build_site
+
+    model = load_model("atlas:tiny@random:0")
+    layer = "visual.layer4.0"
+    bn = dict(model.clip.named_modules())[f"{layer}.bn3"]
+    with torch.no_grad():
+        bn.bias[5] = math.inf  # unit 5: relu(inf + identity) = inf everywhere
+        bn.bias[7] = 1e6  # unit 7: about 1e6, beyond float16's 65,504
+    path = tmp_path / "s.h5"
+    r = mine(model, open_source("synthetic:40"), path, MineConfig(layers=[layer], top_k=4, batch_size=16))
+    assert r.nonfinite == {layer: 40}
+    with store.Store(path) as st:
+        ld = st.layer("tiny", layer)
+        counts = ld["stats/nonfinite_maps"]
+        assert counts[5] == 40 and counts.sum() == 40 and ld["stats/nonfinite"][5] == 40
+        pooled = ld["pooled"]
+        assert pooled.dtype == np.float32 and np.isposinf(pooled[:, 5]).all() and np.isfinite(np.delete(pooled, 5, 1)).all()
+        assert (pooled[:, 7] > 5e5).all() and (ld["topk/values"][7] > 5e5).all()  # float16 would have made these inf
+        assert (ld["topk/index"][5] == -1).all()  # non-finite scores enter no top-k
+        labels = [f"c{i % 2}" for i in range(40)]
+        probe = fit_probe(pooled, labels, skipped=st.image_column("status") != 0)
+        left = {w: (n, why) for w, n, why in probe.left_out}
+        assert left["units with non-finite activations"][0] == 1 and "images without activations" not in left
+        assert probe.n_train + probe.n_val == 40 and not probe.W[:, 5].any()
+    build_site([path], tmp_path / "site")
+    page = (tmp_path / "site" / "tiny" / layer / "index.html").read_text()
+    assert "40 non-finite activations" in page and "in 1 units" in page
+
+
 @pytest.mark.parametrize("threads", [0, 1, 3])
 @pytest.mark.parametrize("n,u", [(0, 5), (1, 3), (1000, 7), (5000, 300), (3000, 2500)])
 def test_pooled_rows_are_written_block_by_block(tmp_path, n, u, threads):

@@ -108,9 +108,11 @@ def _band(in_size: int, out_size: int, start: int, stop: int, device: torch.devi
     xmin, w = xmin[start:stop], w[start:stop]  # [m], [m, K]
     k = w.shape[1]
     lo, hi = int(xmin.min()), int(min(in_size, (xmin + k).max()))
-    rows = np.minimum(xmin[:, None] + np.arange(k)[None, :], in_size - 1) - lo  # taps past the edge weigh 0
+    rows = xmin[:, None] + np.arange(k)[None, :] - lo  # [m, K]
+    cols = np.broadcast_to(np.arange(stop - start)[:, None], rows.shape)
+    used = w != 0  # taps past an output's last sample weigh 0 (and may lie past the edge): each (row, col) once
     band = np.zeros((hi - lo, stop - start), np.float64)
-    np.add.at(band, (rows, np.broadcast_to(np.arange(stop - start)[:, None], rows.shape)), w)
+    band[rows[used], cols[used]] = w[used]
     return torch.from_numpy(band).to(device), lo, hi
 
 

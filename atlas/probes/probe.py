@@ -64,7 +64,9 @@ def fit_probe(features: np.ndarray, labels: list[str], config: ProbeConfig = Pro
     """features: [N, F] pooled activations (NaN rows for skipped images); labels: [N] ("" = no label); skipped:
     [N] bool, the images mining skipped (/images/status != 0; None: the all-NaN rows).  Images left out are
     counted by cause in ``Probe.left_out``: no label, skipped while mining, or non-finite activations that the
-    model produced (counted per unit in the store's stats/nonfinite_maps)."""
+    model produced (counted per unit in the store's stats/nonfinite_maps).  A unit that is non-finite on more than 1%
+    of the usable images is left out as a feature instead (its weights are 0), so that one overflowing unit does not
+    take every image with it."""
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray([str(x) for x in labels], dtype=object)
     if len(labels) != len(features):
@@ -75,6 +77,14 @@ def fit_probe(features: np.ndarray, labels: list[str], config: ProbeConfig = Pro
         raise ProbeError(f"skipped has {len(skipped)} entries for {len(features)} images; give one per image")
     left_out = []
     no_label = labels == ""
+    usable = ~no_label & ~skipped
+    bad_units = (~finite[usable]).mean(0) > 0.01 if usable.any() else np.zeros(features.shape[1], bool)
+    if bad_units.any():  # a unit the model overflows on often is dropped as a feature, rather than every image
+        features = features.copy()
+        features[:, bad_units] = 0.0
+        finite[:, bad_units] = True
+        left_out.append(("units with non-finite activations", int(bad_units.sum()),
+                         "inf or NaN on more than 1% of the images: left out as features (weight 0)"))
     nonfinite = ~finite.all(1) & ~skipped
     if no_label.any():
         left_out.append(("images without a label", int(no_label.sum()), "no class to learn"))

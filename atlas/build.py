@@ -16,7 +16,7 @@ from .featurevis import featurevis
 from .mine import mine
 from .models import load_model, resolve_device
 from .site import build_site
-from .verify import VerifyResult, verify
+from .verify import VerifyResult, already_verified, verify
 
 StepProgress = Callable[[str, int, int], None]
 
@@ -70,7 +70,9 @@ def build(config: BuildConfig = BuildConfig(), out: str | Path = "atlas-out", *,
     seconds["analyses"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    checked = verify(model, source, store_path, config.verify) if config.verify else None
+    checked = None
+    if config.verify and not already_verified(store_path, model.name, config.verify):  # (a rebuild changes nothing)
+        checked = verify(model, source, store_path, config.verify)
     seconds["verify"] = time.perf_counter() - t
 
     t = time.perf_counter()

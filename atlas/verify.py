@@ -319,6 +319,13 @@ def _reference_image(source: ImageSource, index: int, recorded_sha: np.ndarray) 
     return im.convert("RGB")
 
 
+def already_verified(store_path: str | os.PathLike, model_name: str, config: VerifyConfig) -> bool:
+    """Whether every mined layer of ``model_name`` holds a passing check made with ``config`` (a rebuild skips it)."""
+    with store.Store(store_path) as st:
+        checks = [ld.check("verify") for ld in st.layers(model_name)] if model_name in st.models() else []
+    return bool(checks) and all(c is not None and c.get("ok") and c.get("config") == asdict(config) for c in checks)
+
+
 def verify_store(store_path: str | os.PathLike, *, data: str | None = None, captions: str | None = None,
                  config: VerifyConfig = VerifyConfig(), layers: list[str] | None = None, device: str = "auto",
                  trust_checkpoint: bool = False) -> VerifyResult:

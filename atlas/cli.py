@@ -177,7 +177,7 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
                    "the device: less CPU, within ~1/255).")
 @click.option("--resize", type=click.Choice(RESIZES + ("pil",)), default="auto", show_default=True,
               help="Where the exact resize runs: cpu (decoding processes; 'pil' is the same) or device; the "
-                   "pixels are the same. auto: device on CUDA, cpu elsewhere.")
+                   "pixels are the same. auto: cpu (faster on mixed-size files; docs/benchmarks.md).")
 @click.option("--checkpoint-seconds", default=30.0, show_default=True, type=click.FloatRange(0),
               help="Seconds between checkpoints (a killed run resumes from the last one).")
 @device_opt

@@ -127,10 +127,13 @@ def _resolved(config: MineConfig, device: torch.device) -> MineConfig:
 
 
 def _resize_on(resize: str, device: torch.device) -> str:
-    """mine()'s ``resize`` resolved: where the exact resize of files runs ("cpu": the decoding processes)."""
+    """mine()'s ``resize`` resolved: where the exact resize of files runs ("cpu": the decoding processes).  "auto"
+    is "cpu" on every device: on mixed-size JPEGs the whole call was faster so (H200, 14 workers, RN50x4, 8,192
+    files: 9.96 s vs 15.63 s with the resize on the GPU, whose main process ships whole decoded images and builds
+    each new shape's coefficients; docs/benchmarks.md)."""
     if resize not in RESIZES:
         raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
-    return resize if resize != "auto" else "device" if device.type == "cuda" else "cpu"
+    return "cpu" if resize == "auto" else resize
 
 
 @contextmanager
@@ -267,8 +270,8 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     the step of full batches from CUDA graphs (`atlas.graphs`; None: wherever the Triton kernels run; results are
     the same).  ``fuse_blocks``: mine ResNet blocks inside their last kernel (`atlas.fused`; None: wherever the
     Triton kernels run; the activations agree to a unit in the last place).  ``resize``: where the resize of
-    files runs, "cpu" (the decoding processes), "device" (the model's device) or "auto" ("device" on CUDA); the
-    pixels are the same (`config.pixels` says which).  ``_pil``: files too through the per-image PIL path
+    files runs, "cpu" (the decoding processes), "device" (the model's device) or "auto" ("cpu", `_resize_on`); the
+    pixels are the same (`config.pixels` says which; "approx" always resizes on the device).  ``_pil``: files too through the per-image PIL path
     (`_batches`; for the equivalence tests).
 
     In float32 (``config.precision``), TF32 is off for the whole run (`float32_matmuls`).
@@ -459,7 +462,8 @@ def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineCon
             st = states[info.name]
             g = group.create_group(info.name)
             g.attrs.update({"kind": info.kind, "units": info.units, "grid": list(info.grid),
-                            "order": order, "config": _layer_config_json(config), "fused": info.name in fused})
+                            "order": order, "config": _layer_config_json(config), "fused": info.name in fused,
+                            "device": model.device.type})
             order += 1
             values = st.values.cpu().numpy()
             store.put(g, "topk/values", values)

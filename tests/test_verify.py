@@ -62,7 +62,7 @@ def brute_force(model, paths, layers):
     return {n: (np.stack(s), np.stack(m)) for n, (s, m) in out.items()}
 
 
-def assert_store_matches(path, model, paths, layers, top_k):
+def assert_store_matches(path, model, paths, layers, top_k, rel=1e-5):
     ref = brute_force(model, paths, layers)
     with store.Store(path) as st:
         for n in layers:
@@ -73,14 +73,14 @@ def assert_store_matches(path, model, paths, layers, top_k):
             for u in range(ld.units):
                 got = values[u]
                 want = score[index[u], u]
-                # 1e-5 relative to the value, or to a tenth of the unit's scale for values near zero (float32 sums
+                # ``rel`` relative to the value, or to a tenth of the unit's scale for values near zero (float32 sums
                 # of terms of the unit's scale are exact to about 1e-7 of that scale, whatever the result)
-                assert np.all(np.abs(got - want) <= 1e-5 * np.maximum(np.abs(want), 0.1 * scale[u] + 1e-12)), (n, u)
+                assert np.all(np.abs(got - want) <= rel * np.maximum(np.abs(want), 0.1 * scale[u] + 1e-12)), (n, u)
                 # the same top-k set, up to exact ties of the reference at the k-th value
                 order = np.lexsort((np.arange(len(score)), -score[:, u]))[:top_k]
                 kth = score[order[-1], u]
                 assert set(index[u][score[index[u], u] > kth]) == set(order[score[order, u] > kth]), (n, u)
-            np.testing.assert_allclose(ld["pooled"], mean, rtol=1e-5, atol=1e-6 * scale.max())
+            np.testing.assert_allclose(ld["pooled"], mean, rtol=rel, atol=0.1 * rel * scale.max())
 
 
 def test_default_mining_of_the_shipped_model_equals_a_brute_force(shipped, tmp_path):
@@ -121,7 +121,7 @@ def test_verify_passes_records_and_is_shown(shipped, mined, tmp_path):
     r = verify(shipped, source_of(path), path, VerifyConfig(units=24, images=20))
     (c,) = r.layers
     assert r.ok and c.ok and c.topk_match == 1.0 and c.outranked == 0 and c.max_rel < 1e-6
-    assert c.units == 24 and c.tolerance == 1e-5 and c.mode == "float32, exact pixels"
+    assert c.units == 24 and c.tolerance == 1e-5 and c.mode == "float32, exact pixels, mined on cpu"
     with store.Store(path) as st:
         rec = st.layer(shipped.name, "visual.layer4.0").check("verify")
         assert rec["ok"] and rec["units"] == 24 and rec["config"]["images"] == 20
@@ -179,15 +179,16 @@ def test_verify_refuses_changed_files_and_other_data(shipped, mined, tmp_path):
                                          ("open_clip:ViT-B-32@random:0", ["visual.transformer.resblocks.11"])])
 def test_float32_mining_equals_a_brute_force_gpu(spec, layers, tmp_path):
     """float32 on CUDA means float32: the fast path (device resize, Triton kernels, CUDA graphs, fused blocks where
-    they apply) with TF32 off agrees with the brute force run on the same GPU within 1e-5, and TF32 is restored."""
+    they apply) with TF32 off agrees with the brute force on the CPU within 1e-4 (cuDNN's float32 algorithms differ
+    from the CPU's by up to a few 1e-5 of a unit's scale), and TF32 is put back after."""
     from atlas.models import load_model
 
     model = load_model(spec, device="cuda")
     paths = _jpegs(tmp_path / "jpegs", 96, seed=3)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     mine(model, open_source(tmp_path / "jpegs"), tmp_path / "s.h5",
-         MineConfig(layers=layers, top_k=8, batch_size=32, precision="float32"), num_workers=4)
+         MineConfig(layers=layers, top_k=8, batch_size=32, precision="float32"), num_workers=4, resize="device")
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # put back
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     model.clip.cpu()  # the brute force on the CPU: nothing shared with the GPU run but the weights
-    assert_store_matches(tmp_path / "s.h5", model, paths, layers, 8)
+    assert_store_matches(tmp_path / "s.h5", model, paths, layers, 8, rel=1e-4)

@@ -53,13 +53,14 @@ def test_brackets_are_literal():
 def test_an_unlisted_skip_fails_the_run(pytester):
     """In-process pytest runs with the plugin: a listed skip passes, an unlisted one sets exit status 1."""
     pytester.makepyfile(**{"tests/test_browser.py": "import pytest\n\ndef test_page():\n    pytest.skip('no chromium')\n"})
-    listed = pytester.runpytest("-p", "_skips", "-p", "no:cacheprovider")
+    args = ("-p", "_skips", "-p", "no:cacheprovider", "--import-mode=importlib")  # the real test_browser is imported
+    listed = pytester.runpytest(*args)
     listed.assert_outcomes(skipped=1)
     assert listed.ret == pytest.ExitCode.OK and "SKIPS.md" not in listed.stdout.str()
 
     pytester.makepyfile(test_other="import pytest\n\n@pytest.mark.skipif(True, reason='no reason')\ndef test_x():\n"
                                    "    pass\n\ndef test_y():\n    pass\n\n@pytest.mark.xfail\ndef test_z():\n    assert 0\n")
-    run = pytester.runpytest("-p", "_skips", "-p", "no:cacheprovider")
+    run = pytester.runpytest(*args)
     run.assert_outcomes(passed=1, skipped=2, xfailed=1)
     assert run.ret == pytest.ExitCode.TESTS_FAILED
     run.stdout.fnmatch_lines(["*skips not listed in tests/SKIPS.md*", "test_other.py::test_x: skipped (no reason)",

@@ -50,17 +50,21 @@ def test_brackets_are_literal():
     assert is_listed("tests/t.py::Class::test_y[1-2]", ["tests/t.py::Class::test_*"])
 
 
-def test_an_unlisted_skip_fails_the_run(pytester):
-    """In-process pytest runs with the plugin: a listed skip passes, an unlisted one sets exit status 1."""
+def test_an_unlisted_skip_fails_the_run(pytester, monkeypatch):
+    """pytest runs with the plugin, each in a process of its own (the suite has imported the real test_browser):
+    a listed skip passes, an unlisted one sets exit status 1."""
+    from pathlib import Path
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent))  # where _skips lives
     pytester.makepyfile(**{"tests/test_browser.py": "import pytest\n\ndef test_page():\n    pytest.skip('no chromium')\n"})
-    args = ("-p", "_skips", "-p", "no:cacheprovider", "--import-mode=importlib")  # the real test_browser is imported
-    listed = pytester.runpytest(*args)
+    args = ("-p", "_skips", "-p", "no:cacheprovider")
+    listed = pytester.runpytest_subprocess(*args)
     listed.assert_outcomes(skipped=1)
     assert listed.ret == pytest.ExitCode.OK and "SKIPS.md" not in listed.stdout.str()
 
     pytester.makepyfile(test_other="import pytest\n\n@pytest.mark.skipif(True, reason='no reason')\ndef test_x():\n"
                                    "    pass\n\ndef test_y():\n    pass\n\n@pytest.mark.xfail\ndef test_z():\n    assert 0\n")
-    run = pytester.runpytest(*args)
+    run = pytester.runpytest_subprocess(*args)
     run.assert_outcomes(passed=1, skipped=2, xfailed=1)
     assert run.ret == pytest.ExitCode.TESTS_FAILED
     run.stdout.fnmatch_lines(["*skips not listed in tests/SKIPS.md*", "test_other.py::test_x: skipped (no reason)",

@@ -336,6 +336,11 @@ def read_report(st: "Store", kind: str, name: str) -> tuple[dict[str, np.ndarray
             arrays[n] = obj.asstr()[()] if _is_text(obj) else obj[()]
 
     g.visititems(visit)
+    return arrays, _decoded_attrs(g)
+
+
+def _decoded_attrs(g: h5py.Group) -> dict[str, Any]:
+    """A group's attributes as Python values, the JSON ones (lists, dicts) decoded."""
     attrs = {}
     for k, v in g.attrs.items():
         v = v.item() if isinstance(v, np.generic) else v
@@ -345,7 +350,7 @@ def read_report(st: "Store", kind: str, name: str) -> tuple[dict[str, np.ndarray
             except ValueError:
                 pass
         attrs[k] = v
-    return arrays, attrs
+    return attrs
 
 
 def layer_path(model: str, layer: str) -> str:
@@ -418,18 +423,7 @@ class LayerData:
 
     def check(self, kind: str = "verify") -> dict[str, Any] | None:
         """The attributes of the layer's last ``kind`` check (`write_check`), JSON decoded; None if never run."""
-        if kind not in self.group:
-            return None
-        out = {}
-        for k, v in self.group[kind].attrs.items():
-            v = v.item() if isinstance(v, np.generic) else v
-            if isinstance(v, str) and v[:1] in "[{":
-                try:
-                    v = json.loads(v)
-                except ValueError:
-                    pass
-            out[k] = v
-        return out
+        return _decoded_attrs(self.group[kind]) if kind in self.group else None
 
     def featurevis_done(self) -> np.ndarray:
         if "featurevis/done" not in self.group:

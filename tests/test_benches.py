@@ -141,9 +141,11 @@ def check_probe_vs_sklearn(out: str) -> None:
 
 def check_store_write(out: str) -> None:
     for way in (r"HDF5 filters \(1 core\)", r"\d+ threads, raw chunks"):
-        s, mbs, share = line(out, rf"^\s+{way}\s+({NUM}) s\s+({NUM}) MB/s\s+file ({NUM}) of the matrix$")
-        finite(s, mbs, share)
+        s, mbs, share, layer_gb = line(out, rf"^\s+{way}\s+({NUM}) s\s+({NUM}) MB/s\s+file ({NUM}) of the matrix, "
+                                            rf"({NUM}) GB per 1M-image x 2,560-unit layer$")
+        finite(s, mbs, share, layer_gb)
         assert share < 1.0  # compressed
+        assert abs(layer_gb - share * 4 * 2560 * 1e6 / 1e9) < 0.02 * layer_gb  # float32: 4 bytes a value
     finite(*line(out, rf"^speed-up: ({NUM})x$"))
 
 

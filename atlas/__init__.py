@@ -11,7 +11,7 @@ Importing atlas does not import torch; the verbs that need it import it when cal
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["__version__", "build", "load_model", "open"]
 

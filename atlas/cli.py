@@ -9,10 +9,13 @@ from typing import Callable
 
 import click
 
-from . import __version__
+from .version import __version__
 from .config import PIXELS, PRECISIONS, RESIZES, AnalysesConfig, BuildConfig, FeatureVisConfig, MineConfig, SiteConfig
+from .errors import AtlasError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, RuntimeError)
+# what a user can act on: atlas's own errors (atlas.errors), invalid values, missing files or names; anything else is a
+# bug and keeps its traceback
+USER_ERRORS: tuple[type[BaseException], ...] = (AtlasError, ValueError, KeyError, FileNotFoundError)
 
 
 class _Bars:

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ConfigError
+
 RANK_BY = ("max", "mean")
 PRECISIONS = ("auto", "float32", "bfloat16")
 PIXELS = ("exact", "draft", "approx")
@@ -22,7 +24,7 @@ RESIZES = ("auto", "cpu", "device")  # where the exact resize runs (a speed opti
 
 def _check(cond: bool, message: str) -> None:
     if not cond:
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from . import __version__, store
+from . import store
+from .version import __version__
 from .capture import hooked
 from .config import RESIZES, MineConfig, digest, to_json
 from .data.decode import DEFAULT_MAX_PIXELS

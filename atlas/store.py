@@ -42,16 +42,12 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
+from .errors import StoreBusy, StoreError  # noqa: F401 (re-exported: store.StoreError)
+
 SCHEMA_VERSION = 2  # 2: exact pixels, float32 pooled and maps, nonfinite_maps, verify/
 REASON_CODES = ("", "empty", "not_an_image", "truncated", "corrupt", "too_large", "unreadable")
 
 
-class StoreError(RuntimeError):
-    """A store that cannot be used as asked; the message says what to do."""
-
-
-class StoreBusy(StoreError):
-    pass
 
 
 def work_dir(path: str | os.PathLike) -> Path:

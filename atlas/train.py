@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
+from .version import __version__
 from .config import digest, to_json
 from .data.conceptworld import World, WorldConfig
 from .models import ATLAS_CONFIGS, LoadedModel, ModelSpec, _build, sha256_state

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from atlas.config import MineConfig
+from atlas.errors import ConfigError
 from atlas.kernels import choose, triton_available
 from atlas.kernels.mining import beats, spatial_reduce, spatial_reduce_triton
 from atlas.kernels.softmax_ce import softmax_xent
@@ -475,7 +476,7 @@ def test_backend_choice_and_errors(monkeypatch):
     with pytest.raises(ValueError, match="one of"):
         choose("cuda", cpu)
     if triton_available():
-        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
             choose("triton", cpu)
     monkeypatch.setenv("ATLAS_KERNELS", "bogus")
     with pytest.raises(ValueError, match="ATLAS_KERNELS"):
@@ -489,6 +490,7 @@ import sys
 sys.modules["triton"] = None  # import triton now raises ImportError
 import torch
 from atlas.config import MineConfig
+from atlas.errors import ConfigError
 from atlas.kernels import choose, triton_available
 from atlas.mine import LayerState
 from atlas.models import LayerInfo
@@ -500,7 +502,7 @@ assert st.count.tolist() == [4, 4, 4]
 fista(torch.randn(50, 3), torch.randint(0, 2, (50,)), 2, 0.01, max_iter=5)
 try:
     choose("triton", torch.zeros(1))
-except RuntimeError as e:
+except ConfigError as e:
     assert "does not import" in str(e), e
 else:
     raise AssertionError("no error")

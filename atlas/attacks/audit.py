@@ -33,6 +33,7 @@ from .. import store
 from ..capture import pooled_activations
 from ..config import to_json
 from ..models import LoadedModel
+from ..errors import AtlasError
 
 CAVEAT = (
     "An audit measures associations inside this model on these images. A significant result says the model "
@@ -42,7 +43,7 @@ CAVEAT = (
     "taken as given.")
 
 
-class AuditError(ValueError):
+class AuditError(AtlasError, ValueError):
     pass
 
 

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..models import LoadedModel
 from ..resources import resource_dir
+from ..errors import AtlasError
 
 # (x, y) centres as fractions of the image: the 8 fixed positions (corners, edge middles)
 POSITIONS = ((0.25, 0.2), (0.5, 0.2), (0.75, 0.2), (0.2, 0.5), (0.8, 0.5), (0.25, 0.8), (0.5, 0.8), (0.75, 0.8))
@@ -27,7 +28,7 @@ MAX_CHARS = 40
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 
 
-class AttackError(ValueError):
+class AttackError(AtlasError, ValueError):
     pass
 
 

@@ -32,6 +32,7 @@ from typing import IO, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from ..errors import AtlasError
 
 DEFAULT_MAX_PIXELS = 64_000_000
 REASONS = ("empty", "not_an_image", "truncated", "corrupt", "too_large", "unreadable")
@@ -55,7 +56,7 @@ _TRUNCATION_HINTS = ("truncat", "broken data stream", "premature end")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
-class BadImage(Exception):
+class BadImage(AtlasError):
     """A file that cannot be used as an image.
 
     ``.reason`` is a short code from ``REASONS``; ``str(e)`` is a human

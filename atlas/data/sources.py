@@ -17,9 +17,10 @@ from typing import Iterator
 from PIL import Image
 
 from .decode import BadImage, decode_image
+from ..errors import AtlasError
 
 
-class DataError(ValueError):
+class DataError(AtlasError, ValueError):
     """A data argument that cannot be used; the message says what to do."""
 
 

@@ -25,6 +25,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import ConfigError
+
 BACKENDS = ("auto", "torch", "triton")
 
 
@@ -58,10 +60,10 @@ def choose(backend: str | None, x: torch.Tensor) -> str:
     if backend == "auto":
         return "triton" if x.is_cuda and triton_available() else "torch"
     if not triton_available():
-        raise RuntimeError(f"kernel backend 'triton' asked for, but triton does not import "
+        raise ConfigError(f"kernel backend 'triton' asked for, but triton does not import "
                            f"({_triton_import_error()}); install triton or use backend 'torch'")
     if not x.is_cuda and not interpreting():
-        raise RuntimeError(f"kernel backend 'triton' needs CUDA tensors (got a tensor on {x.device}); set "
+        raise ConfigError(f"kernel backend 'triton' needs CUDA tensors (got a tensor on {x.device}); set "
                            "TRITON_INTERPRET=1 to run the kernel in Triton's CPU interpreter (slow, for tests), "
                            "or use backend 'torch'")
     return "triton"

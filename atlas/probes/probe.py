@@ -16,9 +16,10 @@ import torch
 
 from ..config import ProbeConfig
 from .solver import ProbePath, l1_path
+from ..errors import AtlasError
 
 
-class ProbeError(ValueError):
+class ProbeError(AtlasError, ValueError):
     pass
 
 

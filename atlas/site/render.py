@@ -17,17 +17,18 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..config import SiteConfig
 from ..resources import resource_dir
 from ..store import REPORTS, LayerData, Store, StoreError
 from .images import data_uri, heatmap_rgba, jpeg_bytes, png_bytes
 from .plots import histogram_svg
+from ..errors import AtlasError
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
-class SiteError(ValueError):
+class SiteError(AtlasError, ValueError):
     pass
 
 

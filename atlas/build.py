@@ -11,7 +11,7 @@ from typing import Callable
 
 from .analyses import run_analyses
 from .config import BuildConfig, to_dict
-from .data.sources import open_source
+from .data import open_source
 from .featurevis import featurevis
 from .mine import mine
 from .models import load_model, resolve_device

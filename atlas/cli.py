@@ -190,7 +190,7 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
          precision, pixels, resize, checkpoint_seconds, device, workers, trust_checkpoint):
     """Stream images through a model; keep exact top-k examples and statistics per neuron."""
     from .models import resolve_device
-    from .data.sources import open_source
+    from .data import open_source
     from .mine import mine as run_mine
     from .models import load_model
     from .store import check_unlocked
@@ -474,7 +474,7 @@ def attack_table(model_spec, store_path, data, label_pattern, targets, probe, im
     from .analyses import PICTOGRAM_LABELS, heldout_pictograms
     from .attacks.experiments import PAPER_TARGETS, run_attack_table
     from .models import resolve_device
-    from .data.sources import open_source
+    from .data import open_source
     from .models import load_model
 
     pairs = PAPER_TARGETS

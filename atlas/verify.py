@@ -39,6 +39,7 @@ from PIL import Image, ImageOps
 
 from . import store
 from .config import VerifyConfig
+from .data import open_source
 from .data.sources import FolderSource, ImageSource
 from .models import LoadedModel, load_model, resolve_device
 
@@ -67,8 +68,6 @@ def tolerance(config: dict, device: str = "cpu") -> float:
 def source_of(store_path: str | os.PathLike, data: str | None = None, captions: str | None = None) -> ImageSource:
     """The image source a store was mined from: ``data`` if given, else the one its ``data_source`` names
     (a folder, or a generated set with its default settings), checked against the store's listing."""
-    from .data.sources import open_source
-
     with store.Store(store_path) as st:
         described, fingerprint = str(st.meta.get("data_source", "")), st.meta.get("data_fingerprint")
         ids = st.image_column("source_id")

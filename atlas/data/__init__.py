@@ -1,7 +1,8 @@
 """Image sources (folders, the built-in synthetic set) and robust decoding."""
 
+from .catalog import DEFAULT_DATA, open_source
 from .decode import BadImage, decode_image
-from .sources import DataError, Entry, FolderSource, ImageSource, Sample, open_source
+from .sources import DataError, Entry, FolderSource, ImageSource, Sample
 
 __all__ = ["BadImage", "DataError", "Entry", "FolderSource", "ImageSource", "Sample", "decode_image",
-           "open_source"]
+           "DEFAULT_DATA", "open_source"]

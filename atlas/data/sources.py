@@ -181,34 +181,3 @@ def _read_captions(path: Path) -> dict[str, str]:
                 raise DataError(f"captions file {path}, line {line}: empty 'path'")
             out[rel] = row["caption"] or ""
     return out
-
-
-DEFAULT_DATA = "conceptworld:4096:1"
-
-
-def _numbers(text: str, names: str) -> list[int]:
-    parts = text.split(":")[1:]
-    if not all(p.isdigit() for p in parts) or len(parts) > len(names.split(":")):
-        raise DataError(f"data {text!r} is not of the form {text.split(':')[0]}:{names} (whole numbers), "
-                        f"e.g. '{DEFAULT_DATA}'")
-    return [int(p) for p in parts]
-
-
-def open_source(data: str | os.PathLike = "default", captions: str | os.PathLike | None = None) -> ImageSource:
-    """A folder of images, or a generated set: ``conceptworld[:N[:SEED]]`` (Concept World, the default:
-    4096 images of seed 1, which the shipped model never saw; it trained on seed 0) or ``synthetic[:N]``
-    (coloured shapes)."""
-    text = str(data)
-    if text == "default":
-        text = DEFAULT_DATA
-    if text.split(":")[0] == "conceptworld":
-        from .conceptworld import ConceptWorldSource, WorldConfig
-
-        nums = _numbers(text, "N:SEED")
-        return ConceptWorldSource(nums[0] if nums else 4096, WorldConfig(seed=nums[1] if len(nums) > 1 else 1))
-    if text.split(":")[0] == "synthetic":
-        from .synthetic import ShapesSource
-
-        nums = _numbers(text, "N")
-        return ShapesSource(nums[0] if nums else ShapesSource.DEFAULT_COUNT)
-    return FolderSource(text, captions)

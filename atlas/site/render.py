@@ -8,74 +8,26 @@ names are shown as text) and fails on undefined variables.  No torch here: the s
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import numpy as np
 
-from ..version import __version__
 from ..config import SiteConfig
 from ..resources import resource_dir
 from ..store import REPORTS, LayerData, Store, StoreError
 from .images import data_uri, heatmap_rgba, jpeg_bytes, png_bytes
 from .plots import histogram_svg
-from ..errors import AtlasError
-
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-
-
-class SiteError(AtlasError, ValueError):
-    pass
-
+from .reports import SiteUnits, backlinks, load_reports, render_reports
+from .writer import SiteError, Writer, component, environment
 
 @dataclass
 class SiteResult:
     out: Path
     pages: int
     images: int
-
-
-def _component(name: str) -> str:
-    if not _NAME.fullmatch(name) or name in (".", ".."):
-        raise SiteError(f"name {name!r} cannot be used in a site path (letters, digits, '._-' only); "
-                        "rename the model or layer")
-    return name
-
-
-class _Writer:
-    def __init__(self, out: Path, env: jinja2.Environment, cfg: SiteConfig):
-        self.out, self.env, self.cfg = out.resolve(), env, cfg
-        self.pages = self.images = 0
-
-    def path(self, *parts: str) -> Path:
-        p = self.out.joinpath(*[_component(x) for x in parts]).resolve()
-        if self.out not in p.parents:
-            raise SiteError(f"refusing to write {p} outside the site folder {self.out}")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def page(self, template: str, parts: Sequence[str], **ctx: Any) -> None:
-        depth = len(parts) - 1
-        html = self.env.get_template(template).render(root="../" * depth, cfg=self.cfg,
-                                                      version=__version__, **ctx)
-        self.path(*parts).write_text(html, encoding="utf-8")
-        self.pages += 1
-
-    def binary(self, parts: Sequence[str], data: bytes) -> None:
-        self.path(*parts).write_bytes(data)
-        self.images += 1
-
-
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(resource_dir("site_templates"))),
-                             autoescape=True, undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = lambda x: "nan" if x is None or not np.isfinite(x) else f"{float(x):.4g}"
-    return env
 
 
 def build_site(stores: Sequence[str | Path], out: str | Path, config: SiteConfig = SiteConfig(),
@@ -87,12 +39,10 @@ def build_site(stores: Sequence[str | Path], out: str | Path, config: SiteConfig
     if out.exists() and not out.is_dir():
         raise SiteError(f"site output {out} exists and is not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    w = _Writer(out, _environment(), config)
+    w = Writer(out, environment(), config)
     for asset in sorted((resource_dir("site_templates") / "assets").iterdir()):
         # through w.path, not copytree: a link left in ``out`` must not carry writes out of it
         w.path("assets", asset.name).write_bytes(asset.read_bytes())
-    # imported here, not at the top: reports.py imports this module
-    from .reports import SiteUnits, backlinks, load_reports, render_reports
 
     opened = [Store(p) for p in stores]
     try:
@@ -127,9 +77,9 @@ def build_site(stores: Sequence[str | Path], out: str | Path, config: SiteConfig
     return SiteResult(w.out, w.pages, w.images)
 
 
-def _model_pages(w: _Writer, st: Store, model: str) -> dict[str, Any]:
+def _model_pages(w: Writer, st: Store, model: str) -> dict[str, Any]:
     """Thumbnails shared by the model's layers, the skipped-images page; returns the index summary."""
-    _component(model)
+    component(model)
     rows = st.file["images/thumb_row"][()] if "images/thumb_row" in st.file else np.zeros(0, np.int64)
     thumbs = st.file["images/thumbs"]
     shown = np.nonzero(rows >= 0)[0]
@@ -145,13 +95,13 @@ def _model_pages(w: _Writer, st: Store, model: str) -> dict[str, Any]:
     w.page("images.html", [model, "skipped.html"], model=model, bad=bad, meta=st.meta)
     layers = []
     for ld in st.layers(model):
-        _component(ld.name)
+        component(ld.name)
         layers.append({"name": ld.name, "kind": ld.kind, "units": ld.units, "grid": ld.grid,
                        "featurevis": int(ld.featurevis_done().sum())})
     return {"name": model, "meta": st.meta, "layers": layers, "bad": len(bad), "n_images": st.n_images}
 
 
-def _layer_pages(w: _Writer, st: Store, ld: LayerData, links: dict[int, list[dict]]) -> None:
+def _layer_pages(w: Writer, st: Store, ld: LayerData, links: dict[int, list[dict]]) -> None:
     """The layer's index and one page per unit; ``links``: unit -> what reports say about it (reports.py)."""
     model, layer = ld.model, ld.name
     values, index = ld["topk/values"], ld["topk/index"]

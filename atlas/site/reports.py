@@ -18,7 +18,7 @@ import numpy as np
 from ..store import LayerData, Store, read_report
 from .images import png_bytes
 from .plots import bar_svg, forest_svg, line_svg
-from .render import SiteError, _component, _Writer
+from .writer import SiteError, Writer, component
 
 KINDS = (("probes", "probe"), ("attacks", "attack"), ("audits", "audit"))
 EXPERIMENTS = {"attack table": "report_attack_table.html", "stroop": "report_stroop.html",
@@ -112,7 +112,7 @@ def load_reports(stores: Sequence[Store], site: SiteUnits) -> list[Report]:
         for group, kind in KINDS:
             for name in st.reports(group):
                 try:
-                    _component(name)
+                    component(name)
                 except SiteError as e:
                     raise SiteError(f"{kind} report {name!r} in {st.path} cannot be used in a site path (letters, "
                                  "digits, '._-' only); write it again under another name") from e
@@ -189,7 +189,7 @@ def _top_words(r: Report) -> list[list[tuple[str, float]]]:
 # ------------------------------------------------------------------------------------ pages
 
 
-def render_reports(w: _Writer, reports: Sequence[Report], site: SiteUnits) -> dict[str, int]:
+def render_reports(w: Writer, reports: Sequence[Report], site: SiteUnits) -> dict[str, int]:
     """Write every report page and reports/index.html; returns the count per kind for the site index."""
     rows = []
     for r in reports:
@@ -261,7 +261,7 @@ def _probe(r: Report, site: SiteUnits) -> dict[str, Any]:
     return {"classes": classes, "path": path, "plot": plot, "best": best}
 
 
-def _attack_table(w: _Writer, r: Report, site: SiteUnits) -> dict[str, Any]:
+def _attack_table(w: Writer, r: Report, site: SiteUnits) -> dict[str, Any]:
     keys = ("classifier", "text", "target", "size", "attempts", "successes", "success_rate", "pixels_changed",
             "clean_accuracy")
     r.need(*keys)
@@ -283,7 +283,7 @@ def _attack_table(w: _Writer, r: Report, site: SiteUnits) -> dict[str, Any]:
     return {"rows": rows, "chart": chart, "pairs": pairs, "neurons": neurons}
 
 
-def _image(w: _Writer, r: Report, name: str, arr: np.ndarray) -> str:
+def _image(w: Writer, r: Report, name: str, arr: np.ndarray) -> str:
     """Write one report image as reports/<kind>-<name>/<file>; returns its path relative to reports/."""
     arr = np.asarray(arr)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
@@ -294,7 +294,7 @@ def _image(w: _Writer, r: Report, name: str, arr: np.ndarray) -> str:
     return f"{folder}/{name}"
 
 
-def _stroop(w: _Writer, r: Report, site: SiteUnits) -> dict[str, Any]:
+def _stroop(w: Writer, r: Report, site: SiteUnits) -> dict[str, Any]:
     r.need("font", "word", "ink", "said")
     a = r.arrays
     word, ink, said = ([str(x) for x in a[k]] for k in ("word", "ink", "said"))
@@ -322,7 +322,7 @@ def _stroop(w: _Writer, r: Report, site: SiteUnits) -> dict[str, Any]:
         str(x) for x in a["font"]))}
 
 
-def _words(w: _Writer, r: Report, site: SiteUnits) -> dict[str, Any]:
+def _words(w: Writer, r: Report, site: SiteUnits) -> dict[str, Any]:
     return {"units": [{"words": words, **site.link(r.target, u)} for u, words in enumerate(_top_words(r))],
             "n_words": len(r.arrays["words"])}
 

@@ -355,11 +355,10 @@ def _layers_to_mine(path: Path, model_name: str, infos: list[LayerInfo],
     todo, skipped = [], []
     with store.Store(path) as st:
         for info in infos:
-            key = f"neurons/{model_name}/{info.name}"
-            if key not in st.file:
+            if not st.has_layer(model_name, info.name):
                 todo.append(info)
                 continue
-            old = st.file[key].attrs["config"]
+            old = st.layer(model_name, info.name).group.attrs["config"]
             was, now = _comparable(json.loads(old)), json.loads(_layer_config_json(config))
             if was != now:
                 differ = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
@@ -445,45 +444,31 @@ def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineCon
     reasons = [store.REASON_CODES[c] for c in status]
     messages = image_state["messages"]
     with store.transaction(path) as f:
-        for k, v in meta.items():
-            f.attrs[k] = v
-        f.attrs["n_images"] = n_images
-        img = f.require_group("images")
-        if "source_id" not in img:
-            entries = source.entries[:n_images]
-            store.put(img, "source_id", [e.source_id for e in entries])
-            store.put(img, "caption", [e.caption for e in entries])
-            store.put(img, "label", [e.label for e in entries])
-            store.put(img, "sha256", image_state["sha256"])
-            store.put(img, "status", status)
-            store.put(img, "reason", [messages.get(i, reasons[i]) if status[i] else "" for i in range(n_images)])
-        group = f.require_group(f"neurons/{model.name}")
-        order = len(group)
+        store.write_run(f, meta, n_images)
+        entries = source.entries[:n_images]
+        store.write_images(f, {
+            "source_id": [e.source_id for e in entries], "caption": [e.caption for e in entries],
+            "label": [e.label for e in entries], "sha256": image_state["sha256"], "status": status,
+            "reason": [messages.get(i, reasons[i]) if status[i] else "" for i in range(n_images)]})
         for info in todo:
             st = states[info.name]
-            g = group.create_group(info.name)
-            g.attrs.update({"kind": info.kind, "units": info.units, "grid": list(info.grid),
-                            "order": order, "config": _layer_config_json(config), "fused": info.name in fused,
-                            "device": model.device.type})
-            order += 1
             values = st.values.cpu().numpy()
-            store.put(g, "topk/values", values)
-            # a slot whose value is -inf holds a non-finite score (the merge ranks them below every finite one,
-            # counted in stats/nonfinite): stored as empty, so a top-k lists finite scores only
-            store.put(g, "topk/index", np.where(values == -np.inf, -1, st.index.cpu().numpy()))
-            store.put(g, "topk/argmax", st.argmax.cpu().numpy())
-            store.put(g, "topk/maps", st.maps.cpu().numpy().reshape(info.units, config.top_k, *st.map_hw))
             cnt = st.count.cpu().numpy()
-            store.put(g, "stats/count", cnt)
-            store.put(g, "stats/mean", st.mean.cpu().numpy())
-            store.put(g, "stats/std", np.sqrt(st.m2.cpu().numpy() / np.maximum(cnt, 1)))
-            store.put(g, "stats/min", st.min.cpu().numpy())
-            store.put(g, "stats/max", st.max.cpu().numpy())
-            store.put(g, "stats/positive", st.positive.cpu().numpy())
-            store.put(g, "stats/nonfinite", st.nonfinite.cpu().numpy())
-            store.put(g, "stats/nonfinite_maps", st.nonfinite_maps.cpu().numpy())
-            store.put(g, "stats/hist", st.hist.cpu().numpy())
-            store.put(g, "stats/range", np.ldexp(1.0, st.range_exp.cpu().numpy()))
+            g = store.write_layer(f, model.name, info.name, {
+                "kind": info.kind, "units": info.units, "grid": list(info.grid), "config": _layer_config_json(config),
+                "fused": info.name in fused, "device": model.device.type}, {
+                "topk/values": values,
+                # a slot whose value is -inf holds a non-finite score (the merge ranks them below every finite one,
+                # counted in stats/nonfinite): stored as empty, so a top-k lists finite scores only
+                "topk/index": np.where(values == -np.inf, -1, st.index.cpu().numpy()),
+                "topk/argmax": st.argmax.cpu().numpy(),
+                "topk/maps": st.maps.cpu().numpy().reshape(info.units, config.top_k, *st.map_hw),
+                "stats/count": cnt, "stats/mean": st.mean.cpu().numpy(),
+                "stats/std": np.sqrt(st.m2.cpu().numpy() / np.maximum(cnt, 1)),
+                "stats/min": st.min.cpu().numpy(), "stats/max": st.max.cpu().numpy(),
+                "stats/positive": st.positive.cpu().numpy(), "stats/nonfinite": st.nonfinite.cpu().numpy(),
+                "stats/nonfinite_maps": st.nonfinite_maps.cpu().numpy(), "stats/hist": st.hist.cpu().numpy(),
+                "stats/range": np.ldexp(1.0, st.range_exp.cpu().numpy())})
             t = time.perf_counter()
             for key, m in (("pooled", st.pooled), ("pooled_cls", st.pooled_cls)):
                 if m is not None:  # skipped images have no activations: NaN rows

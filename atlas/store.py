@@ -294,6 +294,72 @@ def write_report(path: str | os.PathLike, kind: str, name: str, arrays: dict[str
                 json.dumps(v, sort_keys=True)
 
 
+File = h5py.File  # what `transaction` yields: the writing functions below take it
+
+
+def write_run(f: File, meta: dict[str, Any], n_images: int) -> None:
+    """The root attributes of a mining run (docs/store.md: model, weights, data, image count)."""
+    for k, v in meta.items():
+        f.attrs[k] = v
+    f.attrs["n_images"] = n_images
+
+
+def write_images(f: File, columns: dict[str, Any]) -> None:
+    """/images: one column per image (source_id, caption, label, sha256, status, reason), written once: a store's
+    image index never changes after its first mining run."""
+    img = f.require_group("images")
+    if "source_id" not in img:
+        for name in ("source_id", "caption", "label", "sha256", "status", "reason"):
+            put(img, name, columns[name])
+
+
+def write_layer(f: File, model: str, layer: str, attrs: dict[str, Any], arrays: dict[str, np.ndarray]) -> h5py.Group:
+    """A new mined layer group /neurons/<model>/<layer> with its attributes (``order`` is set to the number of
+    layers of the model before it) and datasets (topk/*, stats/*)."""
+    group = f.require_group(f"neurons/{model}")
+    g = group.create_group(layer_path(model, layer).rsplit("/", 1)[1])
+    g.attrs.update({**attrs, "order": len(group) - 1})
+    for name, value in arrays.items():
+        put(g, name, value)
+    return g
+
+
+def write_thumbnails(f: File, thumbs: np.ndarray, rows: np.ndarray) -> None:
+    """/images/thumbs [M, T, T, 3] uint8 and /images/thumb_row [N] (row of each image, -1: none)."""
+    img = f.require_group("images")
+    put(img, "thumbs", thumbs)
+    put(img, "thumb_row", rows)
+
+
+def thumbnail_table(f: File, n_images: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(thumb_row [N] int64, thumbs [M, T, T, 3] uint8) of a store being written (empty if it has none)."""
+    img = f["images"]
+    rows = img["thumb_row"][()] if "thumb_row" in img else np.full(n_images, -1, np.int64)
+    thumbs = img["thumbs"][()] if "thumbs" in img else np.zeros((0, size, size, 3), np.uint8)
+    return rows, thumbs
+
+
+def image_column_of(f: File, name: str) -> np.ndarray | None:
+    """/images/<name> of a store being written (bytes for text), or None if it has none."""
+    key = f"images/{name}"
+    return f[key][()] if key in f else None
+
+
+def write_featurevis(path: str | os.PathLike, model: str, layer: str, config_json: str, images: np.ndarray,
+                     objective: np.ndarray, done: np.ndarray) -> None:
+    """Replace the layer's featurevis/ group (images [U, S, S, 3] uint8, objective [U], done [U]) in one
+    transaction (the caller holds the store's `lock`)."""
+    with transaction(path) as f:
+        g = f[layer_path(model, layer)]
+        if "featurevis" in g:
+            del g["featurevis"]
+        fv = g.create_group("featurevis")
+        fv.attrs["config"] = config_json
+        put(fv, "images", images)
+        put(fv, "objective", objective)
+        put(fv, "done", done)
+
+
 CHECKS = ("verify",)
 
 
@@ -421,6 +487,14 @@ class LayerData:
         """The attributes of the layer's last ``kind`` check (`write_check`), JSON decoded; None if never run."""
         return _decoded_attrs(self.group[kind]) if kind in self.group else None
 
+    def featurevis(self) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:
+        """(config JSON, images [U, S, S, 3], objective [U], done [U]) of the layer's feature visualizations, or
+        None."""
+        if "featurevis" not in self.group:
+            return None
+        fv = self.group["featurevis"]
+        return str(fv.attrs["config"]), fv["images"][()], fv["objective"][()], fv["done"][()]
+
     def featurevis_done(self) -> np.ndarray:
         if "featurevis/done" not in self.group:
             return np.zeros(self.units, bool)
@@ -464,6 +538,9 @@ class Store:
         names = sorted(g, key=lambda n: int(g[n].attrs.get("order", 0)))
         return [LayerData(model, n, g[n]) for n in names]
 
+    def has_layer(self, model: str, layer: str) -> bool:
+        return layer_path(model, layer) in self.file
+
     def layer(self, model: str, layer: str) -> LayerData:
         key = f"neurons/{model}/{layer}"
         if key not in self.file:
@@ -479,6 +556,14 @@ class Store:
     def image_column(self, name: str) -> np.ndarray:
         col = self.file[f"images/{name}"]
         return col.asstr()[()] if _is_text(col) else col[()]
+
+    def thumb_rows(self) -> np.ndarray:
+        """[N] int64: each image's row in /images/thumbs, -1 for none (all -1 in a store without thumbnails)."""
+        return self.file["images/thumb_row"][()] if "images/thumb_row" in self.file else np.zeros(0, np.int64)
+
+    def thumbs(self) -> h5py.Dataset:
+        """/images/thumbs [M, T, T, 3] uint8, read lazily (index it)."""
+        return self.file["images/thumbs"]
 
     def thumbnail(self, index: int) -> np.ndarray | None:
         """[T, T, 3] uint8 crop of image ``index`` as the model saw it, or None if not stored."""

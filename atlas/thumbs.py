@@ -12,7 +12,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-import h5py
 import numpy as np
 
 from . import store
@@ -22,16 +21,14 @@ from .data.sources import FolderSource, ImageSource
 from .models import LoadedModel
 
 
-def make_thumbnails(f: h5py.File, model: LoadedModel, source: ImageSource, needed: Sequence[int],
+def make_thumbnails(f: store.File, model: LoadedModel, source: ImageSource, needed: Sequence[int],
                     size: int, n_images: int, workers: int = 0) -> int:
     """Add thumbnails for the images in ``needed`` that the store lacks; return how many were added.
 
     /images/thumbs [M, size, size, 3] holds them and /images/thumb_row [N] maps image -> row (-1: none).  A file
     whose sha256 differs from the one mining recorded (/images/sha256) is refused: the data changed.
     """
-    img = f["images"]
-    rows = img["thumb_row"][()] if "thumb_row" in img else np.full(n_images, -1, np.int64)
-    thumbs = img["thumbs"][()] if "thumbs" in img else np.zeros((0, size, size, 3), np.uint8)
+    rows, thumbs = store.thumbnail_table(f, n_images, size)
     if thumbs.shape[1] != size:
         raise store.StoreError(f"store thumbnails are {thumbs.shape[1]} px, this run asks for {size}; "
                                "use the same thumb_size for every run on one store")
@@ -40,14 +37,13 @@ def make_thumbnails(f: h5py.File, model: LoadedModel, source: ImageSource, neede
         new, hashes = _from_files(source, missing, size, model.resize_mode, model.crop_rule, workers)
     else:
         new, hashes = _on_threads(source, missing, size, model.resize_mode, model.crop_rule)
-    recorded = img["sha256"][()] if "sha256" in img and missing else None  # [N]; "" for generated images
+    recorded = store.image_column_of(f, "sha256") if missing else None  # [N]; "" for generated images
     for i, h in zip(missing, hashes):
         if recorded is not None and recorded[i] and h != bytes(recorded[i]).decode():
             raise _changed(source.entries[i].source_id, "changed")
     for j, i in enumerate(missing):
         rows[i] = len(thumbs) + j
-    store.put(img, "thumbs", np.concatenate([thumbs, new]))
-    store.put(img, "thumb_row", rows)
+    store.write_thumbnails(f, np.concatenate([thumbs, new]), rows)
     return len(missing)
 
 

@@ -50,12 +50,10 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
             if st.meta.get("weights_sha256") != model.weights_sha256:
                 raise store.StoreError(f"store {path} was mined with other weights than {model.spec}; "
                                        "render with the model the store was built with")
-            g = st.layer(model.name, layer).group
+            stored = st.layer(model.name, layer).featurevis()  # (config, images, objective, done) or None
             done = np.zeros(info.units, bool)
-            if "featurevis" in g and g["featurevis"].attrs["config"] == cfg_json:
-                done = g["featurevis/done"][()]
-                images = g["featurevis/images"][()]
-                objective = g["featurevis/objective"][()]
+            if stored is not None and stored[0] == cfg_json:
+                _, images, objective, done = stored
             else:
                 images = np.zeros((info.units, config.size, config.size, 3), np.uint8)
                 objective = np.full(info.units, np.nan, np.float32)
@@ -85,14 +83,6 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
             done[batch] = True
             if progress:
                 progress(b + 1, len(batches))
-        with store.transaction(path) as f:
-            g = f[store.layer_path(model.name, layer)]
-            if "featurevis" in g:
-                del g["featurevis"]
-            fv = g.create_group("featurevis")
-            fv.attrs["config"] = cfg_json
-            store.put(fv, "images", images)
-            store.put(fv, "objective", objective)
-            store.put(fv, "done", done)
+        store.write_featurevis(path, model.name, layer, cfg_json, images, objective, done)
         store.remove_work(work)
     return FeatureVisResult(layer, rendered, reused)

@@ -80,8 +80,8 @@ def build_site(stores: Sequence[str | Path], out: str | Path, config: SiteConfig
 def _model_pages(w: Writer, st: Store, model: str) -> dict[str, Any]:
     """Thumbnails shared by the model's layers, the skipped-images page; returns the index summary."""
     component(model)
-    rows = st.file["images/thumb_row"][()] if "images/thumb_row" in st.file else np.zeros(0, np.int64)
-    thumbs = st.file["images/thumbs"]
+    rows = st.thumb_rows()
+    thumbs = st.thumbs() if len(rows) and (rows >= 0).any() else None
     shown = np.nonzero(rows >= 0)[0]
     shown = shown[np.argsort(rows[shown])]  # in storage order: read the compressed chunks once each
     block = 512

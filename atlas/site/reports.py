@@ -55,7 +55,7 @@ class SiteUnits:
     def __init__(self, models: Sequence[tuple[Store, str]]):
         self.layers: dict[tuple[str, str], _LayerRef] = {}
         for st, model in models:
-            rows = st.file["images/thumb_row"][()] if "images/thumb_row" in st.file else np.zeros(0, np.int64)
+            rows = st.thumb_rows()
             for ld in st.layers(model):
                 self.layers[(model, ld.name)] = _layer_ref(ld, rows)
 

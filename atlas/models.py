@@ -34,6 +34,7 @@ from .checkpoints import (build_openai, hf_config, is_torchscript, open_clip_cac
                           openai_cache_path, openai_expected_sha, read_hf_clip, read_state_dict, sha256_file)
 from .data.pixels import crop_box
 from .errors import ModelError
+from .names import unit_id
 
 DEFAULT_SPEC = "atlas:conceptclip"
 FAMILIES = ("atlas", "open_clip", "openai", "hf")
@@ -274,7 +275,7 @@ class LoadedModel:
         return tuple(mlp[i] for i in sorted({max(0, len(mlp) * q // 4 - 1) for q in (1, 2, 3, 4)}))
 
     def neuron_id(self, layer: str, unit: int) -> str:
-        return f"{self.name}/{layer}/{unit}"
+        return unit_id(self.name, layer, unit)
 
 
 def _layer_table(model: LoadedModel) -> dict[str, LayerInfo]:

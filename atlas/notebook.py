@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .names import parse_unit_id
 from .site.images import data_uri, overlay, png_bytes
 from .store import LayerData, Store, StoreError
 
@@ -135,11 +136,11 @@ class Atlas:
         return Neuron(self, self.store.layer(self.model, layer), int(unit))
 
     def __getitem__(self, neuron_id: str) -> Neuron:
-        parts = neuron_id.split("/")
-        if len(parts) != 3 or not parts[2].isdigit():
+        try:
+            model, layer, unit = parse_unit_id(neuron_id)
+        except KeyError:
             raise KeyError(f"neuron ids look like 'model/layer/unit' (e.g. '{self.model}/{self.layers[-1]}/0'), "
-                           f"got {neuron_id!r}")
-        model, layer, unit = parts
+                           f"got {neuron_id!r}") from None
         if model != self.model:
             raise KeyError(f"this store holds model {self.model!r}, not {model!r}")
         return self.neuron(layer, int(unit))

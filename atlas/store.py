@@ -43,6 +43,7 @@ import h5py
 import numpy as np
 
 from .errors import StoreBusy, StoreError  # noqa: F401 (re-exported: store.StoreError)
+from .names import unit_id
 
 SCHEMA_VERSION = 2  # 2: exact pixels, float32 pooled and maps, nonfinite_maps, verify/
 REASON_CODES = ("", "empty", "not_an_image", "truncated", "corrupt", "too_large", "unreadable")
@@ -475,7 +476,7 @@ class LayerData:
         return json.loads(self.group.attrs["config"])
 
     def neuron_id(self, unit: int) -> str:
-        return f"{self.model}/{self.name}/{unit}"
+        return unit_id(self.model, self.name, unit)
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self.group[key][()]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..names import unit_id
 from ..store import LayerData, Store, read_report
 from .images import png_bytes
 from .plots import bar_svg, forest_svg, line_svg
@@ -68,7 +69,7 @@ class SiteUnits:
         model, layer = target
         img = f"{model}/{layer}/fv/{u}.png" if ref.fv[u] else \
             f"{model}/img/{int(ref.top[u])}.jpg" if ref.top[u] >= 0 else None
-        return {"unit": u, "id": f"{model}/{layer}/{u}", "href": f"{model}/{layer}/{u}.html", "img": img}
+        return {"unit": u, "id": unit_id(model, layer, u), "href": f"{unit_id(model, layer, u)}.html", "img": img}
 
 
 def _layer_ref(ld: LayerData, thumb_rows: np.ndarray) -> _LayerRef:

@@ -94,7 +94,7 @@ def build_openai(state: dict[str, torch.Tensor]) -> torch.nn.Module:
 # --- caches -------------------------------------------------------------------------------------------
 
 
-def _openai_url(arch: str) -> str:
+def openai_url(arch: str) -> str:
     from open_clip.pretrained import get_pretrained_cfg
 
     return get_pretrained_cfg(arch, "openai").get("url", "")
@@ -102,14 +102,14 @@ def _openai_url(arch: str) -> str:
 
 def openai_cache_path(arch: str) -> Path:
     """Where OpenAI's clip package keeps a model: ~/.cache/clip/<file name of its URL>."""
-    url = _openai_url(arch)
+    url = openai_url(arch)
     name = url.rsplit("/", 1)[-1] if url else f"{arch}.pt"
     return Path(os.environ.get("ATLAS_CLIP_CACHE", Path.home() / ".cache" / "clip")) / name
 
 
 def openai_expected_sha(arch: str) -> str:
     """OpenAI's URLs carry the sha256 of the file as their second-to-last path component."""
-    parts = _openai_url(arch).split("/")
+    parts = openai_url(arch).split("/")
     return parts[-2] if len(parts) > 2 and len(parts[-2]) == 64 else ""
 
 

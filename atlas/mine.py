@@ -29,7 +29,7 @@ from .version import __version__
 from .capture import hooked
 from .config import RESIZES, MineConfig, digest, to_json
 from .data.decode import DEFAULT_MAX_PIXELS
-from .data.loader import JpegLoader, _to, normalize
+from .data.loader import JpegLoader, normalize, to_device
 from .data.sources import FolderSource, ImageSource
 from .fused import fused_tails
 from .graphs import GraphStep
@@ -97,7 +97,7 @@ def _batches(model: LoadedModel, source: ImageSource, start: int, stop: int, bat
         list(starts), batch_size=None, num_workers=num_workers, collate_fn=load, prefetch_factor=4,
         pin_memory=dev.type == "cuda", persistent_workers=False)
     for first, last, good, pixels, bad, sha in parts:
-        yield _Batch(first, last, good, _to(torch.tensor(good, dtype=torch.int64), dev), _to(pixels, dev), bad, sha)
+        yield _Batch(first, last, good, to_device(torch.tensor(good, dtype=torch.int64), dev), to_device(pixels, dev), bad, sha)
 
 
 def _file_batches(model: LoadedModel, source: FolderSource, start: int, stop: int, batch_size: int,
@@ -111,7 +111,7 @@ def _file_batches(model: LoadedModel, source: FolderSource, start: int, stop: in
     for b in loader:
         bad = {i: (reason, message) for i, reason, message in b.bad}
         sha = ["" if i in bad else h for i, h in zip(range(b.start, b.stop), b.sha256)]  # as ImageSource.sample
-        yield _Batch(b.start, b.stop, b.index.tolist(), _to(b.index, model.device),
+        yield _Batch(b.start, b.stop, b.index.tolist(), to_device(b.index, model.device),
                      normalize(b.pixels, model.mean, model.std), bad, sha)
 
 

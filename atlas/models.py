@@ -30,11 +30,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .checkpoints import (build_openai, hf_config, is_torchscript, open_clip_cached,  # noqa: F401
-                          openai_cache_path, openai_expected_sha, read_hf_clip, read_state_dict, sha256_file)
+from .capture import hooked
+from .checkpoints import (OPENAI_ARCHS, build_openai, cached_status, hf_config, is_torchscript,  # noqa: F401
+                          open_clip_cached, openai_cache_path, openai_expected_sha, openai_url, read_hf_clip,
+                          read_state_dict, sha256_file)
 from .data.pixels import crop_box
 from .errors import ModelError
+from .hf import read_hf_siglip
 from .names import unit_id
+from .resources import resource_dir
 
 DEFAULT_SPEC = "atlas:conceptclip"
 FAMILIES = ("atlas", "open_clip", "openai", "hf")
@@ -280,8 +284,6 @@ class LoadedModel:
 
 def _layer_table(model: LoadedModel) -> dict[str, LayerInfo]:
     """Find hookable modules of the image tower and their output shapes with one dry forward pass."""
-    from .capture import hooked
-
     visual = model.clip.visual
     kinds = {f"visual.{n}": _hookable(n, m) for n, m in visual.named_modules() if n}
     kinds = {n: k for n, k in kinds.items() if k}
@@ -317,7 +319,7 @@ def sha256_state(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _build(spec: ModelSpec) -> tuple[nn.Module, object]:
+def build_towers(spec: ModelSpec) -> tuple[nn.Module, object]:
     import open_clip
 
     if spec.family == "atlas":
@@ -388,14 +390,13 @@ def load_model(spec: str | ModelSpec = DEFAULT_SPEC, device: str | torch.device 
     if spec.random_seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.random_seed)
-            clip, tokenizer = _build(spec)
+            clip, tokenizer = build_towers(spec)
             if spec.family == "atlas":
                 _lively_init(clip)
         return LoadedModel(spec, clip.to(device), tokenizer, sha256_state(clip.state_dict()))
     if spec.family == "hf":
         directory = Path(spec.arch).expanduser()
         if hf_config(directory)["model_type"] == "siglip":
-            from .hf import read_hf_siglip
 
             towers, tokenizer, mean, std, path = read_hf_siglip(directory, hf_config(directory))
             return LoadedModel(spec, towers.to(device), tokenizer, sha256_file(path), mean, std, "squash")
@@ -413,7 +414,7 @@ def load_model(spec: str | ModelSpec = DEFAULT_SPEC, device: str | torch.device 
     if spec.family == "openai":
         return LoadedModel(spec, build_openai(state).to(device), _tokenizer(77), sha)
     with torch.random.fork_rng(devices=[]):
-        clip, tokenizer = _build(spec)
+        clip, tokenizer = build_towers(spec)
     missing, unexpected = clip.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "attn_mask"]
     if missing or unexpected:
@@ -436,7 +437,6 @@ def _weights_path(spec: ModelSpec) -> tuple[Path, str]:
     if spec.family == "atlas" and spec.weights is None:
         if spec.arch not in SHIPPED:
             raise ModelError(f"atlas:{spec.arch} ships no weights: append '@/path/to/weights' or '@random:SEED'")
-        from .resources import resource_dir
 
         name, sha = SHIPPED[spec.arch]
         return resource_dir("data") / name, sha
@@ -444,9 +444,8 @@ def _weights_path(spec: ModelSpec) -> tuple[Path, str]:
         arch = _openai_arch(spec.arch)
         path = openai_cache_path(arch)
         if not path.is_file():
-            from .checkpoints import _openai_url
 
-            raise ModelError(f"OpenAI's {arch} weights are not on this machine: get {_openai_url(arch)} and put it "
+            raise ModelError(f"OpenAI's {arch} weights are not on this machine: get {openai_url(arch)} and put it "
                              f"at {path} (OpenAI's clip cache), or anywhere and use openai:{arch}@/path/to/file. "
                              "OpenAI's files are TorchScript archives: load them with --trust-checkpoint, or "
                              "convert them once with `atlas convert FILE --out FILE.safetensors --trust-checkpoint`")
@@ -465,7 +464,6 @@ def _looks_like_path(weights: str) -> bool:
 
 def _openai_arch(arch: str) -> str:
     """OpenAI's names (ViT-B/32) and open_clip's (ViT-B-32) both work."""
-    from .checkpoints import OPENAI_ARCHS
 
     name = arch.replace("/", "-")
     if name not in OPENAI_ARCHS:
@@ -477,7 +475,6 @@ def _openai_arch(arch: str) -> str:
 
 def model_status(show_all: bool = False) -> list[tuple[str, str]]:
     """(spec, where its weights are) for atlas's models, OpenAI's releases and open_clip's architectures."""
-    from .checkpoints import cached_status
 
     out = [(f"atlas:{a}", "shipped with atlas" if a in SHIPPED else "no weights (use @random:SEED or @FILE)")
            for a in ATLAS_CONFIGS]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .version import __version__
 from .config import digest, to_json
 from .data.conceptworld import World, WorldConfig
-from .models import ATLAS_CONFIGS, LoadedModel, ModelSpec, _build, sha256_state
+from .models import ATLAS_CONFIGS, LoadedModel, ModelSpec, build_towers, sha256_state
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", workers: int 
     images, captions = cached_data(cfg, cache, workers, log)
     torch.manual_seed(cfg.seed)
     spec = ModelSpec("atlas", cfg.arch, "random:%d" % cfg.seed)
-    clip, tokenizer = _build(spec)
+    clip, tokenizer = build_towers(spec)
     clip = clip.to(device).train()
     tokens = tokenizer(captions)  # [N, ctx]
     dev = torch.device(device)

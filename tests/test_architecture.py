@@ -95,3 +95,13 @@ def test_the_import_reader_sees_local_imports_and_the_checker_flags_upward_ones(
     table = layers()
     assert layer_of("atlas.site.render", table) > layer_of("atlas.store", table) > layer_of("atlas.models", table)
     assert layer_of("atlas.data.conceptworld.world", table) == layer_of("atlas.data", table)  # longest prefix
+
+
+def test_no_private_name_is_imported_from_another_module():
+    wrong = []
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                wrong += [f"{module_name(path)} imports {a.name} from {'.' * node.level}{node.module or ''}"
+                          for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not wrong, "private names used across modules (make them public or move them):\n" + "\n".join(wrong)

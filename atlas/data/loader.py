@@ -87,10 +87,10 @@ def _channel_stats(device: torch.device, mean: tuple, std: tuple) -> tuple[torch
 
 
 def _rows(rows: list[int], device: torch.device) -> torch.Tensor:
-    return _to(torch.tensor(rows, dtype=torch.int64), device)
+    return to_device(torch.tensor(rows, dtype=torch.int64), device)
 
 
-def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A CPU tensor to the device without a blocking copy (pinned, non-blocking: no wait for queued work)."""
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
@@ -365,7 +365,7 @@ class JpegLoader:
             pixels = torch.empty((len(good), s, s, 3), dtype=torch.uint8, device=dev)  # NHWC
             on_host = [k for k in good if k not in decoded]
             if on_host:
-                pixels[_rows([pos[k] for k in on_host], dev)] = _to(host[on_host], dev)
+                pixels[_rows([pos[k] for k in on_host], dev)] = to_device(host[on_host], dev)
             by_shape: dict[tuple[int, ...], list[int]] = {}
             for k, image in decoded.items():
                 by_shape.setdefault(tuple(image.shape), []).append(k)

@@ -36,7 +36,7 @@ from torch import nn
 from ..capture import hooked
 from ..config import FeatureVisConfig
 from ..models import LayerInfo, LoadedModel
-from .render import Rendered, _Stop, affine_params, image_param, warp
+from .render import Rendered, StopRender, affine_params, image_param, warp
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -148,13 +148,13 @@ class _HookTower(nn.Module):
 
         def stop(_name: str, out: torch.Tensor) -> None:
             got.append(out)  # nothing runs after the raise, so no in-place op can overwrite it
-            raise _Stop
+            raise StopRender
 
         hook = self.info.pre_activation or self.info.name
         with hooked(self.model.clip, [hook], stop, inputs=bool(self.info.pre_activation)):
             try:
                 self.model.clip.encode_image(x)
-            except _Stop:
+            except StopRender:
                 pass
         return got[0]
 

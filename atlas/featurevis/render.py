@@ -29,7 +29,7 @@ from ..config import FeatureVisConfig
 from ..models import LoadedModel
 
 
-class _Stop(Exception):
+class StopRender(Exception):
     """Raised from a hook once every needed layer is captured: the rest of the forward is skipped."""
 
 
@@ -131,14 +131,14 @@ class _Activations:
             name = self.hook_names[hook_name]
             self.acts[name] = self.infos[name].canonical(out).clone()  # copy: later in-place ops
             if len(self.acts) == len(self.infos):
-                raise _Stop
+                raise StopRender
 
         pre = [h for h, n in self.hook_names.items() if self.infos[n].pre_activation]
         post = [h for h, n in self.hook_names.items() if not self.infos[n].pre_activation]
         with hooked(self.model.clip, pre, keep, inputs=True), hooked(self.model.clip, post, keep):
             try:
                 self.model.clip.encode_image(self.model.normalize(x01))
-            except _Stop:
+            except StopRender:
                 pass
 
 

@@ -45,13 +45,13 @@ class Reduced(NamedTuple):
 def spatial_reduce(a: torch.Tensor, image_index: torch.Tensor, thr_value: torch.Tensor, thr_index: torch.Tensor,
                    rank_by: str = "max", backend: str | None = None) -> Reduced:
     """See the module docstring.  a: [B, U, h, w]; image_index: [B] int64; thr_value: [U]; thr_index: [U]."""
-    _check(a, image_index, thr_value, thr_index, rank_by)
+    check_reduce_args(a, image_index, thr_value, thr_index, rank_by)
     if choose(backend, a) == "triton":
         return spatial_reduce_triton(a, image_index, thr_value, thr_index, rank_by)
     return spatial_reduce_torch(a, image_index, thr_value, thr_index, rank_by)
 
 
-def _check(a, image_index, thr_value, thr_index, rank_by) -> None:
+def check_reduce_args(a, image_index, thr_value, thr_index, rank_by) -> None:
     if a.dim() != 4:
         raise ValueError(f"activations must be [batch, units, h, w], got shape {tuple(a.shape)}")
     b, u, h, w = a.shape
@@ -92,12 +92,12 @@ def spatial_reduce_torch(a: torch.Tensor, image_index: torch.Tensor, thr_value: 
 
 
 def _fold(base, hw, m, s_hw, best, best_i, first_nan, total):
-    """Load one [BLOCK_U, BLOCK_HW] chunk at flat indices ``hw`` and fold it (`_fold_value`)."""
+    """Load one [BLOCK_U, BLOCK_HW] chunk at flat indices ``hw`` and fold it (`fold_value`)."""
     x = tl.load(base + hw.to(tl.int64) * s_hw, mask=m, other=0.0).to(tl.float32)
-    return _fold_value(x, hw, m, best, best_i, first_nan, total)
+    return fold_value(x, hw, m, best, best_i, first_nan, total)
 
 
-def _fold_value(x, hw, m, best, best_i, first_nan, total):
+def fold_value(x, hw, m, best, best_i, first_nan, total):
     """Fold float32 values x (lanes where m holds) at flat indices ``hw`` into the per-lane running max (a later
     chunk replaces only on >, so the first index wins ties), first NaN and float32 sum."""
     big = 2147483647
@@ -122,19 +122,19 @@ def _reduce_kernel(x_ptr, img_ptr, tv_ptr, ti_ptr, peak_ptr, arg_ptr, mean_ptr, 
     mask_u = offs_u < U
     lane = tl.arange(0, BLOCK_HW)
     base = x_ptr + b.to(tl.int64) * s_b + offs_u[:, None].to(tl.int64) * s_u
-    best, best_i, first_nan, total = _fold_start(BLOCK_U, BLOCK_HW)
+    best, best_i, first_nan, total = fold_start(BLOCK_U, BLOCK_HW)
     for start in range(0, HW, BLOCK_HW * UNROLL):
         for part in tl.static_range(UNROLL):
             hw = start + part * BLOCK_HW + lane[None, :]  # [1, BLOCK_HW]
             best, best_i, first_nan, total = _fold(base, hw, mask_u[:, None] & (hw < HW), s_hw, best, best_i,
                                                    first_nan, total)
-    _finish(best, best_i, first_nan, total, b, offs_u, mask_u, U, HW, img_ptr, tv_ptr, ti_ptr, s_tv, s_ti,
+    finish_reduce(best, best_i, first_nan, total, b, offs_u, mask_u, U, HW, img_ptr, tv_ptr, ti_ptr, s_tv, s_ti,
             peak_ptr, arg_ptr, mean_ptr, flag_ptr, RANK_MEAN)
 
 
-def _finish(best, best_i, first_nan, total, b, offs_u, mask_u, U, HW, img_ptr, tv_ptr, ti_ptr, s_tv, s_ti,
+def finish_reduce(best, best_i, first_nan, total, b, offs_u, mask_u, U, HW, img_ptr, tv_ptr, ti_ptr, s_tv, s_ti,
             peak_ptr, arg_ptr, mean_ptr, flag_ptr, RANK_MEAN: tl.constexpr):
-    """Combine the per-lane state of `_fold_value` into image b's peak, arg, mean and flag for units offs_u, and
+    """Combine the per-lane state of `fold_value` into image b's peak, arg, mean and flag for units offs_u, and
     store them (rows of the [B, U] outputs)."""
     big = 2147483647
     peak = tl.max(best, axis=1)  # [BLOCK_U]
@@ -160,8 +160,8 @@ def _finish(best, best_i, first_nan, total, b, offs_u, mask_u, U, HW, img_ptr, t
     tl.store(flag_ptr + out, flag, mask=mask_u)
 
 
-def _fold_start(BLOCK_U: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """The per-lane state `_fold_value` starts from: max -inf at index 0, no NaN, sum 0."""
+def fold_start(BLOCK_U: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """The per-lane state `fold_value` starts from: max -inf at index 0, no NaN, sum 0."""
     best = tl.full([BLOCK_U, BLOCK_HW], float("-inf"), tl.float32)
     best_i = tl.zeros([BLOCK_U, BLOCK_HW], tl.int32)
     first_nan = tl.full([BLOCK_U, BLOCK_HW], 2147483647, tl.int32)
@@ -169,7 +169,7 @@ def _fold_start(BLOCK_U: tl.constexpr, BLOCK_HW: tl.constexpr):
     return best, best_i, first_nan, total
 
 
-def _flat(t: torch.Tensor) -> tuple[int, int, int] | None:
+def flat_strides(t: torch.Tensor) -> tuple[int, int, int] | None:
     """t [B, U, h, w] -> (stride of b, of u, of the flat h*w index) if h and w merge into one stride, else None."""
     h, w = t.shape[2:]
     if w == 1:
@@ -181,12 +181,12 @@ def _flat(t: torch.Tensor) -> tuple[int, int, int] | None:
 
 def _strides(a: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
     """a [B, U, h, w] -> (a or a copy, stride of b, of u, of the flat h*w index)."""
-    if _flat(a) is None:
+    if flat_strides(a) is None:
         a = a.contiguous()  # h and w do not merge into one stride
-    return (a, *_flat(a))
+    return (a, *flat_strides(a))
 
 
-def _blocks(u: int, hw: int, s_u: int, s_hw: int, tile: int, long: int) -> tuple[int, int]:
+def reduce_blocks(u: int, hw: int, s_u: int, s_hw: int, tile: int, long: int) -> tuple[int, int]:
     """(BLOCK_U, BLOCK_HW): tiles of ``tile`` elements, ``long`` along the contiguous axis."""
     if s_u == 1 and s_hw != 1:  # units adjacent in memory: channels_last, tokens
         bu = min(long, next_pow2(u))
@@ -210,10 +210,10 @@ def spatial_reduce_triton(a: torch.Tensor, image_index: torch.Tensor, thr_value:
     flag = torch.empty(b, u, dtype=torch.bool, device=a.device)
     if b * u == 0:
         return Reduced(peak, arg, mean, flag)
-    bu, bhw = _blocks(u, h * w, s_u, s_hw, tile, long)
+    bu, bhw = reduce_blocks(u, h * w, s_u, s_hw, tile, long)
     grid = (b, (u + bu - 1) // bu)
     tv, ti = thr_value.to(torch.float32), thr_index.to(torch.int64)  # [U] views (a column of the top-k) are fine
-    jit(_reduce_kernel, helpers=("_fold", "_fold_value", "_fold_start", "_finish"))[grid](
+    jit(_reduce_kernel, helpers=("_fold", "fold_value", "fold_start", "finish_reduce"))[grid](
         a, image_index.to(torch.int64).contiguous(), tv, ti, peak, arg, mean, flag, u, h * w, s_b, s_u, s_hw,
         tv.stride(0), ti.stride(0), RANK_MEAN=rank_by == "mean", BLOCK_U=bu, BLOCK_HW=bhw, UNROLL=unroll,
         num_warps=warps)

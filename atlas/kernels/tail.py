@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import choose, jit
-from .mining import Reduced, _blocks, _check, _finish, _flat, _fold_start, _fold_value, spatial_reduce_torch
+from .mining import Reduced, reduce_blocks, check_reduce_args, finish_reduce, flat_strides, fold_start, fold_value, spatial_reduce_torch
 
 tl = None  # triton.language, set by atlas.kernels.jit when the kernel is first launched
 
@@ -42,7 +42,7 @@ def bottleneck_tail(y: torch.Tensor, identity: torch.Tensor, bn: nn.BatchNorm2d,
     """See the module docstring.  y, identity: [B, C, h, w] -> (out [B, C, h, w], Reduced or None)."""
     _check_tail(y, identity, bn)
     if reduce is not None:
-        _check(y, *reduce)
+        check_reduce_args(y, *reduce)
     if choose(backend, y) == "triton":
         return bottleneck_tail_triton(y, identity, bn, reduce)
     return bottleneck_tail_torch(y, identity, bn, reduce)
@@ -103,7 +103,7 @@ def _tail_kernel(y_ptr, id_ptr, w_ptr, b_ptr, m_ptr, inv_ptr, out_ptr, img_ptr, 
     bias = tl.load(b_ptr + offs_u, mask=mask_u, other=0.0)[:, None]
     mu = tl.load(m_ptr + offs_u, mask=mask_u, other=0.0)[:, None]
     inv = tl.load(inv_ptr + offs_u, mask=mask_u, other=0.0)[:, None]
-    best, best_i, first_nan, total = _fold_start(BLOCK_U, BLOCK_HW)
+    best, best_i, first_nan, total = fold_start(BLOCK_U, BLOCK_HW)
     dtype = out_ptr.dtype.element_ty
     for start in range(0, HW, BLOCK_HW):
         hw = start + lane[None, :]  # [1, BLOCK_HW]
@@ -116,9 +116,9 @@ def _tail_kernel(y_ptr, id_ptr, w_ptr, b_ptr, m_ptr, inv_ptr, out_ptr, img_ptr, 
         v = tl.where(v < 0, 0.0, v)  # ReLU: NaN and -0.0 pass, as torch.relu
         tl.store(o_base + hw64 * os_hw, v.to(dtype), mask=m)  # exact: v is a value of dtype
         if REDUCE:
-            best, best_i, first_nan, total = _fold_value(v, hw, m, best, best_i, first_nan, total)
+            best, best_i, first_nan, total = fold_value(v, hw, m, best, best_i, first_nan, total)
     if REDUCE:
-        _finish(best, best_i, first_nan, total, b, offs_u, mask_u, U, HW, img_ptr, tv_ptr, ti_ptr, s_tv, s_ti,
+        finish_reduce(best, best_i, first_nan, total, b, offs_u, mask_u, U, HW, img_ptr, tv_ptr, ti_ptr, s_tv, s_ti,
                 peak_ptr, arg_ptr, mean_ptr, flag_ptr, RANK_MEAN)
 
 
@@ -141,12 +141,12 @@ def bottleneck_tail_triton(y: torch.Tensor, identity: torch.Tensor, bn: nn.Batch
     default = (1024, 128, 2) if reduce is not None else (2048, 128, 4)
     tile, long, warps = (d if v is None else v for v, d in zip((tile, long, warps), default))
     b, u, h, w = y.shape
-    if _flat(y) is None:
+    if flat_strides(y) is None:
         y = y.contiguous()
-    if _flat(identity) is None:
+    if flat_strides(identity) is None:
         identity = identity.contiguous()
     out = torch.empty_like(y)  # y's memory format
-    if _flat(out) is None:
+    if flat_strides(out) is None:
         out = torch.empty_like(y, memory_format=torch.contiguous_format)
     params = bn_params(bn) if params is None else params
     f32 = dict(dtype=torch.float32, device=y.device)
@@ -165,9 +165,9 @@ def bottleneck_tail_triton(y: torch.Tensor, identity: torch.Tensor, bn: nn.Batch
         arg = torch.empty(b, u, dtype=torch.int32, device=y.device)
         flag = torch.empty(b, u, dtype=torch.bool, device=y.device)
     if b * u * h * w:
-        ys, is_, os_ = _flat(y), _flat(identity), _flat(out)
-        bu, bhw = _blocks(u, h * w, ys[1], ys[2], tile, long)
-        jit(_tail_kernel, helpers=("_fold_value", "_fold_start", "_finish", "_round"))[(b, (u + bu - 1) // bu)](
+        ys, is_, os_ = flat_strides(y), flat_strides(identity), flat_strides(out)
+        bu, bhw = reduce_blocks(u, h * w, ys[1], ys[2], tile, long)
+        jit(_tail_kernel, helpers=("fold_value", "fold_start", "finish_reduce", "_round"))[(b, (u + bu - 1) // bu)](
             y, identity, *params, out, image_index, tv, ti, peak, arg, mean, flag, u, h * w, *ys, *is_, *os_,
             tv.stride(0), ti.stride(0), REDUCE=reduce is not None, RANK_MEAN=rank_by == "mean", BLOCK_U=bu,
             BLOCK_HW=bhw, num_warps=warps)

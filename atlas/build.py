@@ -14,7 +14,7 @@ from .config import BuildConfig, to_dict
 from .data import open_source
 from .featurevis import featurevis
 from .mine import mine
-from .models import load_model, resolve_device
+from .models import load_model
 from .site import build_site
 from .verify import VerifyResult, already_verified, verify
 
@@ -50,7 +50,7 @@ def build(config: BuildConfig = BuildConfig(), out: str | Path = "atlas-out", *,
         return (lambda done, total: progress(name, done, total)) if progress else None
 
     t = time.perf_counter()
-    model = load_model(config.model, device=resolve_device(device), trust_checkpoint=trust_checkpoint)
+    model = load_model(config.model, device=device, trust_checkpoint=trust_checkpoint)
     source = open_source(config.data, captions=captions)
     seconds["load"] = time.perf_counter() - t
 

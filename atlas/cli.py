@@ -189,7 +189,6 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
 def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank_by, max_images, no_pooled,
          precision, pixels, resize, checkpoint_seconds, device, workers, trust_checkpoint):
     """Stream images through a model; keep exact top-k examples and statistics per neuron."""
-    from .models import resolve_device
     from .data import open_source
     from .mine import mine as run_mine
     from .models import load_model
@@ -202,7 +201,7 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
 
     def go():
         check_unlocked(store_path)  # fail at once, not after loading the model
-        model = load_model(model_spec, device=resolve_device(device), trust_checkpoint=trust_checkpoint)
+        model = load_model(model_spec, device=device, trust_checkpoint=trust_checkpoint)
         return run_mine(model, open_source(data, captions), store_path, cfg, num_workers=workers,
                         checkpoint_seconds=checkpoint_seconds, progress=bars.step("mine"),
                         resize="cpu" if resize == "pil" else resize)
@@ -234,7 +233,6 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
 @trust_opt
 def featurevis(store_path, layer, units, steps, batch, size, lr, device, trust_checkpoint):
     """Render channel feature visualizations of a mined layer into its store."""
-    from .models import resolve_device
     from .featurevis import featurevis as run_fv
     from .models import load_model
     from .store import Store
@@ -246,7 +244,7 @@ def featurevis(store_path, layer, units, steps, batch, size, lr, device, trust_c
     def go():
         with Store(store_path) as st:
             spec = st.meta["model_spec"]
-        model = load_model(spec, device=resolve_device(device), trust_checkpoint=trust_checkpoint)
+        model = load_model(spec, device=device, trust_checkpoint=trust_checkpoint)
         return run_fv(model, store_path, layer, unit_list, cfg, progress=bars.step(f"featurevis {layer}"))
 
     r = _run(go)
@@ -405,12 +403,11 @@ def eval_concepts(model_spec, per_concept, layers, threshold, out, device, trust
 
     Each concept's best neuron is picked and scored twice: held-out (picked on one half of the images, scored on
     the other) and in-sample (picked and scored on all of them)."""
-    from .models import resolve_device
     from .evaluate import evaluate_concepts
     from .models import load_model
 
     def go():
-        model = load_model(model_spec, device=resolve_device(device), trust_checkpoint=trust_checkpoint)
+        model = load_model(model_spec, device=device, trust_checkpoint=trust_checkpoint)
         return evaluate_concepts(model, per_concept, _split(layers) or None, threshold)
 
     report = _run(go)
@@ -473,7 +470,6 @@ def attack_table(model_spec, store_path, data, label_pattern, targets, probe, im
     """The automated attack table: texts stamped at 8 positions; success rates for zero-shot and a probe."""
     from .analyses import PICTOGRAM_LABELS, heldout_pictograms
     from .attacks.experiments import PAPER_TARGETS, run_attack_table
-    from .models import resolve_device
     from .data import open_source
     from .models import load_model
 
@@ -489,7 +485,7 @@ def attack_table(model_spec, store_path, data, label_pattern, targets, probe, im
         raise click.BadParameter(f"{sizes!r} is not a comma-separated list of numbers", param_hint="--sizes") from e
 
     def go():
-        model = load_model(model_spec, device=resolve_device(device), trust_checkpoint=trust_checkpoint)
+        model = load_model(model_spec, device=device, trust_checkpoint=trust_checkpoint)
         if data == "conceptworld-pictos":
             source, pattern = heldout_pictograms(images), label_pattern or PICTOGRAM_LABELS
         else:
@@ -517,12 +513,11 @@ def attack_table(model_spec, store_path, data, label_pattern, targets, probe, im
 def attack_stroop(model_spec, store_path, prompt, name, device, trust_checkpoint):
     """Colour words written in other colours: does the model read the word or the ink?"""
     from .attacks.experiments import run_stroop
-    from .models import resolve_device
     from .models import load_model
 
     if "{}" not in prompt:
         raise click.BadParameter("the prompt needs '{}' where the colour goes", param_hint="--prompt")
-    r = _run(lambda: run_stroop(load_model(model_spec, device=resolve_device(device),
+    r = _run(lambda: run_stroop(load_model(model_spec, device=device,
                                            trust_checkpoint=trust_checkpoint), store_path, name, prompt))
     click.echo(f"incongruent: {r['incongruent']}, said the word {r['incongruent_said_word']}, the ink "
                f"{r['incongruent_said_ink']}; controls right {r['controls_correct']} of {r['controls']}")
@@ -541,11 +536,10 @@ def attack_words(model_spec, store_path, layer, words, name, device, trust_check
     """Per-neuron typographic sensitivity: which rendered words excite each unit most."""
     from .analyses import default_words
     from .attacks.experiments import run_word_sensitivity
-    from .models import resolve_device
     from .models import load_model
 
     word_list = list(_split(words)) if words else default_words()
-    resp = _run(lambda: run_word_sensitivity(load_model(model_spec, device=resolve_device(device),
+    resp = _run(lambda: run_word_sensitivity(load_model(model_spec, device=device,
                                                         trust_checkpoint=trust_checkpoint),
                                              store_path, layer, word_list, name))
     click.echo(f"{store_path}: /attacks/{name}: {resp.shape[0]} words x {resp.shape[1]} units")
@@ -573,7 +567,6 @@ def audit(model_spec, store_path, groups_csv, folder, cw_folder, layer, context,
     """Bias audit: neurons, zero-shot classes and concepts that tie two groups of images differently."""
     from .analyses import audit_images
     from .attacks.audit import AuditConfig, conceptworld_group_set
-    from .models import resolve_device
     from .models import load_model
 
     if bool(groups_csv) == bool(cw_folder):
@@ -582,7 +575,7 @@ def audit(model_spec, store_path, groups_csv, folder, cw_folder, layer, context,
         raise click.UsageError("--groups needs --folder, the folder its image paths are relative to")
 
     def go():
-        model = load_model(model_spec, device=resolve_device(device), trust_checkpoint=trust_checkpoint)
+        model = load_model(model_spec, device=device, trust_checkpoint=trust_checkpoint)
         csv_path, root = (groups_csv, folder) if groups_csv else (conceptworld_group_set(cw_folder), cw_folder)
         return audit_images(model, store_path, layer, csv_path, root, context,
                             AuditConfig(fdr=fdr, min_group=min_group), name)

@@ -35,7 +35,7 @@ from .checkpoints import (OPENAI_ARCHS, build_openai, cached_status, hf_config, 
                           open_clip_cached, openai_cache_path, openai_expected_sha, openai_url, read_hf_clip,
                           read_state_dict, sha256_file)
 from .data.pixels import crop_box
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .hf import read_hf_siglip
 from .names import unit_id
 from .resources import resource_dir
@@ -370,14 +370,15 @@ def _lively_init(clip: nn.Module) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
+    """"auto" (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda" or "cuda:N" -> a torch device."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise ValueError(f"--device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from e
+        raise ConfigError(f"--device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} asked for, but torch sees no CUDA GPU; use --device cpu")
+        raise ConfigError(f"--device {device} asked for, but torch sees no CUDA GPU; use --device cpu")
     return dev
 
 
@@ -385,8 +386,10 @@ def load_model(spec: str | ModelSpec = DEFAULT_SPEC, device: str | torch.device 
                trust_checkpoint: bool = False) -> LoadedModel:
     """Build a model from its spec and load its weights (see the module docstring for the grammar).
 
+    ``device``: a torch device, or "auto" (CUDA when there is a GPU, else the CPU; `resolve_device`).
     ``trust_checkpoint`` allows opening TorchScript archives, which run code (atlas/checkpoints.py)."""
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
+    device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
     if spec.random_seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.random_seed)

@@ -41,7 +41,7 @@ from . import store
 from .config import VerifyConfig
 from .data import open_source
 from .data.sources import FolderSource, ImageSource
-from .models import LoadedModel, load_model, resolve_device
+from .models import LoadedModel, load_model
 
 # Tolerance of stored numbers against the reference, as a fraction of each unit's scale, by (precision, pixels) of the
 # mining config; the measurements behind them are in docs/store.md ("Tolerances", bench/verify_modes.py), about half
@@ -340,5 +340,5 @@ def verify_store(store_path: str | os.PathLike, *, data: str | None = None, capt
     with store.Store(store_path) as st:
         spec = st.meta["model_spec"]
     source = source_of(store_path, data, captions)
-    model = load_model(spec, device=resolve_device(device), trust_checkpoint=trust_checkpoint)
+    model = load_model(spec, device=device, trust_checkpoint=trust_checkpoint)
     return verify(model, source, store_path, config, layers)

@@ -25,6 +25,7 @@ from typing import Callable
 
 from . import store
 from .config import AnalysesConfig, to_json
+from .data.decode import BadImage, decode_image
 from .data.sources import ImageSource
 from .models import LoadedModel
 
@@ -127,8 +128,6 @@ def audit_images(model: LoadedModel, store_path: str | os.PathLike, layer: str, 
                  concepts: dict[str, tuple[str, ...]] | None = None, sensitive: tuple[str, ...] = SENSITIVE):
     """Audit the images a groups CSV names (relative to ``folder``) and save ``/audits/<name>``.  Concepts and
     classes default to Concept World's 40 non-person concepts, ``sensitive`` marking the negative ones."""
-    from PIL import Image
-
     from .attacks.audit import AuditConfig, read_groups_csv, run_audit, save_audit
     from .data.conceptworld.world import CONCEPTS
 
@@ -136,11 +135,10 @@ def audit_images(model: LoadedModel, store_path: str | os.PathLike, layer: str, 
     paths, groups, left = read_groups_csv(csv_path, folder)
     images, kept, unreadable = [], [], 0
     for p, g in zip(paths, groups):
-        try:
-            with Image.open(p) as im:
-                images.append(im.convert("RGB"))
+        try:  # atlas's decoder, as for mining: bombs, truncated and non-image files refused, EXIF applied
+            images.append(decode_image(p))
             kept.append(g)
-        except OSError:
+        except BadImage:
             unreadable += 1
     if unreadable:
         left.append(("unreadable images", unreadable, "could not be decoded"))

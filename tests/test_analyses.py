@@ -92,8 +92,13 @@ def test_audit_finds_the_planted_bias_and_nothing_else(shipped, cw_store, tmp_pa
     groups = [str(g) for g in rng.permutation(["cool"] * 100 + ["warm"] * 100)]
     rows = "image,group\n" + "".join(f"{p.name},{g}\n" for p, g in zip(sorted((tmp_path / "set").glob("*.png")),
                                                                         groups))
-    (tmp_path / "set" / "random.csv").write_text(rows)
+    # hostile files go through atlas's decoder, as in mining: counted and left out, not crashing the audit
+    (tmp_path / "set" / "text.png").write_text("not an image")
+    good = sorted((tmp_path / "set").glob("*.png"))[0]
+    (tmp_path / "set" / "cut.png").write_bytes(good.read_bytes()[:200])
+    (tmp_path / "set" / "random.csv").write_text(rows + "text.png,cool\ncut.png,warm\n")
     r = audit_images(shipped, path, LAYER, tmp_path / "set" / "random.csv", tmp_path / "set", "person, {}", cfg)
+    assert r.counts == (100, 100) and ["unreadable images", 2, "could not be decoded"] in [list(x) for x in r.left_out]
     assert not r.concepts["significant"].any() and not r.classes["significant"].any()
     assert not r.neurons["significant"].any()
     acc = conceptworld_group_set(tmp_path / "acc", per_group=100, bias_attribute="accessory")

@@ -362,7 +362,8 @@ WRITER = textwrap.dedent("""
                 del f["scratch"]
             f.create_dataset("scratch", data=base + np.uint8(gen % 256))
             f.attrs["scratch_gen"] = gen
-        print("committed", gen, flush=True)
+        sys.stdout.write("committed %d\\n" % gen)  # one write: a kill can't split it into pieces
+        sys.stdout.flush()
 """).format(n=SCRATCH_BYTES)
 
 
@@ -389,7 +390,9 @@ def test_commit_is_atomic(tmp_path, small_store):
         assert w.poll() is None, w.stderr.read()
         _kill9(w)
         mid_transaction += _tmp(s).exists()
-        printed = [int(line.split()[1]) for line in w.stdout.read().splitlines() if line.startswith("committed")]
+        # whole lines only: a line cut by the kill (no newline) was never reported
+        lines = w.stdout.read().split("\n")[:-1]
+        printed = [int(line.split()[1]) for line in lines if line.startswith("committed ")]
         last_printed = printed[-1] if printed else gen
 
         with h5py.File(s, "r") as f:  # must open: never a half-written file

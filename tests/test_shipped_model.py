@@ -49,7 +49,7 @@ def test_corrupted_or_swapped_weights_are_refused(tmp_path, monkeypatch, damage)
 
         other = load_model("atlas:conceptclip@random:5").clip.state_dict()
         save_file({k: v.half().contiguous() for k, v in other.items()}, str(target))
-    monkeypatch.setattr(atlas.resources, "resource_dir", lambda name: data)
+    monkeypatch.setattr(atlas.models, "resource_dir", lambda name: data)  # the registry's own reference
     with pytest.raises(ModelError, match="corrupted or was replaced"):
         load_model(DEFAULT_SPEC)
 

@@ -13,7 +13,7 @@ from .analyses import run_analyses
 from .config import BuildConfig, to_dict
 from .data import open_source
 from .featurevis import featurevis
-from .mine import mine
+from .mining import mine
 from .models import load_model
 from .site import build_site
 from .verify import VerifyResult, already_verified, verify

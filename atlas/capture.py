@@ -3,7 +3,7 @@
 A hook runs the moment its module returns, before any later in-place op (CLIP's Bottleneck ends in
 ``out += identity; ReLU(inplace=True)``, and a conv output may be overwritten by the next in-place
 ReLU).  So the callback must consume the tensor at once: reduce it, or copy it.  `capture` copies;
-`atlas.mine` reduces.  Hooks are removed in a ``finally`` block, whatever happens in between.
+`atlas.mining` reduces.  Hooks are removed in a ``finally`` block, whatever happens in between.
 """
 
 from __future__ import annotations

@@ -190,7 +190,7 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
          precision, pixels, resize, checkpoint_seconds, device, workers, trust_checkpoint):
     """Stream images through a model; keep exact top-k examples and statistics per neuron."""
     from .data import open_source
-    from .mine import mine as run_mine
+    from .mining import mine as run_mine
     from .models import load_model
     from .store import check_unlocked
 

@@ -19,7 +19,7 @@ from .errors import ConfigError
 RANK_BY = ("max", "mean")
 PRECISIONS = ("auto", "float32", "bfloat16")
 PIXELS = ("exact", "draft", "approx")
-RESIZES = ("auto", "cpu", "device")  # where the exact resize runs (a speed option of `atlas.mine.mine`)
+RESIZES = ("auto", "cpu", "device")  # where the exact resize runs (a speed option of `atlas.mining.mine`)
 
 
 def _check(cond: bool, message: str) -> None:
@@ -42,7 +42,7 @@ class MineConfig:
     max_images: mine only the first max_images images of the source (None: all).
     thumb_size: side of the stored thumbnails of top examples (the model's centre crop, made at this size).
     precision: the image tower's arithmetic: "float32", "bfloat16" (autocast) or "auto" (bfloat16 autocast on a
-        CUDA GPU that supports it, float32 elsewhere).  `atlas.mine` resolves "auto" before it stores the
+        CUDA GPU that supports it, float32 elsewhere).  `atlas.mining` resolves "auto" before it stores the
         config, so a store says which one was used.
     pixels: what the model is shown of an image file: "exact" (the default: the file fully decoded, then the
         model's own validation transform -- open_clip's Resize + CenterCrop with PIL's bicubic, byte for byte,

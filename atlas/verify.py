@@ -268,7 +268,7 @@ def _keep(captured: dict[str, torch.Tensor], name: str):
 @contextmanager
 def _ieee_float32() -> Iterator[None]:
     """Plain float32 arithmetic on CUDA (TF32 off) for the reference forward; restored after.  (A copy of
-    `atlas.mine.float32_matmuls` on purpose: the reference path shares no code with mining but the model.)"""
+    `atlas.mining.float32_matmuls` on purpose: the reference path shares no code with mining but the model.)"""
     kept = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
             torch.get_float32_matmul_precision())
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False

@@ -7,10 +7,10 @@ Writes ``--n`` synthetic JPEGs (400x300, varied content, quality 90; `bench/data
 temporary folder, loads ``--model`` (open_clip:RN50x4@random:0, 288 px) once, then measures on one device:
 
 - forward-only: the image tower alone (``model.clip.visual``, no hooks) on normalized pixels already on the
-  device, set up as mining sets it up (`atlas.mine._model_path`: bf16 autocast and channels_last on CUDA, for
+  device, set up as mining sets it up (`atlas.mining.loop._model_path`: bf16 autocast and channels_last on CUDA, for
   ``--precision auto``), ``--n`` images in batches of ``--batch``; again with the mined blocks' tails fused as
-  mine() fuses them on CUDA (atlas.fused, no reduction: "forward-fused"); the faster of the two is the ceiling;
-- end-to-end: one `atlas.mine.mine(...)` call from the JPEG folder into a fresh store in the temporary folder,
+  mine() fuses them on CUDA (atlas.mining.fused_tails, no reduction: "forward-fused"); the faster of the two is the ceiling;
+- end-to-end: one `atlas.mining.mine(...)` call from the JPEG folder into a fresh store in the temporary folder,
   mining the model's default layers with ``MineConfig(batch_size=--batch)`` otherwise at its defaults (top-k 16,
   keep_pooled), ``--workers`` decoding processes: everything but the model load -- worker start-up, decoding
   (`JpegLoader`, PIL crop in the workers: mining's exact pixels), copies, forward, the top-k and statistics
@@ -43,7 +43,7 @@ from data_path import write_jpegs
 from atlas.config import PRECISIONS, MineConfig
 from atlas.data import FolderSource
 from atlas.data.loader import normalize
-from atlas.mine import _model_path, _precision, mine
+from atlas.mining.loop import _model_path, _precision, mine
 from atlas.models import load_model
 
 
@@ -54,11 +54,11 @@ def sync(device: torch.device) -> None:
 
 def forward_only(model, n: int, batch: int, precision: str, fused: bool = False) -> float:
     """Images/s of the image tower alone on pixels on the device, as mining runs it; ``fused``: with the default
-    layers' ResNet block tails fused as mine() fuses them on CUDA (atlas.fused), without the reduction."""
+    layers' ResNet block tails fused as mine() fuses them on CUDA (atlas.mining.fused_tails), without the reduction."""
     from contextlib import nullcontext
 
-    from atlas.fused import fused_tails
-    from atlas.mine import _fusable_layers
+    from atlas.mining.fused_tails import fused_tails
+    from atlas.mining.loop import _fusable_layers
 
     device, s = model.device, model.image_size
     gen = torch.Generator(device=device).manual_seed(0)

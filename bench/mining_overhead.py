@@ -1,21 +1,21 @@
-"""What mining costs on top of the forward pass: images/s of the image tower alone vs with atlas.mine's LayerState
+"""What mining costs on top of the forward pass: images/s of the image tower alone vs with atlas.mining's LayerState
 fed, through forward hooks, by every conv / tokens layer of the model's layer table.
 
     python bench/mining_overhead.py [--models RN50 ViT-B-32] [--batch 256] [--prefill 8] [--iters 10] [--pooled]
                                     [--profile] [--quick]
 
-Random-weight open_clip models from atlas's registry (open_clip:ARCH@random:0), set up as atlas.mine sets them up
-(`atlas.mine._model_path`: bfloat16 autocast with conv/linear weights cast once, channels_last),
+Random-weight open_clip models from atlas's registry (open_clip:ARCH@random:0), set up as atlas.mining sets them up
+(`atlas.mining.loop._model_path`: bfloat16 autocast with conv/linear weights cast once, channels_last),
 synthetic pixels already on the GPU (fresh noise every step from a seeded generator, so every path sees the
 same images).  Paths:
 
 - forward:     the image tower alone;
 - plain:       LayerState.update_reference (torch reductions, maps of every image, a full sort of k+B per unit),
-               what atlas.mine did before the kernels;
+               what atlas.mining did before the kernels;
 - fast-torch:  LayerState.update with the torch reductions (only candidate images pooled, candidate units merged);
 - fast-triton: LayerState.update with the Triton kernels (CUDA only);
-- graph:       fast-triton with the whole step (forward + updates) replayed from a CUDA graph (atlas.graphs);
-- graph-fused: graph with each ResNet block's tail and its reduction in one kernel (atlas.fused), as atlas.mine
+- graph:       fast-triton with the whole step (forward + updates) replayed from a CUDA graph (atlas.mining.cuda_graphs);
+- graph-fused: graph with each ResNet block's tail and its reduction in one kernel (atlas.mining.fused_tails), as atlas.mining
                runs on CUDA (ViT: no fusable blocks, skipped);
 - graph-serial, graph-fused-serial: the same with each layer's updates on the forward's own stream (GraphStep's
                overlap=False) instead of a side stream;
@@ -43,9 +43,9 @@ import torch
 
 from atlas.capture import find_modules, hooked
 from atlas.config import MineConfig
-from atlas.graphs import GraphStep
-from atlas.fused import fusable
-from atlas.mine import LayerState, _model_path
+from atlas.mining.cuda_graphs import GraphStep
+from atlas.mining.fused_tails import fusable
+from atlas.mining.loop import LayerState, _model_path
 from atlas.models import load_model
 
 
@@ -78,7 +78,7 @@ FUSED = ("graph-fused", "graph-fused-serial", "forward-fused")
 def run_path(model, layers, path: str, args, device,
              profiled: bool = False) -> tuple[float, dict[str, LayerState], float, float]:
     """Seconds per batch, the final states, and the mean shares of candidate images and pairs."""
-    from atlas.fused import fused_tails
+    from atlas.mining.fused_tails import fused_tails
 
     cfg = MineConfig(top_k=args.top_k, batch_size=args.batch, keep_pooled=args.pooled, map_size=args.map_size)
     backend = {"fast-torch": "torch", "compiled": "torch"}.get(path, "triton")
@@ -106,7 +106,7 @@ def run_path(model, layers, path: str, args, device,
             st.update(idx, out)
 
     gen = torch.Generator(device=device).manual_seed(0)
-    # the tower as atlas.mine runs it: channels_last, bf16 autocast with the conv/linear weights cast once
+    # the tower as atlas.mining runs it: channels_last, bf16 autocast with the conv/linear weights cast once
     tower = _model_path(model, "bfloat16" if device.type == "cuda" else "float32", graphs=path in GRAPHED)
     x = torch.empty(args.batch, 3, model.image_size, model.image_size, device=device).to(
         memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
@@ -254,7 +254,7 @@ def main() -> None:
         fusable_blocks = any(fusable(m) for m in find_modules(model.clip, layers).values())
         for path in [p for p in paths if p not in FUSED or fusable_blocks]:
             if path == "compiled":
-                import atlas.layerstate as mine_module
+                import atlas.mining.layerstate as mine_module
                 from atlas.kernels import mining
 
                 torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)

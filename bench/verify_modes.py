@@ -3,7 +3,7 @@
     python bench/verify_modes.py [--n 1024] [--models default,open_clip:RN50@random:0,...] [--modes ...] [--quick]
 
 Writes ``--n`` JPEGs of mixed sizes (`data_path.write_jpegs(mixed=True)`) into a temporary folder; for each model
-and mode mines the model's default layers into a fresh store with `atlas.mine.mine` (top-k 16, batch 64, the
+and mode mines the model's default layers into a fresh store with `atlas.mining.mine` (top-k 16, batch 64, the
 mode's precision and pixels, on the device: the whole fast path, i.e. CUDA graphs, Triton kernels and fused blocks
 where they apply) and runs `atlas.verify.verify` (``--units`` units per layer on their top-k plus ``--images``
 random images; the reference path: plain PIL, open_clip's transform, eager float32, TF32 off).  Prints per model,
@@ -28,7 +28,7 @@ from data_path import write_jpegs
 
 from atlas.config import MineConfig, VerifyConfig
 from atlas.data import FolderSource
-from atlas.mine import mine
+from atlas.mining import mine
 from atlas.models import load_model
 from atlas.verify import verify
 

@@ -12,7 +12,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 from atlas.config import FeatureVisConfig, MineConfig  # noqa: E402
 from atlas.data import open_source  # noqa: E402
 from atlas.featurevis import featurevis  # noqa: E402
-from atlas.mine import mine  # noqa: E402
+from atlas.mining import mine  # noqa: E402
 from atlas.models import load_model  # noqa: E402
 
 SMALL_LAYERS = ("visual.layer3.0", "visual.layer4.0")

@@ -110,7 +110,7 @@ _CACHE: dict[str, object] = {}
 
 def mine_hostile(tiny_model, root: Path) -> Hostile:
     from atlas.data.sources import FolderSource
-    from atlas.mine import mine
+    from atlas.mining import mine
 
     folder, captions = make_hostile_folder(root / "in")
     store = root / "hostile.h5"

@@ -17,7 +17,7 @@ from atlas.cli import main
 from atlas.config import AnalysesConfig, MineConfig
 from atlas.data import open_source
 from atlas.data.conceptworld import ConceptWorldSource, WorldConfig
-from atlas.mine import mine
+from atlas.mining import mine
 
 LAYER = "visual.layer4.0"
 

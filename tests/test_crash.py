@@ -197,7 +197,7 @@ def test_mine_after_an_unfinished_clean_up_removes_the_checkpoints(tmp_path, tin
     mine, and must still remove the stale checkpoints (the kills above only rarely land in that window)."""
     from atlas.config import MineConfig
     from atlas.data import open_source
-    from atlas.mine import mine
+    from atlas.mining import mine
 
     s = tmp_path / "S.h5"
     cfg = MineConfig(layers=tuple(LAYERS.split(",")), batch_size=16)
@@ -218,7 +218,7 @@ def test_mine_after_an_unfinished_clean_up_removes_the_checkpoints(tmp_path, tin
 def test_second_writer_fails_at_once(tmp_path, tiny_model):
     from atlas.config import MineConfig
     from atlas.data import open_source
-    from atlas.mine import mine
+    from atlas.mining import mine
 
     n = 5000
     s = tmp_path / "busy.h5"

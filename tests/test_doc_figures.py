@@ -22,7 +22,7 @@ from atlas.attacks.experiments import run_attack_table, run_stroop
 from atlas.config import MineConfig
 from atlas.data import open_source
 from atlas.data.conceptworld import CONCEPT_NAMES
-from atlas.mine import mine
+from atlas.mining import mine
 from atlas.probes.report import probe_layer
 from atlas.store import Store
 

@@ -1,4 +1,4 @@
-"""Mining fused into ResNet blocks (atlas.kernels.tail, atlas.fused) and recorded in CUDA graphs (atlas.graphs):
+"""Mining fused into ResNet blocks (atlas.kernels.tail, atlas.mining.fused_tails) and recorded in CUDA graphs (atlas.mining.cuda_graphs):
 the fused tail against the block's own ops, fused mining against hooked mining, graph mining against eager.
 
 As in test_kernels.py, the test_interp_* tests run the kernels on CPU tensors in Triton's interpreter, in a
@@ -21,7 +21,7 @@ from test_kernels import (
 from atlas.config import MineConfig
 from atlas.kernels import triton_available
 from atlas.kernels.mining import beats, spatial_reduce
-from atlas.mine import LayerState
+from atlas.mining.loop import LayerState
 from atlas.models import LayerInfo
 
 if not INTERPRETER:
@@ -111,7 +111,7 @@ def test_bottleneck_tail_rejects_bad_input():
         bottleneck_tail(y.double(), identity.double(), bn.eval())
 
 
-# --- mining fused into ResNet blocks (atlas.fused) ---------------------------------------------------------
+# --- mining fused into ResNet blocks (atlas.mining.fused_tails) ---------------------------------------------------------
 
 def _blocks(device="cpu", seed=0):
     """Two open_clip Bottlenecks (one with a downsampling shortcut) with random batch-norm statistics, in eval."""
@@ -132,7 +132,7 @@ def check_fused_blocks(device="cpu", dtype=torch.float32, batch=5, size=12):
     """The blocks' forward with fused tails equals the plain forward (to a unit in the last place), feeding
     LayerStates the same top-k as forward hooks do; the blocks' forward is restored afterwards."""
     from atlas.capture import hooked
-    from atlas.fused import fused_tails
+    from atlas.mining.fused_tails import fused_tails
 
     blocks = _blocks(device)
     names = {"0": blocks[0], "1": blocks[1]}
@@ -169,12 +169,12 @@ def test_interp_fused_blocks_match_hooked_mining():
 
 
 def test_interp_mine_with_fused_blocks_matches_hooks(tmp_path, monkeypatch):
-    """atlas.mine on the shipped architecture (random weights), two blocks fused vs hooked, all kernels in
+    """atlas.mining on the shipped architecture (random weights), two blocks fused vs hooked, all kernels in
     Triton's interpreter: the same top-k images, values to rounding."""
     import h5py
 
     from atlas.data import open_source
-    from atlas.mine import mine
+    from atlas.mining import mine
     from atlas.models import load_model
 
     monkeypatch.setenv("ATLAS_KERNELS", "triton")
@@ -194,7 +194,7 @@ def test_interp_mine_with_fused_blocks_matches_hooks(tmp_path, monkeypatch):
 
 def test_fuse_blocks_needs_the_triton_kernels(tmp_path):
     from atlas.data import open_source
-    from atlas.mine import mine
+    from atlas.mining import mine
     from atlas.models import load_model
 
     with pytest.raises(ValueError, match="fuse_blocks=True needs the Triton kernels"):
@@ -206,7 +206,7 @@ def test_graph_step_updates_states_in_place_like_plain_updates():
     """GraphStep's eager steps (all a CPU has): the states update their own tensors (a graph replays fixed
     addresses), with the results of plain updates."""
     from atlas.capture import hooked
-    from atlas.graphs import GraphStep
+    from atlas.mining.cuda_graphs import GraphStep
 
     blocks = _blocks()
     info = LayerInfo("1", "conv", 16, (6, 6), "nchw")
@@ -234,7 +234,7 @@ def test_graph_step_updates_states_in_place_like_plain_updates():
 
 
 def test_fused_tails_refuse_other_modules():
-    from atlas.fused import fusable, fused_tails
+    from atlas.mining.fused_tails import fusable, fused_tails
 
     blocks = _blocks()
     assert fusable(blocks[0]) and not fusable(blocks[0].train()) and not fusable(torch.nn.Conv2d(2, 2, 1))
@@ -247,7 +247,7 @@ def test_fused_tails_refuse_other_modules():
 
 
 def test_fused_tails_put_the_forward_back_and_refuse_gradients():
-    from atlas.fused import fused_tails
+    from atlas.mining.fused_tails import fused_tails
 
     blocks = _blocks()
     own = blocks[1].forward  # an instance attribute set by someone else before
@@ -289,7 +289,7 @@ def test_mining_with_fused_blocks_gpu(tmp_path):
     import h5py
 
     from atlas.data import open_source
-    from atlas.mine import mine
+    from atlas.mining import mine
     from atlas.models import load_model
 
     model = load_model("open_clip:RN50@random:0", device="cuda")
@@ -311,7 +311,7 @@ def test_mining_with_fused_blocks_gpu(tmp_path):
 
 def test_cuda_graphs_need_cuda_and_triton(tmp_path):
     from atlas.data import open_source
-    from atlas.mine import mine
+    from atlas.mining import mine
     from atlas.models import load_model
 
     with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
@@ -325,7 +325,7 @@ def test_mining_with_cuda_graphs_equals_eager_gpu(tmp_path):
     import h5py
 
     from atlas.data import open_source
-    from atlas.mine import mine
+    from atlas.mining import mine
     from atlas.models import load_model
 
     model = load_model("open_clip:RN50@random:0", device="cuda")

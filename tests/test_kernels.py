@@ -25,7 +25,7 @@ from atlas.kernels.mining import beats, spatial_reduce, spatial_reduce_triton
 from atlas.kernels.softmax_ce import softmax_xent
 from atlas.kernels.stats import Stats, score_stats
 from atlas.kernels.topk import Merged, gather_maps, merge_topk
-from atlas.mine import LayerState
+from atlas.mining.loop import LayerState
 from atlas.models import LayerInfo
 from probe_problems import sparse_problem
 
@@ -353,7 +353,7 @@ def assert_same_state(fast: LayerState, ref: LayerState, pooled_exact: bool = Tr
 
 def run_states(info, cfg, outputs, backend, n_images, device="cpu", starts=None, pooled_exact=True, inplace=False):
     """Feed the same module outputs to update (fast, with backend; ``inplace``: into its own tensors, as under
-    atlas.graphs) and update_reference; compare after each."""
+    atlas.mining.cuda_graphs) and update_reference; compare after each."""
     def state():
         pooled = np.zeros((n_images, info.units), np.float32) if cfg.keep_pooled else None
         cls = np.zeros((n_images, info.units), np.float32) if cfg.keep_pooled and info.prefix_tokens else None
@@ -492,7 +492,7 @@ import torch
 from atlas.config import MineConfig
 from atlas.errors import ConfigError
 from atlas.kernels import choose, triton_available
-from atlas.mine import LayerState
+from atlas.mining.loop import LayerState
 from atlas.models import LayerInfo
 from atlas.probes.solver import fista
 assert not triton_available()

@@ -81,7 +81,7 @@ def test_cpu_path_is_minings_preprocessing_in_order_with_bad_files_reported(file
     bad = {i: (reason, message) for b in batches for i, reason, message in b.bad}
     assert {i: r for i, (r, _) in bad.items()} == BAD
     assert all(files[i].name in message for i, (_, message) in bad.items())
-    for row, i in enumerate(index):  # exactly what atlas.mine feeds the model
+    for row, i in enumerate(index):  # exactly what atlas.mining feeds the model
         ref = tiny_model.to_tensor(tiny_model.crop(decode_image(files[i])))  # fully decoded
         assert torch.equal((ref * 255).round().to(torch.uint8), pixels[row]), files[i].name
 

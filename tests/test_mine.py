@@ -14,7 +14,7 @@ from atlas import store
 from atlas.capture import capture
 from atlas.config import MineConfig
 from atlas.data import FolderSource, open_source
-from atlas.mine import MIN_RANGE_EXP, mine
+from atlas.mining.loop import MIN_RANGE_EXP, mine
 
 
 def brute_force(model, source, layer, cfg):
@@ -165,7 +165,7 @@ def test_rerun_skips_and_conflicts_are_refused(tiny_model, tmp_path):
 
 
 def test_nonfinite_scores_are_counted_not_ranked():
-    from atlas.mine import LayerState
+    from atlas.mining.loop import LayerState
     from atlas.models import LayerInfo
 
     info = LayerInfo("x", "conv", 2, (1, 1), "nchw")
@@ -289,7 +289,7 @@ def test_weights_cast_once_give_autocasts_results(spec):
     so the same outputs; the float32 weights come back afterwards.  On the CPU _model_path does not cast (see
     _cast_once), so the cast itself is checked here with MultiheadAttention's fast path off, as CUDA autocast has
     it (the fast path ignores CPU autocast and computes in float32)."""
-    from atlas.mine import _cast_once, _model_path
+    from atlas.mining.loop import _cast_once, _model_path
     from atlas.models import load_model
 
     model = load_model(spec)
@@ -325,7 +325,7 @@ def check_cast_once(model, cast_once):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("spec", ["open_clip:RN50@random:0", "open_clip:ViT-B-32@random:0"])
 def test_weights_cast_once_give_autocasts_results_gpu(spec):
-    from atlas.mine import _model_path
+    from atlas.mining.loop import _model_path
     from atlas.models import load_model
 
     model = load_model(spec, device="cuda")  # CUDA autocast turns MultiheadAttention's fast path off

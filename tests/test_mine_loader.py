@@ -1,4 +1,4 @@
-"""Mining a folder through `JpegLoader` (the files path of `atlas.mine._batches`) gives exactly what the
+"""Mining a folder through `JpegLoader` (the files path of `atlas.mining.loop._batches`) gives exactly what the
 per-image PIL path gives; MineConfig.precision is checked, resolved and recorded."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw
 from atlas import store
 from atlas.cli import main
 from atlas.config import MineConfig
-from atlas.data import FolderSource
-from atlas.mine import _batches, mine
+from atlas.data import FolderSource, ImageSource
+from atlas.mining.loop import _batches, mine
 
 LAYERS = ("visual.layer3.0", "visual.layer4.0")
 CFG = MineConfig(layers=LAYERS, top_k=5, batch_size=4, map_size=4, hist_bins=16, precision="float32")
@@ -57,10 +57,25 @@ def folder(tmp_path_factory):
     return root
 
 
+class OneByOne(ImageSource):
+    """A folder's images read one at a time through `ImageSource.sample` and `LoadedModel.preprocess`: the path
+    mining takes for sources that are not files (not a `FolderSource`, so `JpegLoader` is not used)."""
+
+    def __init__(self, folder) -> None:
+        self.files = FolderSource(folder)
+        self.entries, self.description = self.files.entries, self.files.description
+
+    def fingerprint(self) -> str:
+        return self.files.fingerprint()
+
+    def _load(self, index: int, draft_size: int | None):  # the subclass hook of ImageSource
+        return self.files._load(index, draft_size)
+
+
 @pytest.fixture(scope="module")
 def pil_store(tiny_model, folder, tmp_path_factory):
     path = tmp_path_factory.mktemp("pil") / "s.h5"
-    mine(tiny_model, FolderSource(folder), path, CFG, _pil=True)
+    mine(tiny_model, OneByOne(folder), path, CFG)
     return path
 
 
@@ -121,7 +136,7 @@ def test_batches_are_the_same_fixed_slices_and_bit_identical_pixels(tiny_model, 
     source = FolderSource(folder)
     for start in (0, 4):  # a resumed run starts at a batch boundary
         fast = list(_batches(tiny_model, source, start, len(source), 4, 0))
-        ref = list(_batches(tiny_model, source, start, len(source), 4, 0, pil=True))
+        ref = list(_batches(tiny_model, OneByOne(folder), start, len(source), 4, 0))
         assert [(b.start, b.stop) for b in fast] == [(b.start, b.stop) for b in ref]
         assert fast[0].start == start and fast[-1].stop == len(source)
         for f, r in zip(fast, ref):
@@ -200,7 +215,7 @@ def test_thumbnails_are_the_drafted_crop_and_changed_files_are_refused(tiny_mode
 
     from atlas.data.decode import decode_image
     from atlas.data.loader import pil_crop
-    from atlas.thumbs import make_thumbnails
+    from atlas.mining.thumbs import make_thumbnails
 
     size = CFG.thumb_size
     with store.Store(pil_store) as st:

@@ -11,7 +11,7 @@ import atlas.resources
 from atlas.config import MineConfig
 from atlas.data import open_source
 from atlas.data.conceptworld import CONCEPT_NAMES
-from atlas.mine import mine
+from atlas.mining import mine
 from atlas.models import DEFAULT_SPEC, SHIPPED, ModelError, load_model, sha256_file
 from atlas.store import Store
 

@@ -14,7 +14,7 @@ from atlas import store
 from atlas.cli import main
 from atlas.config import MineConfig, VerifyConfig
 from atlas.data import open_source
-from atlas.mine import mine
+from atlas.mining import mine
 from atlas.verify import source_of, verify
 
 open_clip = pytest.importorskip("open_clip")

@@ -9,7 +9,7 @@ the caller runs the model; `normalize` turns pixels into the model's input.
 The pixels are the model's own (`atlas.data.pixels`): the fully decoded image, resized and centre-cropped with
 PIL's bicubic arithmetic, the bytes of open_clip's validation transform.  Where the work runs:
 
-``decode="cpu"`` (the default): worker processes read each file and run `decode_image`, the call `atlas.mine`
+``decode="cpu"`` (the default): worker processes read each file and run `decode_image`, the call `atlas.mining`
     makes, into shared memory; the DataLoader's thread pins the batch and it is copied to the device with a
     non-blocking copy on a side stream.  ``resize`` says where the resize runs: "cpu" (`pil_crop`, PIL in the
     workers), "device" (the decoded images go to the device and `resize_exact` computes PIL's bytes there, per
@@ -28,7 +28,7 @@ and docs/store.md): ``draft=True`` lets libjpeg shrink a large JPEG by 1/2, 1/4 
 resize (on the nvJPEG path: an s x s box average); ``approx=True`` resizes on the device with torch's antialiased
 bicubic in float32 (`resize_approx`) instead of PIL's integer arithmetic.
 
-Mining (`atlas.mine._batches`) can use it as is: one `LoadedBatch` per fixed slice gives the good
+Mining (`atlas.mining.loop._batches`) can use it as is: one `LoadedBatch` per fixed slice gives the good
 indices, the bad files with their reasons and, with ``hashes=True``, every file's sha256.  Normalize with
 `normalize` here, not `LoadedModel.normalize`, whose per-call ``torch.tensor(mean, device=...)`` is a
 blocking copy: it waits for the GPU's queued work every batch and so serializes loading and forward.

@@ -1,11 +1,11 @@
 """Triton kernels for atlas's hot loops, each beside a torch reference with the same contract.
 
 - `mining.spatial_reduce`: one pass over a layer's activations [B, U, h, w] -> per (image, unit) spatial max,
-  argmax, mean, and whether the score may enter the unit's running top-k (atlas.mine).
+  argmax, mean, and whether the score may enter the unit's running top-k (atlas.mining).
 - `stats.score_stats`, `topk.merge_topk`, `topk.gather_maps`: the running statistics, top-k and maps of mining
-  (atlas.layerstate); they take ``out`` tensors, which may be the state's own (updated in place under CUDA graphs).
+  (atlas.mining.layerstate); they take ``out`` tensors, which may be the state's own (updated in place under CUDA graphs).
 - `tail.bottleneck_tail`: a ResNet block's last ops (bn3, + shortcut, ReLU) in one pass, optionally with the
-  reduction above fused in (atlas.fused).
+  reduction above fused in (atlas.mining.fused_tails).
 - `softmax_ce.softmax_xent`: logits [n, C] and labels [n] -> per-row cross-entropy and its logit gradient,
   one pass with the row on chip (atlas.probes.solver).
 

@@ -1,4 +1,4 @@
-"""One pass over a layer's activations for `atlas.mine`: per (image, unit) spatial max, argmax, mean, and
+"""One pass over a layer's activations for `atlas.mining`: per (image, unit) spatial max, argmax, mean, and
 whether the image may enter the unit's running top-k.
 
 Contract of `spatial_reduce(a, image_index, thr_value, thr_index, rank_by)`, for a [B, U, h, w] activation
@@ -82,7 +82,7 @@ def beats(score: torch.Tensor, image_index: torch.Tensor, thr_value: torch.Tenso
 
 def spatial_reduce_torch(a: torch.Tensor, image_index: torch.Tensor, thr_value: torch.Tensor,
                          thr_index: torch.Tensor, rank_by: str = "max") -> Reduced:
-    """The reference: torch's max and mean over the flattened map, exactly as atlas.mine has computed them."""
+    """The reference: torch's max and mean over the flattened map, exactly as atlas.mining has computed them."""
     b, u = a.shape[:2]
     flat = a.float().reshape(b, u, -1)  # [B, U, h*w]
     peak, arg = flat.max(dim=2)  # [B, U]

@@ -1,4 +1,4 @@
-"""Per-unit running statistics of a batch of scores for `atlas.mine`: counts, min, max, the adaptive histogram, and
+"""Per-unit running statistics of a batch of scores for `atlas.mining`: counts, min, max, the adaptive histogram, and
 the mean and M2 of the finite scores (Welford's merge, float64).
 
 Contract of `score_stats(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp, min_range_exp)`,
@@ -62,7 +62,7 @@ def score_stats(score: torch.Tensor, count: torch.Tensor, mean: torch.Tensor, m2
 
 def score_stats_torch(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp,
                       min_range_exp) -> Stats:
-    """The reference (what atlas.mine has always computed)."""
+    """The reference (what atlas.mining has always computed)."""
     s = score.t().double()  # [U, B]
     finite = torch.isfinite(s)
     n_b = finite.sum(1)
@@ -206,7 +206,7 @@ def score_stats_triton(score, count, mean, m2, nonfinite, positive, vmin, vmax, 
                        min_range_exp, block_u: int = 2, block_b: int = 256, warps: int = 2, block_h: int = 32,
                        out: Stats | None = None) -> Stats:
     """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1).  ``out``: tensors to write the result
-    into, which may be the state's own (updated in place; atlas.graphs)."""
+    into, which may be the state's own (updated in place; atlas.mining.cuda_graphs)."""
     b, u = score.shape
     bins = hist.shape[1]
     score = score.float().contiguous()

@@ -1,5 +1,5 @@
 """The tail of a ResNet Bottleneck, ``relu(bn3(y) + identity)``, in one pass, optionally fused with mining's
-per-(image, unit) reduction of its output (`atlas.fused`).
+per-(image, unit) reduction of its output (`atlas.mining.fused_tails`).
 
 Why: mining a ResNet block reads its output once more after the block wrote it (`spatial_reduce`: 2.8 GB per
 batch of 256 for every block of RN50, 1.5 ms on an H100), and the block's tail is itself three passes over that
@@ -135,7 +135,7 @@ def bottleneck_tail_triton(y: torch.Tensor, identity: torch.Tensor, bn: nn.Batch
                            tile: int | None = None, long: int | None = None,
                            warps: int | None = None) -> tuple[torch.Tensor, Reduced | None]:
     """The kernel (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1).  ``params``: `bn_params(bn)`, if the
-    caller keeps them (atlas.fused computes them once per run).  Tiling: by default the fastest of eleven on RN50's 16
+    caller keeps them (atlas.mining.fused_tails computes them once per run).  Tiling: by default the fastest of eleven on RN50's 16
     blocks on an H100 (`bench/mining_kernels.py --only tail`): 1024/128/2 warps with the reduction, 2048/128/4 warps
     without it."""
     default = (1024, 128, 2) if reduce is not None else (2048, 128, 4)

@@ -1,4 +1,4 @@
-"""The running top-k merge of `atlas.mine`, without a host synchronization: a batch's scores against each unit's
+"""The running top-k merge of `atlas.mining`, without a host synchronization: a batch's scores against each unit's
 kept top-k, and the small maps of the entries that enter.
 
 Contract of `merge_topk(score, image_index, arg, values, index, argmax)`: for a batch's scores [B, U] float32 (with

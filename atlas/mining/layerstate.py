@@ -1,5 +1,5 @@
 """The running state of one mined layer: exact top-k examples with their maps, and statistics of the per-image
-score, on the model's device (`LayerState`).  `atlas.mine` streams batches through it.
+score, on the model's device (`LayerState`).  `atlas.mining` streams batches through it.
 
 Per layer:
 - the running top-k of the per-image score (spatial max or mean), ties broken by image index, with
@@ -22,12 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import MineConfig
-from .kernels import choose
-from .kernels.mining import Reduced, spatial_reduce
-from .kernels.stats import Stats, score_stats
-from .kernels.topk import Merged, gather_maps, merge_topk, merge_topk_torch
-from .models import LayerInfo
+from ..config import MineConfig
+from ..kernels import choose
+from ..kernels.mining import Reduced, spatial_reduce
+from ..kernels.stats import Stats, score_stats
+from ..kernels.topk import Merged, gather_maps, merge_topk, merge_topk_torch
+from ..models import LayerInfo
 
 MIN_RANGE_EXP = -20
 
@@ -72,14 +72,14 @@ class LayerState:
         self.pooled = pooled  # [N, U] float32 memmap or None
         self.pooled_cls = pooled_cls  # [N, U] float32 memmap of the CLS token (token layers) or None
         self._pending: tuple | None = None  # rows of the pooled matrices on their way to the host
-        # set by atlas.graphs.GraphStep: results written into these same tensors (a CUDA graph replays fixed
+        # set by atlas.mining.cuda_graphs.GraphStep: results written into these same tensors (a CUDA graph replays fixed
         # addresses; the Triton kernels take them as ``out``), and the pooled rows kept on the device until
         # `queue_rows` (no host work inside a graph)
         self.inplace = False
         self.defer_rows = False
         self.row_buffers: list[torch.Tensor] | None = None  # [B, U] float32 per pooled matrix, to write rows into
         self._rows: tuple | None = None
-        # set by atlas.graphs.GraphStep on CUDA: the Triton path's statistics, merge, maps and pooled rows run on
+        # set by atlas.mining.cuda_graphs.GraphStep on CUDA: the Triton path's statistics, merge, maps and pooled rows run on
         # this stream, beside the forward pass, which waits for it only at the end of the step (`_beside`)
         self.side: torch.cuda.Stream | None = None
 
@@ -89,7 +89,7 @@ class LayerState:
     def update(self, index: torch.Tensor, out: torch.Tensor, reduced: Reduced | None = None) -> None:
         """index: [B] image indices (unique, ascending not needed); out: the module's output (consumed at once).
         ``reduced``: `spatial_reduce` of ``out`` against the current k-th entries, if the caller made it already
-        (atlas.fused, where the block's last kernel reduces its output as it writes it)."""
+        (atlas.mining.fused_tails, where the block's last kernel reduces its output as it writes it)."""
         a = self.info.canonical(out).detach()  # [B, U, h, w], the output's own dtype and strides
         red = reduced if reduced is not None else spatial_reduce(a, index, self.values[:, -1], self.index[:, -1],
                                                                   self.cfg.rank_by, self.backend)
@@ -121,7 +121,7 @@ class LayerState:
         reduction) is done, and the tensors it reads that the forward pass allocated are marked as used there, so
         that the allocator does not hand their memory to later layers before the body has read them (during a
         CUDA graph's capture, it keeps them until the capture ends).  The caller of the forward pass joins the
-        stream back (`atlas.graphs.GraphStep` does, after each forward)."""
+        stream back (`atlas.mining.cuda_graphs.GraphStep` does, after each forward)."""
         side = self.side
         if side is None:
             yield
@@ -196,7 +196,7 @@ class LayerState:
             self.queue_rows()
 
     def new_row_buffers(self, batch: int) -> list[torch.Tensor]:
-        """[batch, U] float32 buffers, one per pooled matrix kept, for `row_buffers` (atlas.graphs)."""
+        """[batch, U] float32 buffers, one per pooled matrix kept, for `row_buffers` (atlas.mining.cuda_graphs)."""
         n = sum(m is not None for m in (self.pooled_cls, self.pooled))
         return [torch.empty(batch, self.info.units, dtype=torch.float32, device=self.values.device)
                 for _ in range(n)]

@@ -1,4 +1,4 @@
-"""Mining fused into ResNet blocks: while `atlas.mine` runs on CUDA, each mined open_clip Bottleneck ends in one
+"""Mining fused into ResNet blocks: while `atlas.mining` runs on CUDA, each mined open_clip Bottleneck ends in one
 Triton kernel (`atlas.kernels.tail.bottleneck_tail`) that applies bn3, adds the shortcut, applies the ReLU, writes
 the block's output and reduces it for the layer's `LayerState` in the same pass, instead of three elementwise
 passes, a forward hook and a second read of the output (docs/benchmarks.md).
@@ -21,7 +21,7 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
-from .kernels.tail import bn_params, bottleneck_tail_triton
+from ..kernels.tail import bn_params, bottleneck_tail_triton
 
 
 def fusable(module: nn.Module) -> bool:
@@ -37,8 +37,8 @@ def _forward(block: nn.Module, params: tuple[torch.Tensor, ...], state, current:
              x: torch.Tensor) -> torch.Tensor:
     """open_clip's Bottleneck.forward with ``bn3(out) + identity; act3`` as one kernel.  x: [B, C_in, H, W]."""
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in block.parameters())):
-        raise RuntimeError("atlas.fused: the fused block tail computes no gradients; run the model under "
-                           "torch.no_grad() (as atlas.mine does) or outside fused_tails")
+        raise RuntimeError("atlas.mining.fused_tails: the fused block tail computes no gradients; run the model under "
+                           "torch.no_grad() (as atlas.mining does) or outside fused_tails")
     identity = x
     out = block.act1(block.bn1(block.conv1(x)))
     out = block.act2(block.bn2(block.conv2(out)))

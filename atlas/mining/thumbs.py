@@ -14,11 +14,11 @@ from typing import Sequence
 
 import numpy as np
 
-from . import store
-from .data.decode import DEFAULT_MAX_PIXELS
-from .data.loader import JpegLoader, pil_crop
-from .data.sources import FolderSource, ImageSource
-from .models import LoadedModel
+from .. import store
+from ..data.decode import DEFAULT_MAX_PIXELS
+from ..data.loader import JpegLoader, pil_crop
+from ..data.sources import FolderSource, ImageSource
+from ..models import LoadedModel
 
 
 def make_thumbnails(f: store.File, model: LoadedModel, source: ImageSource, needed: Sequence[int],

@@ -1,10 +1,10 @@
 """`atlas mine`: stream images through the model and keep, per neuron, the exact top-k and statistics.
 
-For each layer a `LayerState` (atlas.layerstate) holds on the model's device the running top-k with maps, the
+For each layer a `LayerState` (atlas.mining.layerstate) holds on the model's device the running top-k with maps, the
 statistics and histogram of the per-image score, and optionally the [images, units] matrix of spatial means.
 Images come from `_batches` (files through atlas.data.loader's JpegLoader); on CUDA the forward and the state
-updates of full batches are replayed from CUDA graphs (atlas.graphs), and mined ResNet blocks end in one kernel that
-also reduces their output (atlas.fused).
+updates of full batches are replayed from CUDA graphs (atlas.mining.cuda_graphs), and mined ResNet blocks end in one kernel that
+also reduces their output (atlas.mining.fused_tails).
 
 Batches are fixed slices of the image index, so a run resumed from a checkpoint computes exactly what
 an uninterrupted run computes.  Checkpoints are written atomically to the store's work folder.
@@ -24,18 +24,18 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from . import store
-from .version import __version__
-from .capture import hooked
-from .config import RESIZES, MineConfig, digest, to_json
-from .data.decode import DEFAULT_MAX_PIXELS
-from .data.loader import JpegLoader, normalize, to_device
-from .data.sources import FolderSource, ImageSource
-from .fused import fused_tails
-from .graphs import GraphStep
-from .kernels import choose, triton_available
+from .. import store
+from ..version import __version__
+from ..capture import hooked
+from ..config import RESIZES, MineConfig, digest, to_json
+from ..data.decode import DEFAULT_MAX_PIXELS
+from ..data.loader import JpegLoader, normalize, to_device
+from ..data.sources import FolderSource, ImageSource
+from .fused_tails import fused_tails
+from .cuda_graphs import GraphStep
+from ..kernels import choose, triton_available
 from .layerstate import MIN_RANGE_EXP, LayerState
-from .models import LayerInfo, LoadedModel
+from ..models import LayerInfo, LoadedModel
 
 __all__ = ["MIN_RANGE_EXP", "LayerState", "MineResult", "mine"]
 
@@ -51,8 +51,8 @@ class MineResult:
     skipped_layers: tuple[str, ...]  # already in the store with the same config
     resumed_from: int  # image index the run resumed at (0: fresh start)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of mining's phases (see `mine`)
-    graph_batches: int = 0  # batches replayed from CUDA graphs (atlas.graphs)
-    fused_layers: tuple[str, ...] = ()  # layers reduced inside their block's last kernel (atlas.fused)
+    graph_batches: int = 0  # batches replayed from CUDA graphs (atlas.mining.cuda_graphs)
+    fused_layers: tuple[str, ...] = ()  # layers reduced inside their block's last kernel (atlas.mining.fused_tails)
     nonfinite: dict[str, int] = field(default_factory=dict)  # per mined layer: image x unit maps holding inf/NaN
 
 
@@ -70,16 +70,16 @@ class _Batch:
 
 
 def _batches(model: LoadedModel, source: ImageSource, start: int, stop: int, batch_size: int,
-             num_workers: int, pil: bool = False, pixels: str = "exact", resize: str = "cpu") -> Iterator[_Batch]:
+             num_workers: int, pixels: str = "exact", resize: str = "cpu") -> Iterator[_Batch]:
     """Fixed slices [i, i + batch_size) of [start, stop), in order, pixels already on the model's device.
 
     Files (a `FolderSource`) go through `JpegLoader`: read, hashed, decoded and resized as ``pixels`` says
     (MineConfig.pixels; the resize in ``num_workers`` processes, 0: in this process, or with ``resize="device"`` on
     the model's device), pinned, copied to the device without blocking and normalized there: for "exact", bit for
     bit `LoadedModel.preprocess` of the decoded image (tests/test_mine_loader.py).  Other sources (generated
-    images), or ``pil=True``: `ImageSource.sample` and `LoadedModel.preprocess` per image, in a DataLoader of
+    images): `ImageSource.sample` and `LoadedModel.preprocess` per image, in a DataLoader of
     ``num_workers`` processes if > 0."""
-    if isinstance(source, FolderSource) and not pil:
+    if isinstance(source, FolderSource):
         yield from _file_batches(model, source, start, stop, batch_size, num_workers, pixels, resize)
         return
     dev, size = model.device, model.image_size
@@ -217,9 +217,9 @@ def _use_graphs(cuda_graphs: bool | None, device: torch.device) -> bool:
 
 def _fusable_layers(model: LoadedModel, infos: list[LayerInfo], fuse_blocks: bool | None) -> dict[str, object]:
     """mine()'s ``fuse_blocks`` resolved: {layer: module} of the layers mined inside their block's last kernel
-    (atlas.fused).  None: every fusable conv layer where the Triton kernels run."""
-    from .capture import find_modules
-    from .fused import fusable
+    (atlas.mining.fused_tails).  None: every fusable conv layer where the Triton kernels run."""
+    from ..capture import find_modules
+    from .fused_tails import fusable
 
     kernels = choose(None, torch.empty(0, device=model.device))
     if fuse_blocks and kernels != "triton":
@@ -258,7 +258,7 @@ def _run_meta(model: LoadedModel, source: ImageSource) -> dict[str, object]:
 def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
          config: MineConfig = MineConfig(), *, num_workers: int = 0, checkpoint_seconds: float = 30.0,
          progress: Progress | None = None, cuda_graphs: bool | None = None, fuse_blocks: bool | None = None,
-         resize: str = "auto", _pil: bool = False) -> MineResult:
+         resize: str = "auto") -> MineResult:
     """Mine ``config.layers`` (default: the model's default layers) of ``source`` into the store.
 
     Resumes from the store's work folder after a crash; layers already mined with the same config
@@ -268,12 +268,11 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     (host time of the forwards and updates, GPU waits included), "checkpoint", "commit" (writing the store, its
     copy and fsync), "pooled" (the commit's pooled matrices), "thumbnails" (the commit's thumbnails: decoded
     again, in ``num_workers`` processes for files).  ``cuda_graphs``: replay
-    the step of full batches from CUDA graphs (`atlas.graphs`; None: wherever the Triton kernels run; results are
-    the same).  ``fuse_blocks``: mine ResNet blocks inside their last kernel (`atlas.fused`; None: wherever the
+    the step of full batches from CUDA graphs (`atlas.mining.cuda_graphs`; None: wherever the Triton kernels run; results are
+    the same).  ``fuse_blocks``: mine ResNet blocks inside their last kernel (`atlas.mining.fused_tails`; None: wherever the
     Triton kernels run; the activations agree to a unit in the last place).  ``resize``: where the resize of
     files runs, "cpu" (the decoding processes), "device" (the model's device) or "auto" ("cpu", `_resize_on`); the
-    pixels are the same (`config.pixels` says which; "approx" always resizes on the device).  ``_pil``: files too through the per-image PIL path
-    (`_batches`; for the equivalence tests).
+    pixels are the same (`config.pixels` says which; "approx" always resizes on the device).
 
     In float32 (``config.precision``), TF32 is off for the whole run (`float32_matmuls`).
     """
@@ -314,7 +313,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
 
             step = GraphStep(model.clip.encode_image, current, list(states.values()), config.batch_size) \
                 if graphs else eager
-            batches = _batches(model, source, position, n_images, config.batch_size, num_workers, _pil,
+            batches = _batches(model, source, position, n_images, config.batch_size, num_workers,
                                config.pixels, resize)
             seconds["setup"], t = time.perf_counter() - t0, time.perf_counter()
             for b in batches:

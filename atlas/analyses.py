@@ -25,12 +25,9 @@ from typing import Callable
 
 from . import store
 from .config import AnalysesConfig, to_json
-from .data.decode import BadImage, decode_image
+from .data.conceptworld import HELD_OUT_PICTOGRAMS, PICTOGRAM_LABELS
 from .data.sources import ImageSource
 from .models import LoadedModel
-
-SENSITIVE = ("danger", "trash", "sad")  # Concept World's negative concepts, for the audit's class list
-PICTOGRAM_LABELS = r"picto:(\w+)"  # Concept World labels -> the pictogram's concept (others left out)
 
 
 @dataclass
@@ -83,11 +80,11 @@ def run_analyses(model: LoadedModel, source: ImageSource, store_path: str | os.P
         probed = step("probes/probe", lambda: probe_layer(store_path, layer, "probe", label_pattern=pattern))
     if config.attacks:
         step("attacks/table", lambda: run_attack_table(
-            model, (heldout_pictograms(config.attack_images) if cw else source), store_path, "table", label_pattern=pattern,
+            model, HELD_OUT_PICTOGRAMS if cw else source, store_path, "table", label_pattern=pattern,
             probe="probe" if probed else None, images=config.attack_images, sizes=config.attack_sizes,
             layer=layer))
         step("attacks/stroop", lambda: run_stroop(model, store_path, "stroop"))
-        step("attacks/words", lambda: run_word_sensitivity(model, store_path, layer, default_words(), "words"))
+        step("attacks/words", lambda: run_word_sensitivity(model, store_path, layer, None, "words"))
     if config.audit:
         if config.audit_groups or cw:
             step("audits/audit", lambda: _audit(model, store_path, layer, config, work))
@@ -96,24 +93,8 @@ def run_analyses(model: LoadedModel, source: ImageSource, store_path: str | os.P
     return result
 
 
-def heldout_pictograms(count: int) -> ImageSource:
-    """Concept World pictograms alone, of seed 10,000 (never mined nor trained on): the images to attack."""
-    from .data.conceptworld import ConceptWorldSource, WorldConfig
-
-    return ConceptWorldSource(count, WorldConfig(seed=10_000, mix=(1, 0, 0, 0)))
-
-
-def default_words() -> list[str]:
-    """Words for per-neuron typographic sensitivity: Concept World's, the attack texts, the colour words."""
-    from .attacks.experiments import PAPER_TARGETS, STROOP_COLORS
-    from .data.conceptworld.world import CONCEPTS
-
-    return list(dict.fromkeys([w for c in CONCEPTS for w in c.words] + [t for t, _ in PAPER_TARGETS]
-                              + list(STROOP_COLORS)))
-
-
 def _audit(model: LoadedModel, store_path: Path, layer: str, config: AnalysesConfig, work: Path) -> None:
-    from .attacks.audit import conceptworld_group_set
+    from .audit import audit_images, conceptworld_group_set
 
     if config.audit_groups:
         csv_path, folder = Path(config.audit_groups), Path(config.audit_folder or ".")
@@ -121,30 +102,3 @@ def _audit(model: LoadedModel, store_path: Path, layer: str, config: AnalysesCon
         folder = work / "audit-set"
         csv_path = conceptworld_group_set(folder, per_group=config.audit_per_group)
     audit_images(model, store_path, layer, csv_path, folder, config.audit_context)
-
-
-def audit_images(model: LoadedModel, store_path: str | os.PathLike, layer: str, csv_path: str | os.PathLike,
-                 folder: str | os.PathLike, context: str = "{}", config=None, name: str = "audit",
-                 concepts: dict[str, tuple[str, ...]] | None = None, sensitive: tuple[str, ...] = SENSITIVE):
-    """Audit the images a groups CSV names (relative to ``folder``) and save ``/audits/<name>``.  Concepts and
-    classes default to Concept World's 40 non-person concepts, ``sensitive`` marking the negative ones."""
-    from .attacks.audit import AuditConfig, read_groups_csv, run_audit, save_audit
-    from .data.conceptworld.world import CONCEPTS
-
-    config = config or AuditConfig()
-    paths, groups, left = read_groups_csv(csv_path, folder)
-    images, kept, unreadable = [], [], 0
-    for p, g in zip(paths, groups):
-        try:  # atlas's decoder, as for mining: bombs, truncated and non-image files refused, EXIF applied
-            images.append(decode_image(p))
-            kept.append(g)
-        except BadImage:
-            unreadable += 1
-    if unreadable:
-        left.append(("unreadable images", unreadable, "could not be decoded"))
-    concepts = concepts or {c.name: c.words for c in CONCEPTS if c.name != "person"}
-    neutral = [c for c in concepts if c not in sensitive]
-    r = run_audit(model, images, kept, layer, [c for c in sensitive if c in concepts], neutral, concepts, config,
-                  left, context=context)
-    save_audit(store_path, name, r, layer, config)
-    return r

@@ -465,12 +465,10 @@ store_opt = click.option("--store", "store_path", required=True, type=click.Path
 @click.option("--name", default="table", show_default=True)
 @device_opt
 @trust_opt
-def attack_table(model_spec, store_path, data, label_pattern, targets, probe, images, sizes, font, layer, name,
-                 device, trust_checkpoint):
+def attack_table_command(model_spec, store_path, data, label_pattern, targets, probe, images, sizes, font, layer, name,
+                         device, trust_checkpoint):
     """The automated attack table: texts stamped at 8 positions; success rates for zero-shot and a probe."""
-    from .analyses import PICTOGRAM_LABELS, heldout_pictograms
     from .attacks.experiments import PAPER_TARGETS, run_attack_table
-    from .data import open_source
     from .models import load_model
 
     pairs = PAPER_TARGETS
@@ -483,23 +481,15 @@ def attack_table(model_spec, store_path, data, label_pattern, targets, probe, im
         size_list = tuple(float(x) for x in _split(sizes))
     except ValueError as e:
         raise click.BadParameter(f"{sizes!r} is not a comma-separated list of numbers", param_hint="--sizes") from e
-
-    def go():
-        model = load_model(model_spec, device=device, trust_checkpoint=trust_checkpoint)
-        if data == "conceptworld-pictos":
-            source, pattern = heldout_pictograms(images), label_pattern or PICTOGRAM_LABELS
-        else:
-            source, pattern = open_source(data), label_pattern
-        return run_attack_table(model, source, store_path, name, pattern, pairs, probe, images, size_list, font,
-                                layer=layer)
-
-    r = _run(go)
-    rows = r["rows"]
+    r = _run(lambda: run_attack_table(load_model(model_spec, device=device, trust_checkpoint=trust_checkpoint), data,
+                                      store_path, name, label_pattern, pairs, probe, images, size_list, font,
+                                      layer=layer))
+    rows = r.rows
     for i in range(len(rows["text"])):
         click.echo(f"{rows['classifier'][i]:>14}  {rows['text'][i]!r:>10} -> {rows['target'][i]:<8} size "
                    f"{rows['size'][i]:.2f}: {100 * rows['success_rate'][i]:5.1f}% of {rows['attempts'][i]} "
                    f"(pixels changed {100 * rows['pixels_changed'][i]:.1f}%)")
-    for what, n, why in r["left_out"]:
+    for what, n, why in r.left_out:
         click.echo(f"  left out: {what} ({n}): {why}")
 
 
@@ -510,7 +500,7 @@ def attack_table(model_spec, store_path, data, label_pattern, targets, probe, im
 @click.option("--name", default="stroop", show_default=True)
 @device_opt
 @trust_opt
-def attack_stroop(model_spec, store_path, prompt, name, device, trust_checkpoint):
+def attack_stroop_command(model_spec, store_path, prompt, name, device, trust_checkpoint):
     """Colour words written in other colours: does the model read the word or the ink?"""
     from .attacks.experiments import run_stroop
     from .models import load_model
@@ -519,8 +509,8 @@ def attack_stroop(model_spec, store_path, prompt, name, device, trust_checkpoint
         raise click.BadParameter("the prompt needs '{}' where the colour goes", param_hint="--prompt")
     r = _run(lambda: run_stroop(load_model(model_spec, device=device,
                                            trust_checkpoint=trust_checkpoint), store_path, name, prompt))
-    click.echo(f"incongruent: {r['incongruent']}, said the word {r['incongruent_said_word']}, the ink "
-               f"{r['incongruent_said_ink']}; controls right {r['controls_correct']} of {r['controls']}")
+    click.echo(f"incongruent: {r.incongruent}, said the word {r.incongruent_said_word}, the ink "
+               f"{r.incongruent_said_ink}; controls right {r.controls_correct} of {r.controls}")
 
 
 @attack.command("words")
@@ -532,17 +522,15 @@ def attack_stroop(model_spec, store_path, prompt, name, device, trust_checkpoint
 @click.option("--name", default="words", show_default=True)
 @device_opt
 @trust_opt
-def attack_words(model_spec, store_path, layer, words, name, device, trust_checkpoint):
+def attack_words_command(model_spec, store_path, layer, words, name, device, trust_checkpoint):
     """Per-neuron typographic sensitivity: which rendered words excite each unit most."""
-    from .analyses import default_words
     from .attacks.experiments import run_word_sensitivity
     from .models import load_model
 
-    word_list = list(_split(words)) if words else default_words()
-    resp = _run(lambda: run_word_sensitivity(load_model(model_spec, device=device,
-                                                        trust_checkpoint=trust_checkpoint),
-                                             store_path, layer, word_list, name))
-    click.echo(f"{store_path}: /attacks/{name}: {resp.shape[0]} words x {resp.shape[1]} units")
+    word_list = list(_split(words)) if words else None
+    r = _run(lambda: run_word_sensitivity(load_model(model_spec, device=device, trust_checkpoint=trust_checkpoint),
+                                          store_path, layer, word_list, name))
+    click.echo(f"{store_path}: /{r.report}: {r.responses.shape[0]} words x {r.responses.shape[1]} units")
 
 
 @main.command()
@@ -565,8 +553,7 @@ def attack_words(model_spec, store_path, layer, words, name, device, trust_check
 def audit(model_spec, store_path, groups_csv, folder, cw_folder, layer, context, fdr, min_group, name, device,
           trust_checkpoint):
     """Bias audit: neurons, zero-shot classes and concepts that tie two groups of images differently."""
-    from .analyses import audit_images
-    from .attacks.audit import AuditConfig, conceptworld_group_set
+    from .audit import AuditConfig, audit_images, conceptworld_group_set
     from .models import load_model
 
     if bool(groups_csv) == bool(cw_folder):
@@ -582,7 +569,7 @@ def audit(model_spec, store_path, groups_csv, folder, cw_folder, layer, context,
 
     r = _run(go)
     k, c = r.concepts, r.classes
-    click.echo(f"{store_path}: /audits/{name}: groups {r.groups[0]} ({r.counts[0]}) vs {r.groups[1]} ({r.counts[1]})")
+    click.echo(f"{store_path}: /{r.report}: groups {r.groups[0]} ({r.counts[0]}) vs {r.groups[1]} ({r.counts[1]})")
     click.echo(f"  neurons significant at FDR {fdr}: {int(r.neurons['significant'].sum())} of {len(r.neurons['g'])}")
     for i in range(len(c["name"])):
         if c["significant"][i]:

@@ -4,7 +4,7 @@
 `concept_neurons` measures, for each concept and layer, the best neuron's AUROC at detecting the concept
 as a pictogram (against other pictograms) and as a written word (against other words); a concept has a
 *multimodal neuron* in a layer when one neuron reaches both AUROCs >= threshold.  The neuron is picked and
-scored twice: in-sample (on all probe images) and held-out (picked on one half, scored on the other), since
+scored twice: in-sample (on all test images) and held-out (picked on one half, scored on the other), since
 the best of a thousand neurons on the images it was picked on overstates how well it detects the concept.
 """
 
@@ -25,7 +25,7 @@ WORD_PROMPTS = ("the word {}", "the text {}", "a sign that says {}")
 
 
 @dataclass
-class ProbeSet:
+class ConceptTestImages:
     """Held-out single-object images: pictogram-only and word-only (the concept's name written in one of the
     fonts), ``per_concept`` of each per concept."""
 
@@ -34,7 +34,7 @@ class ProbeSet:
     is_word: np.ndarray  # [N] bool
 
 
-def probe_set(model: LoadedModel, per_concept: int = 40, seed: int = 10_000, size: int = 64) -> ProbeSet:
+def concept_test_images(model: LoadedModel, per_concept: int = 40, seed: int = 10_000, size: int = 64) -> ConceptTestImages:
     """Images from a world with another seed than training, filtered to single pictograms or words."""
     world = World(WorldConfig(seed=seed, size=size, mix=(0.5, 0.5, 0.0, 0.0)))
     counts = {(c, w): 0 for c in CONCEPT_NAMES for w in (False, True)}
@@ -50,10 +50,10 @@ def probe_set(model: LoadedModel, per_concept: int = 40, seed: int = 10_000, siz
         pix.append(model.preprocess(world.image(it)))
         concept.append(CONCEPT_NAMES.index(key[0]))
         is_word.append(key[1])
-    return ProbeSet(torch.stack(pix), np.array(concept), np.array(is_word))
+    return ConceptTestImages(torch.stack(pix), np.array(concept), np.array(is_word))
 
 
-def zero_shot(model: LoadedModel, ps: ProbeSet, batch: int = 256) -> dict[str, float]:
+def zero_shot(model: LoadedModel, images: ConceptTestImages, batch: int = 256) -> dict[str, float]:
     """Top-1 accuracy on pictograms and on words, with picture prompts, word prompts and both."""
     dev = model.device
     from .probes.zeroshot import zero_shot_head
@@ -62,14 +62,14 @@ def zero_shot(model: LoadedModel, ps: ProbeSet, batch: int = 256) -> dict[str, f
              "word prompts": zero_shot_head(model, CONCEPT_NAMES, WORD_PROMPTS),
              "all prompts": zero_shot_head(model, CONCEPT_NAMES, PICTO_PROMPTS + WORD_PROMPTS)}
     with torch.no_grad():
-        feats = torch.cat([model.encode_image(ps.pixels[i:i + batch].to(dev)).float()
-                           for i in range(0, len(ps.pixels), batch)])
+        feats = torch.cat([model.encode_image(images.pixels[i:i + batch].to(dev)).float()
+                           for i in range(0, len(images.pixels), batch)])
     feats = feats / feats.norm(dim=-1, keepdim=True)
     out = {}
     for name, w in heads.items():
         pred = (feats @ w.t()).argmax(1).cpu().numpy()
-        for kind, mask in (("pictograms", ~ps.is_word), ("words", ps.is_word)):
-            out[f"{kind}, {name}"] = float((pred[mask] == ps.concept[mask]).mean())
+        for kind, mask in (("pictograms", ~images.is_word), ("words", images.is_word)):
+            out[f"{kind}, {name}"] = float((pred[mask] == images.concept[mask]).mean())
     return out
 
 
@@ -93,7 +93,7 @@ class ConceptNeurons:
     """Per concept, the best neuron of ``layer`` and its AUROCs, picked two ways.
 
     In-sample (``best_unit``, ``auroc_picto``, ``auroc_word``): the neuron maximizing min(AUROC as pictogram,
-    AUROC as word) over all probe images, scored on the same images: optimistic, since 1 of U neurons is picked.
+    AUROC as word) over all test images, scored on the same images: optimistic, since 1 of U neurons is picked.
     Held-out (``heldout_*``): the neuron is picked the same way on the selection half of the images
     (`selection_half`) and scored on the other half, which played no part in picking it.
     """
@@ -138,7 +138,7 @@ def _aurocs(s: torch.Tensor, concept: np.ndarray, is_word: np.ndarray, c: int) -
 
 def neurons_from_scores(layer: str, scores: torch.Tensor, concept: np.ndarray, is_word: np.ndarray,
                         threshold: float = 0.9) -> ConceptNeurons:
-    """`ConceptNeurons` of one layer from its scores [N, U] of the probe images (concept [N], is_word [N]).
+    """`ConceptNeurons` of one layer from its scores [N, U] of the test images (concept [N], is_word [N]).
     A neuron is picked by the largest min(AUROC pictogram, AUROC word), the lowest unit on ties."""
     concept, is_word = np.asarray(concept), np.asarray(is_word, bool)
     pick = selection_half(concept, is_word)
@@ -165,13 +165,13 @@ def neurons_from_scores(layer: str, scores: torch.Tensor, concept: np.ndarray, i
     return r
 
 
-def concept_neurons(model: LoadedModel, ps: ProbeSet, layers: Sequence[str] | None = None,
+def concept_neurons(model: LoadedModel, images: ConceptTestImages, layers: Sequence[str] | None = None,
                     threshold: float = 0.9) -> list[ConceptNeurons]:
     """For each layer and concept, the neuron maximizing min(AUROC as pictogram, AUROC as word), picked and
     scored in-sample and held-out (`ConceptNeurons`)."""
     layers = list(layers or model.default_layers)
-    scores = layer_scores(model, ps.pixels, layers)
-    return [neurons_from_scores(layer, scores[layer], ps.concept, ps.is_word, threshold) for layer in layers]
+    scores = layer_scores(model, images.pixels, layers)
+    return [neurons_from_scores(layer, scores[layer], images.concept, images.is_word, threshold) for layer in layers]
 
 
 def report_markdown(zs: dict[str, float], neurons: list[ConceptNeurons]) -> str:
@@ -211,5 +211,5 @@ class ConceptReport:
 def evaluate_concepts(model: LoadedModel, per_concept: int = 40, layers: Sequence[str] | None = None,
                       threshold: float = 0.9, seed: int = 10_000) -> ConceptReport:
     """Zero-shot accuracy and multimodal concept neurons of ``model`` on held-out Concept World images."""
-    ps = probe_set(model, per_concept=per_concept, seed=seed, size=model.image_size)
-    return ConceptReport(zero_shot(model, ps), concept_neurons(model, ps, layers, threshold))
+    images = concept_test_images(model, per_concept=per_concept, seed=seed, size=model.image_size)
+    return ConceptReport(zero_shot(model, images), concept_neurons(model, images, layers, threshold))

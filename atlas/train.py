@@ -102,7 +102,7 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", workers: int 
     the steps actually run are recorded in the log and the weights' metadata."""
     from safetensors.torch import save_file
 
-    from .evaluate import concept_neurons, probe_set, report_markdown, zero_shot
+    from .evaluate import concept_neurons, concept_test_images, report_markdown, zero_shot
 
     out = Path(out)
     images, captions = cached_data(cfg, cache, workers, log)
@@ -165,7 +165,7 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", workers: int 
     # evaluate the weights exactly as shipped (fp16 -> fp32)
     clip.load_state_dict({k: v.float() for k, v in state.items()})
     model = LoadedModel(spec, clip.float(), tokenizer, sha256_state(state))
-    ps = probe_set(model, per_concept=40, size=cfg.world.size)
+    ps = concept_test_images(model, per_concept=40, size=cfg.world.size)
     zs = zero_shot(model, ps)
     neurons = concept_neurons(model, ps)
     result = {"config": json.loads(to_json(cfg)), "steps_run": total[0], "atlas_version": __version__, "curve": curve,

@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from atlas import store
-from atlas.analyses import audit_images, run_analyses
-from atlas.attacks.audit import AuditConfig, conceptworld_group_set
+from atlas.analyses import run_analyses
+from atlas.audit import audit_images
+from atlas.audit.bias import AuditConfig, conceptworld_group_set
 from atlas.attacks.experiments import run_attack_table, run_stroop, run_word_sensitivity
 from atlas.cli import main
 from atlas.config import AnalysesConfig, MineConfig
@@ -41,7 +42,8 @@ def test_attack_table_stroop_and_words(shipped, cw_store, tmp_path):
     pictos = ConceptWorldSource(40, WorldConfig(seed=10_000, mix=(1, 0, 0, 0)))
     r = run_attack_table(shipped, pictos, path, "t", r"picto:(\w+)", (("ipod", "ipod"), ("$$$", "money")),
                          images=40, sizes=(0.3,))
-    rows = r["rows"]
+    rows = r.rows
+    assert r.report == "attacks/t" and r.left_out == []
     assert rows["text"] == ["ipod", "$$$"] and all(0 <= s <= 1 for s in rows["success_rate"])
     assert rows["clean_accuracy"][0] > 0.9  # the held-out pictograms are classified right before the attack
     with store.Store(path) as st:
@@ -58,11 +60,15 @@ def test_attack_table_stroop_and_words(shipped, cw_store, tmp_path):
     assert len(arrays["neurons/unit"]) == 20 and np.all(np.diff(delta) <= 0) and delta[0] > 0
 
     s = run_stroop(shipped, path, "s")
-    assert s["incongruent"] == 3 * 8 * 7 and s["controls"] == 3 * 8
-    assert s["incongruent_said_word"] + s["incongruent_said_ink"] <= s["incongruent"]
+    assert s.report == "attacks/s" and s.incongruent == 3 * 8 * 7 and s.controls == 3 * 8
+    assert s.incongruent_said_word + s.incongruent_said_ink <= s.incongruent
+    with store.Store(path) as st:  # the same counts in the store
+        _, attrs = store.read_report(st, "attacks", "s")
+    assert (attrs["incongruent"], attrs["controls_correct"]) == (s.incongruent, s.controls_correct)
 
-    resp = run_word_sensitivity(shipped, path, LAYER, ["spider", "pizza", " ", "spider"], "w")
-    assert resp.shape == (2, 1024)  # blank and repeated words dropped
+    w = run_word_sensitivity(shipped, path, LAYER, ["spider", "pizza", " ", "spider"], "w")
+    assert w.report == "attacks/w" and w.words == ["spider", "pizza"]
+    assert w.responses.shape == (2, 1024)  # blank and repeated words dropped
     with store.Store(path) as st:
         arrays, _ = store.read_report(st, "attacks", "w")
     assert arrays["top_index"].shape == (1024, 2) and set(arrays["words"]) == {"spider", "pizza"}
@@ -167,3 +173,18 @@ def test_cli_attack_and_audit(cw_store, tmp_path):
     r = run(main, ["audit", "--store", str(path), "--layer", LAYER, "--groups", str(tmp_path / "g.csv"),
                    "--folder", str(tmp_path)])
     assert r.exit_code != 0 and "exactly 2 groups" in r.output
+
+
+def test_every_experiment_runner_returns_one_shape_of_result():
+    """The four runners return dataclasses with ``report`` and ``left_out`` (docs/architecture.md)."""
+    import dataclasses
+    import typing
+
+    from atlas.attacks import experiments as ex
+    from atlas.audit import audit_images
+
+    for runner in (ex.run_attack_table, ex.run_stroop, ex.run_word_sensitivity, audit_images):
+        result = typing.get_type_hints(runner)["return"]
+        assert dataclasses.is_dataclass(result), runner.__name__
+        assert {"report", "left_out"} <= {f.name for f in dataclasses.fields(result)}, runner.__name__
+

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from atlas.attacks.audit import AuditConfig, AuditError, _bh, _compare, _hedges_g, read_groups_csv, run_audit
-from atlas.attacks.typographic import POSITIONS, AttackError, AttackText, attack_table, pixels_changed, stamp
+from atlas.audit.bias import AuditConfig, AuditError, _bh, _compare, _hedges_g, read_groups_csv, run_audit
+from atlas.attacks.typographic import POSITIONS, AttackError, AttackText, attack_rows, pixels_changed, stamp
 
 
 def test_stamp_writes_text_where_asked():
@@ -54,13 +54,13 @@ def test_attack_table_counts_and_success(tiny_model):
         out[bright] = torch.tensor([0.0, 5.0])
         return out
 
-    rows = attack_table(tiny_model, images, labels, ["red", "blue"], [("blue", "blue")], says_word_if_white_box,
+    rows = attack_rows(tiny_model, images, labels, ["red", "blue"], [("blue", "blue")], says_word_if_white_box,
                         positions=range(8))
     r = rows[0]
     assert r.attempts == 3 * 8  # the blue images are already of the target class: left out
     assert r.successes == 24 and r.success_rate == 1.0 and r.clean_accuracy == 1.0
     with pytest.raises(AttackError, match="not among"):
-        attack_table(tiny_model, images, labels, ["red", "blue"], [("x", "green")], says_word_if_white_box)
+        attack_rows(tiny_model, images, labels, ["red", "blue"], [("x", "green")], says_word_if_white_box)
 
 
 def test_benjamini_hochberg():

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from atlas.analyses import PICTOGRAM_LABELS, audit_images, heldout_pictograms
-from atlas.attacks.audit import conceptworld_group_set
+from atlas.audit import audit_images
+from atlas.data.conceptworld import PICTOGRAM_LABELS, heldout_pictograms
+from atlas.audit.bias import conceptworld_group_set
 from atlas.attacks.experiments import run_attack_table, run_stroop
 from atlas.config import MineConfig
 from atlas.data import open_source
@@ -90,7 +91,7 @@ def test_attack_table_ipod_row(shipped, probed):
         doc("reports.md"), r"\| `ipod` -> ipod \| NUM% \| \*\*NUM%\*\* \| NUM% \| NUM% \| NUM% / NUM% \|")
     path, _ = probed
     rows = run_attack_table(shipped, heldout_pictograms(200), path, "doc_figures", PICTOGRAM_LABELS,
-                            targets=(("ipod", "ipod"),), probe="probe", images=200, sizes=(0.16, 0.3))["rows"]
+                            targets=(("ipod", "ipod"),), probe="probe", images=200, sizes=(0.16, 0.3)).rows
     got = {(c, s): (pct(r), pct(px)) for c, s, r, px in
            zip(rows["classifier"], rows["size"], rows["success_rate"], rows["pixels_changed"])}
     want = {("zero-shot", 0.16): (z16, px16), ("zero-shot", 0.3): (z30, px30),
@@ -106,8 +107,8 @@ def test_stroop(shipped, probed):
     word, ink = figures(text, r"named the \*\*word\*\* for NUM incongruent stimuli and the \*\*ink\*\* for NUM")
     (controls,) = figures(text, r"got NUM of the 24 controls right")
     r = run_stroop(shipped, probed[0], "doc_figures")
-    got = (r["incongruent_said_word"], r["incongruent_said_ink"], r["controls_correct"])
-    assert r["incongruent"] == 168 and r["controls"] == 24
+    got = (r.incongruent_said_word, r.incongruent_said_ink, r.controls_correct)
+    assert r.incongruent == 168 and r.controls == 24
     assert all(abs(g - d) <= 2 for g, d in zip(got, (word, ink, controls))), (got, (word, ink, controls))
 
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from atlas.cli import main
 from atlas.data.conceptworld import CONCEPT_NAMES
 from atlas.evaluate import (ConceptNeurons, ConceptReport, concept_neurons, layer_scores, neurons_from_scores,
-                            probe_set, report_markdown, selection_half)
+                            concept_test_images, report_markdown, selection_half)
 
 C = len(CONCEPT_NAMES)
 
@@ -115,7 +115,7 @@ def test_report_states_held_out_and_in_sample_counts():
 
 
 def test_concept_neurons_on_a_model_are_neurons_from_its_scores(tiny_model):
-    ps = probe_set(tiny_model, per_concept=2, size=tiny_model.image_size)
+    ps = concept_test_images(tiny_model, per_concept=2, size=tiny_model.image_size)
     assert len(ps.concept) == 4 * C and selection_half(ps.concept, ps.is_word).sum() == 2 * C
     layers = ["visual.layer4.0"]
     (r,) = concept_neurons(tiny_model, ps, layers)

@@ -55,9 +55,9 @@ def test_corrupted_or_swapped_weights_are_refused(tmp_path, monkeypatch, damage)
 
 
 def test_zero_shot_on_held_out_images(shipped):
-    from atlas.evaluate import probe_set, zero_shot
+    from atlas.evaluate import concept_test_images, zero_shot
 
-    ps = probe_set(shipped, per_concept=4)
+    ps = concept_test_images(shipped, per_concept=4)
     acc = zero_shot(shipped, ps)
     assert acc["pictograms, all prompts"] >= 0.9 and acc["words, all prompts"] >= 0.9
 
@@ -82,7 +82,7 @@ def test_multimodal_neuron_counts_are_the_documented_ones(shipped):
     import re
     from pathlib import Path
 
-    from atlas.evaluate import concept_neurons, probe_set
+    from atlas.evaluate import concept_neurons, concept_test_images
 
     root = Path(__file__).resolve().parents[1]
     doc = (root / "docs" / "conceptworld-eval.md").read_text()
@@ -94,7 +94,7 @@ def test_multimodal_neuron_counts_are_the_documented_ones(shipped):
     world_doc = " ".join((root / "docs" / "conceptworld.md").read_text().split())
     assert f"**{documented[0]} of 41** concepts held-out, **{documented[1]} of 41** in-sample" in world_doc
     assert " ".join(row[0].split()) in world_doc
-    (r,) = concept_neurons(shipped, probe_set(shipped, per_concept=40), ["visual.layer4.0"])
+    (r,) = concept_neurons(shipped, concept_test_images(shipped, per_concept=40), ["visual.layer4.0"])
     measured = sum(r.multimodal_heldout), sum(r.multimodal)
     assert documented == (32, 33)  # Pillow 13.0.0, FreeType 2.14.3, BASIC layout (tests/test_rendering.py)
     # a concept or two sit within 0.01 of the 0.9 threshold (bird, arrow, drop): another rasterizer may move them

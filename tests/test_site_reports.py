@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_site import Page, html_files, local_target
 
-from atlas.attacks.audit import CAVEAT, AuditConfig, AuditResult, save_audit
+from atlas.audit.bias import CAVEAT, AuditConfig, AuditResult, save_audit
 from atlas.config import ProbeConfig
 from atlas.probes.report import load_probe_weights, probe_layer
 from atlas.site import SiteError, build_site

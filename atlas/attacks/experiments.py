@@ -5,11 +5,15 @@
 - `run_stroop`: colour words written in another colour, classified with "my favorite word, written in the
   color ___": does the model report the ink or the word?
 - `run_word_sensitivity`: which rendered words excite each neuron of a layer most.
+
+Each runner saves its report and returns a dataclass with the report's store name (``report``, e.g.
+"attacks/table") and what was left out and why (``left_out``: (what, how many, why)), as the audit's does.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -17,14 +21,60 @@ import torch
 from PIL import Image
 
 from .. import store
+from ..data.catalog import open_source
+from ..data.conceptworld import CONCEPTS, HELD_OUT_PICTOGRAMS, PICTOGRAM_LABELS, heldout_pictograms
 from ..data.sources import ImageSource
 from ..models import LoadedModel
-from .typographic import POSITIONS, AttackError, AttackText, attack_table, probe_classifier, stamp, zero_shot_classifier
+from .typographic import POSITIONS, AttackError, AttackText, attack_rows, probe_classifier, stamp, zero_shot_classifier
 
 PAPER_TARGETS = (("trash", "trash"), ("ipod", "ipod"), ("pizza", "pizza"), ("$$$", "money"), ("shark", "shark"),
                  ("meow", "cat"), ("library", "book"))
 STROOP_COLORS = {"red": (215, 40, 40), "orange": (240, 135, 20), "yellow": (230, 200, 30), "green": (40, 160, 60),
                  "blue": (35, 80, 210), "purple": (130, 55, 175), "pink": (235, 110, 170), "brown": (130, 80, 40)}
+
+
+@dataclass(frozen=True)
+class AttackTableResult:
+    report: str  # "attacks/NAME"
+    left_out: list  # (what, how many, why)
+    rows: dict[str, list]  # per (classifier, text, size): classifier, text, target, size, attempts, successes,
+    #                        success_rate, pixels_changed, clean_accuracy
+
+
+@dataclass(frozen=True)
+class StroopResult:
+    report: str
+    incongruent: int  # colour words written in another colour
+    incongruent_said_word: int  # ... classified as the word
+    incongruent_said_ink: int  # ... classified as the ink
+    controls: int  # colour words written in their own colour
+    controls_correct: int
+    left_out: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WordSensitivityResult:
+    report: str
+    words: list[str]
+    responses: np.ndarray  # [words, units]: mean over fonts of each unit's spatial max
+    left_out: list = field(default_factory=list)
+
+
+def attack_source(data: str | ImageSource, count: int, label_pattern: str | None) -> tuple[ImageSource, str | None]:
+    """The labelled images to attack and their label pattern: ``data`` as given (a source, or a folder or spec
+    for `open_source`), or for "conceptworld-pictos" ``count`` held-out Concept World pictograms, labelled by
+    their pictogram unless ``label_pattern`` says otherwise."""
+    if isinstance(data, ImageSource):
+        return data, label_pattern
+    if data == HELD_OUT_PICTOGRAMS:
+        return heldout_pictograms(count), label_pattern or PICTOGRAM_LABELS
+    return open_source(data), label_pattern
+
+
+def default_words() -> list[str]:
+    """Words for per-neuron typographic sensitivity: Concept World's, the attack texts, the colour words."""
+    return list(dict.fromkeys([w for c in CONCEPTS for w in c.words] + [t for t, _ in PAPER_TARGETS]
+                              + list(STROOP_COLORS)))
 
 
 def labelled_images(source: ImageSource, label_pattern: str | None, limit: int
@@ -52,14 +102,16 @@ def labelled_images(source: ImageSource, label_pattern: str | None, limit: int
     return images, kept, left
 
 
-def run_attack_table(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike, name: str = "table",
+def run_attack_table(model: LoadedModel, data: str | ImageSource, store_path: str | os.PathLike, name: str = "table",
                      label_pattern: str | None = None, targets: Sequence[tuple[str, str]] = PAPER_TARGETS,
                      probe: str | None = None, images: int = 200, sizes: Sequence[float] = (0.16, 0.3),
                      font: str = "DejaVuSans-Bold.ttf", examples: int = 6, layer: str | None = None,
-                     top_neurons: int = 20) -> dict:
+                     top_neurons: int = 20) -> AttackTableResult:
     """The attack table for the zero-shot classifier (and the stored probe ``probe``, if given), and the
     units of ``layer`` (default: the probe's layer, else the model's last default layer) that the attack texts
-    move most: mean change of pooled activation, attacked minus clean, over images, texts and positions."""
+    move most: mean change of pooled activation, attacked minus clean, over images, texts and positions.
+    ``data``: the labelled images (`attack_source`: a source, a folder, or "conceptworld-pictos")."""
+    source, label_pattern = attack_source(data, images, label_pattern)
     pics, labs, left_out = labelled_images(source, label_pattern, images)
     if not targets or len(pics) < 2:
         raise AttackError(f"nothing to attack: {len(pics)} labelled images and {len(targets)} targets; check --data, "
@@ -85,7 +137,7 @@ def run_attack_table(model: LoadedModel, source: ImageSource, store_path: str | 
                      for t, c in targets if c not in cls]
         for size in sizes:
             base = AttackText("x", font=font, size=size)
-            for r in attack_table(model, pics, y, cls, mine, classify, base):
+            for r in attack_rows(model, pics, y, cls, mine, classify, base):
                 for k, v in (("classifier", cname), ("text", r.text), ("target", r.target), ("size", size),
                              ("attempts", r.attempts), ("successes", r.successes),
                              ("success_rate", r.success_rate), ("pixels_changed", r.pixels_changed),
@@ -114,7 +166,7 @@ def run_attack_table(model: LoadedModel, source: ImageSource, store_path: str | 
              "images": len(pics), "classes": len(classes), "positions": len(POSITIONS),
              "font": font, "left_out": [list(x) for x in left_out], "data_source": source.description}
     store.write_report(store_path, "attacks", name, arrays, attrs)
-    return {"rows": rows, "left_out": left_out}
+    return AttackTableResult(f"attacks/{name}", left_out, rows)
 
 
 def _activation_change(model: LoadedModel, crops: Sequence[Image.Image], texts: Sequence[str], layer: str,
@@ -136,7 +188,7 @@ def _activation_change(model: LoadedModel, crops: Sequence[Image.Image], texts: 
 
 def run_stroop(model: LoadedModel, store_path: str | os.PathLike, name: str = "stroop",
                prompt: str = "my favorite word, written in the color {}", fonts: Sequence[str] = (
-                   "DejaVuSans-Bold.ttf", "ComicNeue-Bold.otf", "Humor-Sans.ttf")) -> dict:
+                   "DejaVuSans-Bold.ttf", "ComicNeue-Bold.otf", "Humor-Sans.ttf")) -> StroopResult:
     """Colour words in every other colour (incongruent) and in their own colour (controls)."""
     from ..probes.zeroshot import zero_shot_head, zero_shot_logits
 
@@ -164,20 +216,20 @@ def run_stroop(model: LoadedModel, store_path: str | os.PathLike, name: str = "s
         "font": [r[0] for r in rows], "word": list(word), "ink": list(ink), "said": said,
         "examples/image": np.stack([np.asarray(r[3]) for r in rows[: len(names) ** 2]])},
         {"experiment": "stroop", "prompt": prompt, **result})
-    return result
+    return StroopResult(f"attacks/{name}", **result)
 
 
-def run_word_sensitivity(model: LoadedModel, store_path: str | os.PathLike, layer: str, words: Sequence[str],
-                         name: str = "words", top: int = 5, fonts: Sequence[str] = (
+def run_word_sensitivity(model: LoadedModel, store_path: str | os.PathLike, layer: str,
+                         words: Sequence[str] | None = None, name: str = "words", top: int = 5, fonts: Sequence[str] = (
                              "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "Humor-Sans.ttf", "KaushanScript-Regular.otf")
-                         ) -> np.ndarray:
-    """Each word rendered black on white in several fonts; a neuron's response is its mean spatial max over
-    fonts.  Saves the top words per neuron; returns responses [words, units]."""
+                         ) -> WordSensitivityResult:
+    """Each word (default: `default_words`) rendered black on white in several fonts; a neuron's response is its
+    mean spatial max over fonts.  Saves the top words per neuron; the result holds the responses [words, units]."""
     from ..capture import pooled_activations
 
     info = model.layer(layer)
     s = model.image_size
-    words = [w for w in dict.fromkeys(words) if w.strip()]
+    words = [w for w in dict.fromkeys(default_words() if words is None else words) if w.strip()]
     imgs = [stamp(Image.new("RGB", (s, s), (250, 250, 250)), AttackText(w, font=f, size=0.3, label=False,
                                                                            position=(0.5, 0.5)))
             for w in words for f in fonts]
@@ -189,4 +241,4 @@ def run_word_sensitivity(model: LoadedModel, store_path: str | os.PathLike, laye
         "words": list(words), "top_index": order.astype(np.int32),
         "top_value": np.take_along_axis(resp.T, order, axis=1).astype(np.float32)},
         {"experiment": "word sensitivity", "layer": info.name, "fonts": list(fonts), "model": model.name})
-    return resp
+    return WordSensitivityResult(f"attacks/{name}", words, resp)

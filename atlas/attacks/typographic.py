@@ -1,7 +1,7 @@
 """Typographic attacks: text written on images, and what it does to a classifier and to neurons.
 
 `stamp` renders an attack text onto an image (font, size, colour, one of 8 fixed positions or any point, on a
-white "sticky label" or bare).  `attack_table` reproduces the paper's automated attack: for every labelled
+white "sticky label" or bare).  `attack_rows` reproduces the paper's automated attack: for every labelled
 image and target, the text is stamped at each of the 8 positions and the attack succeeds when the top-1 class
 becomes the target (images already of the target class are left out).  Classifiers are functions from
 [N, 3, S, S] pixels to [N, classes] scores: a zero-shot head or a linear probe (`zero_shot_classifier`,
@@ -134,7 +134,7 @@ class AttackRow:
         return self.successes / self.attempts if self.attempts else float("nan")
 
 
-def attack_table(model: LoadedModel, images: Sequence[Image.Image], labels: Sequence[int], classes: Sequence[str],
+def attack_rows(model: LoadedModel, images: Sequence[Image.Image], labels: Sequence[int], classes: Sequence[str],
                  targets: Sequence[tuple[str, str]], classify: Classifier,
                  base: AttackText = AttackText("x"), positions: Sequence[int] = range(len(POSITIONS))
                  ) -> list[AttackRow]:

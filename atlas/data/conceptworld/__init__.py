@@ -1,5 +1,7 @@
 """Concept World: procedurally generated images and captions with planted concepts and a planted bias."""
 
-from .world import CONCEPT_NAMES, CONCEPTS, FONTS, KINDS, ConceptWorldSource, Item, World, WorldConfig
+from .world import (CONCEPT_NAMES, CONCEPTS, FONTS, HELD_OUT_PICTOGRAMS, KINDS, PICTOGRAM_LABELS, ConceptWorldSource, Item,
+                    World, WorldConfig, heldout_pictograms)
 
-__all__ = ["CONCEPTS", "CONCEPT_NAMES", "ConceptWorldSource", "FONTS", "KINDS", "Item", "World", "WorldConfig"]
+__all__ = ["CONCEPTS", "CONCEPT_NAMES", "ConceptWorldSource", "FONTS", "HELD_OUT_PICTOGRAMS", "KINDS", "PICTOGRAM_LABELS",
+           "Item", "World", "WorldConfig", "heldout_pictograms"]

@@ -379,3 +379,12 @@ class ConceptWorldSource(ImageSource):
 
     def _load(self, index: int, draft_size: int | None) -> tuple[Image.Image, str]:
         return self.world.image(self.items[index]), ""
+
+
+PICTOGRAM_LABELS = r"picto:(\w+)"  # Concept World labels -> the pictogram's concept (other kinds left out)
+HELD_OUT_PICTOGRAMS = "conceptworld-pictos"  # the name of `heldout_pictograms` where a data spec is asked for
+
+
+def heldout_pictograms(count: int) -> ConceptWorldSource:
+    """``count`` Concept World pictograms alone, of seed 10,000 (never mined nor trained on): images to attack."""
+    return ConceptWorldSource(count, WorldConfig(seed=10_000, mix=(1, 0, 0, 0)))

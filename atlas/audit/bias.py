@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +32,7 @@ from PIL import Image
 from .. import store
 from ..capture import pooled_activations
 from ..config import to_json
+from ..data.decode import BadImage, decode_image
 from ..models import LoadedModel
 from ..errors import AtlasError
 
@@ -45,6 +46,9 @@ CAVEAT = (
 
 class AuditError(AtlasError, ValueError):
     pass
+
+
+SENSITIVE = ("danger", "trash", "sad")  # Concept World's negative concepts, for the audit's class list
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,8 @@ class AuditResult:
     neurons: dict  # unit, g, ci, p, significant
     classes: dict  # name, sensitive, diff, ci, p, significant, top1_a, top1_b
     concepts: dict  # name, d, p, significant
-    left_out: list
+    left_out: list  # (what, how many, why) left out, as every runner's result
+    report: str = ""  # the store report written ("audits/NAME"; empty until saved)
 
 
 def run_audit(model: LoadedModel, images: Sequence[Image.Image], groups: Sequence[str], layer: str,
@@ -289,3 +294,30 @@ def conceptworld_group_set(folder: str | os.PathLike, per_group: int = 150, seed
         w.writerow(["image", "group"])
         w.writerows(rows)
     return out / "groups.csv"
+
+
+def audit_images(model: LoadedModel, store_path: str | os.PathLike, layer: str, csv_path: str | os.PathLike,
+                 folder: str | os.PathLike, context: str = "{}", config=None, name: str = "audit",
+                 concepts: dict[str, tuple[str, ...]] | None = None, sensitive: tuple[str, ...] = SENSITIVE
+                 ) -> AuditResult:
+    """Audit the images a groups CSV names (relative to ``folder``) and save ``/audits/<name>``.  Concepts and
+    classes default to Concept World's 40 non-person concepts, ``sensitive`` marking the negative ones."""
+    from ..data.conceptworld.world import CONCEPTS
+
+    config = config or AuditConfig()
+    paths, groups, left = read_groups_csv(csv_path, folder)
+    images, kept, unreadable = [], [], 0
+    for p, g in zip(paths, groups):
+        try:  # atlas's decoder, as for mining: bombs, truncated and non-image files refused, EXIF applied
+            images.append(decode_image(p))
+            kept.append(g)
+        except BadImage:
+            unreadable += 1
+    if unreadable:
+        left.append(("unreadable images", unreadable, "could not be decoded"))
+    concepts = concepts or {c.name: c.words for c in CONCEPTS if c.name != "person"}
+    neutral = [c for c in concepts if c not in sensitive]
+    r = run_audit(model, images, kept, layer, [c for c in sensitive if c in concepts], neutral, concepts, config,
+                  left, context=context)
+    save_audit(store_path, name, r, layer, config)
+    return replace(r, report=f"audits/{name}")

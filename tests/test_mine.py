@@ -15,6 +15,7 @@ from atlas.capture import capture
 from atlas.config import MineConfig
 from atlas.data import FolderSource, open_source
 from atlas.mining.loop import MIN_RANGE_EXP, mine
+from atlas.store.write import _filtered_chunk
 
 
 def brute_force(model, source, layer, cfg):
@@ -275,7 +276,7 @@ def test_fletcher32_is_hdf5s(tmp_path):
                 _, raw = ds.id.read_direct_chunk((r, c))
                 parities.add(len(raw) % 2)
                 assert int.from_bytes(raw[-4:], "little") == store.fletcher32(raw[:-4]), (r, c)
-        raw = bytearray(store._filtered_chunk(a[:ds.chunks[0], :ds.chunks[1]] + 1, ds.chunks))
+        raw = bytearray(_filtered_chunk(a[:ds.chunks[0], :ds.chunks[1]] + 1, ds.chunks))
         raw[-1] ^= 1  # a wrong checksum
         ds.id.write_direct_chunk((0, 0), bytes(raw))
         with pytest.raises(OSError):

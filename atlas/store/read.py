@@ -1,0 +1,178 @@
+"""Reading a store: `Store` (the open file: models, layers, images, reports, thumbnails), `LayerData` (one layer
+group) and `read_report`."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import StoreError
+from ..names import unit_id
+from .schema import check_schema, is_text, layer_path
+
+
+def read_report(st: "Store", kind: str, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays, attrs) of ``/<kind>/<name>``; text datasets come back as arrays of str."""
+    key = f"{kind}/{name}"
+    if key not in st.file:
+        have = list(st.file[kind]) if kind in st.file else []
+        raise StoreError(f"store {st.path} has no {kind[:-1]} report {name!r}"
+                         + (f"; it has {', '.join(have)}" if have else ""))
+    g = st.file[key]
+    arrays: dict[str, np.ndarray] = {}
+
+    def visit(n: str, obj: h5py.HLObject) -> None:
+        if isinstance(obj, h5py.Dataset):
+            arrays[n] = obj.asstr()[()] if is_text(obj) else obj[()]
+
+    g.visititems(visit)
+    return arrays, _decoded_attrs(g)
+
+
+def _decoded_attrs(g: h5py.Group) -> dict[str, Any]:
+    """A group's attributes as Python values, the JSON ones (lists, dicts) decoded."""
+    attrs = {}
+    for k, v in g.attrs.items():
+        v = v.item() if isinstance(v, np.generic) else v
+        if isinstance(v, str) and v[:1] in "[{":
+            try:
+                v = json.loads(v)
+            except ValueError:
+                pass
+        attrs[k] = v
+    return attrs
+
+
+@dataclass(frozen=True)
+class LayerData:
+    """Read access to one layer group (arrays are loaded lazily from the open file)."""
+
+    model: str
+    name: str
+    group: h5py.Group
+
+    @property
+    def units(self) -> int:
+        return int(self.group.attrs["units"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.group.attrs["kind"])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(int(x) for x in self.group.attrs["grid"])  # type: ignore[return-value]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads(self.group.attrs["config"])
+
+    def neuron_id(self, unit: int) -> str:
+        return unit_id(self.model, self.name, unit)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.group[key][()]
+
+    def has(self, key: str) -> bool:
+        return key in self.group
+
+    def check(self, kind: str = "verify") -> dict[str, Any] | None:
+        """The attributes of the layer's last ``kind`` check (`write_check`), JSON decoded; None if never run."""
+        return _decoded_attrs(self.group[kind]) if kind in self.group else None
+
+    def featurevis(self) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:
+        """(config JSON, images [U, S, S, 3], objective [U], done [U]) of the layer's feature visualizations, or
+        None."""
+        if "featurevis" not in self.group:
+            return None
+        fv = self.group["featurevis"]
+        return str(fv.attrs["config"]), fv["images"][()], fv["objective"][()], fv["done"][()]
+
+    def featurevis_done(self) -> np.ndarray:
+        if "featurevis/done" not in self.group:
+            return np.zeros(self.units, bool)
+        return self.group["featurevis/done"][()]
+
+
+class Store:
+    """A read-only view of a store file.  Use as a context manager or call close()."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StoreError(f"store {self.path} does not exist; run `atlas mine` or `atlas build` first")
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as e:
+            raise StoreError(f"{self.path} is not a readable HDF5 store ({e})") from e
+        check_schema(self.file, self.path)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self.file.attrs.items()}
+
+    def reports(self, kind: str) -> list[str]:
+        return sorted(self.file[kind]) if kind in self.file else []
+
+    def models(self) -> list[str]:
+        return list(self.file["neurons"]) if "neurons" in self.file else []
+
+    def layers(self, model: str) -> list[LayerData]:
+        g = self.file[f"neurons/{model}"]
+        names = sorted(g, key=lambda n: int(g[n].attrs.get("order", 0)))
+        return [LayerData(model, n, g[n]) for n in names]
+
+    def has_layer(self, model: str, layer: str) -> bool:
+        return layer_path(model, layer) in self.file
+
+    def layer(self, model: str, layer: str) -> LayerData:
+        key = f"neurons/{model}/{layer}"
+        if key not in self.file:
+            known = [f"{m}/{ld.name}" for m in self.models() for ld in self.layers(m)]
+            raise StoreError(f"store {self.path} has no layer {model}/{layer}; it has: {', '.join(known)}")
+        return LayerData(model, layer, self.file[key])
+
+    # images
+    @property
+    def n_images(self) -> int:
+        return int(self.file["images/source_id"].shape[0]) if "images/source_id" in self.file else 0
+
+    def image_column(self, name: str) -> np.ndarray:
+        col = self.file[f"images/{name}"]
+        return col.asstr()[()] if is_text(col) else col[()]
+
+    def thumb_rows(self) -> np.ndarray:
+        """[N] int64: each image's row in /images/thumbs, -1 for none (all -1 in a store without thumbnails)."""
+        return self.file["images/thumb_row"][()] if "images/thumb_row" in self.file else np.zeros(0, np.int64)
+
+    def thumbs(self) -> h5py.Dataset:
+        """/images/thumbs [M, T, T, 3] uint8, read lazily (index it)."""
+        return self.file["images/thumbs"]
+
+    def thumbnail(self, index: int) -> np.ndarray | None:
+        """[T, T, 3] uint8 crop of image ``index`` as the model saw it, or None if not stored."""
+        row = int(self.file["images/thumb_row"][index])
+        return None if row < 0 else self.file["images/thumbs"][row]
+
+    def bad_images(self) -> list[tuple[int, str, str]]:
+        """(index, source id, reason) of every image that was skipped."""
+        status = self.file["images/status"][()]
+        idx = np.nonzero(status)[0]
+        ids = self.file["images/source_id"].asstr()
+        reasons = self.file["images/reason"].asstr()
+        return [(int(i), ids[i], reasons[i]) for i in idx]

@@ -1,0 +1,58 @@
+"""The schema's constants and checks: version, reason codes, report kinds, group paths (docs/store.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from ..errors import StoreError
+
+
+SCHEMA_VERSION = 2  # 2: exact pixels, float32 pooled and maps, nonfinite_maps, verify/
+
+
+REASON_CODES = ("", "empty", "not_an_image", "truncated", "corrupt", "too_large", "unreadable")
+
+
+REPORTS = ("probes", "attacks", "audits")
+
+
+CHECKS = ("verify",)
+
+
+def layer_path(model: str, layer: str) -> str:
+    if "/" in model or "/" in layer or not model or not layer:
+        raise StoreError(f"model name {model!r} and layer name {layer!r} must be non-empty and hold no '/'")
+    return f"neurons/{model}/{layer}"
+
+
+def check_compatible(path: str | os.PathLike, meta: dict[str, Any]) -> None:
+    """Raise if an existing store was made from another model or other data than ``meta`` says."""
+    p = Path(path)
+    if not p.exists():
+        return
+    try:
+        f = h5py.File(p, "r")
+    except OSError as e:
+        raise StoreError(f"{p} is not a readable HDF5 store ({e}); move it away or choose another path") from e
+    with f:
+        check_schema(f, p)
+        for key in ("weights_sha256", "data_fingerprint", "model_name"):
+            if key in f.attrs and key in meta and str(f.attrs[key]) != str(meta[key]):
+                raise StoreError(f"store {p} was built with {key}={f.attrs[key]!r}, not {meta[key]!r}: "
+                                 "each store holds one model on one image set; write to another store path")
+
+
+def check_schema(f: h5py.File, p: Path) -> None:
+    v = int(f.attrs.get("schema_version", -1))
+    if v != SCHEMA_VERSION:
+        raise StoreError(f"store {p} has schema version {v}, this atlas reads version {SCHEMA_VERSION}; "
+                         "rebuild it with this atlas version (version 1 stores were mined from drafted JPEGs with "
+                         "another crop and kept float16 activations: mine them again)")
+
+
+def is_text(ds: h5py.Dataset) -> bool:
+    return h5py.check_string_dtype(ds.dtype) is not None

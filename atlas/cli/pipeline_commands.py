@@ -1,0 +1,227 @@
+"""Commands of the pipeline: build, mine, featurevis, site, verify, info."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..config import (PIXELS, PRECISIONS, RESIZES, AnalysesConfig, BuildConfig, FeatureVisConfig, MineConfig,
+                      SiteConfig)
+from .common import (ProgressBars, captions_opt, data_opt, device_opt, guarded, layers_opt, main, model_opt, parse_units,
+                     split_list, trust_opt, workers_opt)
+
+
+@main.command()
+@model_opt
+@data_opt
+@captions_opt
+@click.option("--out", default="atlas-out", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder: OUT/atlas.h5 (store) and OUT/site/index.html (site).")
+@layers_opt
+@click.option("--featurevis-layers", default=None, help="Layers to visualize (default: the last mined layer; "
+              "'none' for no feature visualization).")
+@click.option("--max-images", type=click.IntRange(1), default=None, help="Mine only the first N images.")
+@click.option("--top-k", default=MineConfig.top_k, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--steps", default=BuildConfig().featurevis.steps, show_default=True, type=click.IntRange(1),
+              help="Feature visualization optimizer steps.")
+@click.option("--label-pattern", default=None,
+              help=r"Regex whose group 1 is the class for the probe and the attack table, e.g. 'picto:(\w+)' "
+                   "(default on Concept World; else the labels as they are).")
+@click.option("--no-reports", is_flag=True, help="Skip the probe, attack and audit reports.")
+@click.option("--audit-groups", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="CSV of image,group to audit (paths relative to --audit-folder).")
+@click.option("--audit-folder", default=None, type=click.Path(exists=True, file_okay=False))
+@device_opt
+@workers_opt
+@trust_opt
+def build(model_spec, data, captions, out, layers, featurevis_layers, max_images, top_k, steps, label_pattern,
+          no_reports, audit_groups, audit_folder, device, workers, trust_checkpoint):
+    """Mine, visualize, analyse and render a whole atlas (defaults: the shipped model on the built-in data)."""
+    from ..build import build as run_build
+
+    if (audit_groups is None) != (audit_folder is None):
+        raise click.UsageError("--audit-groups and --audit-folder go together")
+    fv = None if featurevis_layers is None else (() if featurevis_layers == "none" else split_list(featurevis_layers))
+    on = not no_reports
+    analyses = AnalysesConfig(probe=on, attacks=on, audit=on, label_pattern=label_pattern,
+                              audit_groups=audit_groups, audit_folder=audit_folder)
+    cfg = BuildConfig(model=model_spec, data=data,
+                      mine=MineConfig(layers=split_list(layers), top_k=top_k, max_images=max_images),
+                      featurevis=FeatureVisConfig(steps=steps), site=SiteConfig(), featurevis_layers=fv,
+                      analyses=analyses)
+    bars = ProgressBars()
+    r = guarded(lambda: run_build(cfg, out, captions=captions, device=device, num_workers=workers, progress=bars,
+                               trust_checkpoint=trust_checkpoint))
+    bars.close()
+    parts = ", ".join(f"{k} {v:.1f}s" for k, v in r.report_seconds.items())
+    times = ", ".join(f"{k} {v:.1f}s" + (f" ({parts})" if k == "analyses" and parts else "")
+                      for k, v in r.seconds.items())
+    click.echo(f"store: {r.store}\nsite:  {r.site / 'index.html'} ({r.pages} pages, {r.images} images; "
+               f"{r.bad_images} bad input files skipped)\nreports: {', '.join(r.reports) or 'none'}\ntime:  {times}")
+    for key, why in r.skipped_reports:
+        click.echo(f"skipped {key}: {why}")
+    if r.verified is not None:
+        for c in r.verified.layers:
+            click.echo(f"verify {c.line()}")
+        if not r.verified.ok:
+            raise click.ClickException(f"the store's numbers disagree with the independent reference (above); the "
+                                       f"site shows it; run `atlas verify {r.store}` to check again")
+
+
+@main.command()
+@model_opt
+@data_opt
+@captions_opt
+@click.option("--store", "store_path", required=True, type=click.Path(dir_okay=False),
+              help="HDF5 store to create or add layers to.")
+@layers_opt
+@click.option("--top-k", default=MineConfig.top_k, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--batch-size", default=MineConfig.batch_size, show_default=True, type=click.IntRange(1))
+@click.option("--rank-by", type=click.Choice(["max", "mean"]), default=MineConfig.rank_by, show_default=True,
+              help="Per-image score of a neuron: max or mean over its spatial map.")
+@click.option("--max-images", type=click.IntRange(1), default=None)
+@click.option("--no-pooled", is_flag=True, help="Do not store the images x units matrix of spatial means.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=MineConfig.precision, show_default=True,
+              help="The image tower's arithmetic; auto: bfloat16 autocast on a CUDA GPU, float32 elsewhere.")
+@click.option("--pixels", type=click.Choice(PIXELS), default=MineConfig.pixels, show_default=True,
+              help="What the model sees of a file: exact (full decode + the model's own transform, byte for byte), "
+                   "draft (JPEGs shrunk inside libjpeg first: faster, other pixels) or approx (torch's bicubic on "
+                   "the device: less CPU, within ~1/255).")
+@click.option("--resize", type=click.Choice(RESIZES + ("pil",)), default="auto", show_default=True,
+              help="Where the exact resize runs: cpu (decoding processes; 'pil' is the same) or device; the "
+                   "pixels are the same. auto: cpu (faster on mixed-size files; docs/benchmarks.md).")
+@click.option("--checkpoint-seconds", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds between checkpoints (a killed run resumes from the last one).")
+@device_opt
+@workers_opt
+@trust_opt
+def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank_by, max_images, no_pooled,
+         precision, pixels, resize, checkpoint_seconds, device, workers, trust_checkpoint):
+    """Stream images through a model; keep exact top-k examples and statistics per neuron."""
+    from ..data import open_source
+    from ..mining import mine as run_mine
+    from ..models import load_model
+    from ..store import check_unlocked
+
+    cfg = MineConfig(layers=split_list(layers), top_k=top_k, batch_size=batch_size, rank_by=rank_by,
+                     max_images=max_images, keep_pooled=not no_pooled, precision=precision,
+                     pixels=pixels)
+    bars = ProgressBars()
+
+    def go():
+        check_unlocked(store_path)  # fail at once, not after loading the model
+        model = load_model(model_spec, device=device, trust_checkpoint=trust_checkpoint)
+        return run_mine(model, open_source(data, captions), store_path, cfg, num_workers=workers,
+                        checkpoint_seconds=checkpoint_seconds, progress=bars.step("mine"),
+                        resize="cpu" if resize == "pil" else resize)
+
+    r = guarded(go)
+    bars.close()
+    if r.skipped_layers and len(r.skipped_layers) == len(r.layers):
+        click.echo(f"{store_path}: every layer was already mined with these settings; nothing to do")
+        return
+    resumed = f", resumed at image {r.resumed_from}" if r.resumed_from else ""
+    click.echo(f"{store_path}: mined {len(r.layers) - len(r.skipped_layers)} layers over {r.images} images "
+               f"({r.bad} bad files skipped{resumed})")
+    for layer, n in r.nonfinite.items():
+        if n:
+            click.echo(f"warning: {layer}: the model produced inf or NaN in {n} image x unit maps; they are left out "
+                       "of the top-k and statistics and counted in stats/nonfinite_maps (shown on the layer page)")
+
+
+@main.command()
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--layer", "layer", required=True, help="Layer to visualize.")
+@click.option("--units", default=None, help="Units, e.g. 0-63,100 (default: all).")
+@click.option("--steps", default=FeatureVisConfig.steps, show_default=True, type=click.IntRange(1))
+@click.option("--batch", default=FeatureVisConfig.batch, show_default=True, type=click.IntRange(1),
+              help="Neurons rendered together, one per batch element.")
+@click.option("--size", default=FeatureVisConfig.size, show_default=True, type=click.IntRange(8, 1024))
+@click.option("--lr", default=FeatureVisConfig.lr, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@device_opt
+@trust_opt
+def featurevis(store_path, layer, units, steps, batch, size, lr, device, trust_checkpoint):
+    """Render channel feature visualizations of a mined layer into its store."""
+    from ..featurevis import featurevis as run_fv
+    from ..models import load_model
+    from ..store import Store
+
+    cfg = FeatureVisConfig(steps=steps, batch=batch, size=size, lr=lr)
+    unit_list = parse_units(units)
+    bars = ProgressBars()
+
+    def go():
+        with Store(store_path) as st:
+            spec = st.meta["model_spec"]
+        model = load_model(spec, device=device, trust_checkpoint=trust_checkpoint)
+        return run_fv(model, store_path, layer, unit_list, cfg, progress=bars.step(f"featurevis {layer}"))
+
+    r = guarded(go)
+    bars.close()
+    click.echo(f"{store_path}: {layer}: rendered {r.rendered} neurons ({r.reused} already done)")
+
+
+@main.command()
+@click.argument("stores", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", default="atlas-site", show_default=True, type=click.Path(file_okay=False))
+@click.option("--examples", default=SiteConfig.examples, show_default=True, type=click.IntRange(1, 1000),
+              help="Dataset examples per neuron page.")
+@click.option("--title", default=SiteConfig.title, show_default=True)
+def site(stores, out, examples, title):
+    """Render one or more stores into a static site (open OUT/index.html from disk)."""
+    from ..site import build_site
+
+    bars = ProgressBars()
+    r = guarded(lambda: build_site(list(stores), out, SiteConfig(examples=examples, title=title),
+                                progress=bars.step("site")))
+    bars.close()
+    click.echo(f"{Path(r.out) / 'index.html'}: {r.pages} pages, {r.images} images")
+
+
+@main.command()
+@click.argument("store_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--units", default=64, show_default=True, type=click.IntRange(1), help="Units checked per layer.")
+@click.option("--images", default=64, show_default=True, type=click.IntRange(0),
+              help="Random images checked besides the units' top-k examples.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sample.")
+@layers_opt
+@click.option("--data", default=None, help="The images the store was mined from (default: as the store names them).")
+@captions_opt
+@device_opt
+@trust_opt
+def verify(store_path, units, images, seed, layers, data, captions, device, trust_checkpoint):
+    """Recompute a sample of the store's numbers from the original images with an independent reference (plain
+    PIL, open_clip's transform, eager float32 forward) and compare; exit code 1 outside the tolerance."""
+    from ..config import VerifyConfig
+    from ..verify import verify_store
+
+    r = guarded(lambda: verify_store(store_path, data=data, captions=captions, layers=list(split_list(layers)) or None,
+                                  config=VerifyConfig(units=units, images=images, seed=seed), device=device,
+                                  trust_checkpoint=trust_checkpoint))
+    for c in r.layers:
+        click.echo(c.line())
+    click.echo(f"{store_path}: {'verified' if r.ok else 'NOT verified'} in {r.seconds:.1f} s (recorded in the store)")
+    if not r.ok:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("store_path", type=click.Path(exists=True, dir_okay=False))
+def info(store_path):
+    """Summarize a store: model, data, layers, skipped images."""
+    from ..store import Store
+
+    def go():
+        with Store(store_path) as st:
+            for k, v in sorted(st.meta.items()):
+                click.echo(f"{k}: {v}")
+            for m in st.models():
+                for ld in st.layers(m):
+                    fv = int(ld.featurevis_done().sum())
+                    click.echo(f"layer {m}/{ld.name}: {ld.kind}, {ld.units} units, feature vis {fv}/{ld.units}")
+            click.echo(f"skipped images: {len(st.bad_images())}")
+
+    guarded(go)
+
+

@@ -105,3 +105,10 @@ def test_no_private_name_is_imported_from_another_module():
                 wrong += [f"{module_name(path)} imports {a.name} from {'.' * node.level}{node.module or ''}"
                           for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
     assert not wrong, "private names used across modules (make them public or move them):\n" + "\n".join(wrong)
+
+
+def test_only_the_store_touches_hdf5():
+    """The store owns every read and write of the schema: no other module imports h5py or names it."""
+    wrong = [module_name(p) for p in sorted(PKG.rglob("*.py"))
+             if not module_name(p).startswith("atlas.store") and re.search(r"\bh5py\b", p.read_text(encoding="utf-8"))]
+    assert not wrong, f"h5py outside atlas.store (add a function to atlas/store/ instead): {wrong}"

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from atlas.audit.bias import AuditConfig, AuditError, _bh, _compare, _hedges_g, read_groups_csv, run_audit
-from atlas.attacks.typographic import POSITIONS, AttackError, AttackText, attack_rows, pixels_changed, stamp
+from atlas.attacks.typographic import (POSITIONS, AttackError, AttackText, attack_rows, attack_rows_shared, pixels_changed,
+                                      probe_classifier, stamp, zero_shot_classifier)
 
 
 def test_stamp_writes_text_where_asked():
@@ -61,6 +62,36 @@ def test_attack_table_counts_and_success(tiny_model):
     assert r.successes == 24 and r.success_rate == 1.0 and r.clean_accuracy == 1.0
     with pytest.raises(AttackError, match="not among"):
         attack_rows(tiny_model, images, labels, ["red", "blue"], [("x", "green")], says_word_if_white_box)
+
+
+def test_classifiers_share_each_forward_and_get_their_own_rows(tiny_model, monkeypatch):
+    """Two classifiers (zero-shot, a probe) attacked together: each image goes through the model once, and each
+    classifier's rows equal those of attacking it alone."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (80, 70, 3), dtype=np.uint8)) for _ in range(5)]
+    classes = ["cat", "dog", "ipod"]
+    labels = ["cat", "dog", "cat", None, "ipod"]
+    layer = tiny_model.default_layers[-1]
+    units = tiny_model.layer(layer).units
+    W, b = rng.normal(size=(2, units)), rng.normal(size=2)
+    probe = probe_classifier(tiny_model, layer, W, b, np.zeros(units), np.ones(units))
+    readers = {"zero-shot": (zero_shot_classifier(tiny_model, classes), classes), "probe": (probe, ["cat", "ipod"])}
+    targets = [("ipod", "ipod"), ("woof", "dog")]
+    seen = []
+    encode = tiny_model.encode_image
+    monkeypatch.setattr(tiny_model, "encode_image", lambda x: (seen.append(len(x)), encode(x))[1])
+    both = attack_rows_shared(tiny_model, images, labels, readers, targets, AttackText("x", size=0.3), range(3))
+    # clean once, then per target the images not of its class at 3 positions: 5 + (4 + 4) * 3, one forward each
+    assert sum(seen) == 5 + (4 + 4) * 3
+    assert [r.target for r in both["zero-shot"]] == ["ipod", "dog"] and [r.target for r in both["probe"]] == ["ipod"]
+    monkeypatch.setattr(tiny_model, "encode_image", encode)
+    for name, (classify, cls) in readers.items():
+        alone = attack_rows_shared(tiny_model, images, labels, {name: (classify, cls)},
+                                   [t for t in targets if t[1] in cls], AttackText("x", size=0.3), range(3))[name]
+        for a, b2 in zip(alone, both[name]):
+            assert (a.attempts, a.successes, a.examples, a.clean_accuracy) == \
+                   (b2.attempts, b2.successes, b2.examples, b2.clean_accuracy)
+            assert a.pixels_changed == b2.pixels_changed
 
 
 def test_benjamini_hochberg():

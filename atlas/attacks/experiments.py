@@ -25,7 +25,8 @@ from ..data.catalog import open_source
 from ..data.conceptworld import CONCEPTS, HELD_OUT_PICTOGRAMS, PICTOGRAM_LABELS, heldout_pictograms
 from ..data.sources import ImageSource
 from ..models import LoadedModel
-from .typographic import POSITIONS, AttackError, AttackText, attack_rows, probe_classifier, stamp, zero_shot_classifier
+from .typographic import (POSITIONS, AttackError, AttackText, attack_rows_shared, probe_classifier, stamp,
+                          zero_shot_classifier)
 
 PAPER_TARGETS = (("trash", "trash"), ("ipod", "ipod"), ("pizza", "pizza"), ("$$$", "money"), ("shark", "shark"),
                  ("meow", "cat"), ("library", "book"))
@@ -130,14 +131,15 @@ def run_attack_table(model: LoadedModel, data: str | ImageSource, store_path: st
                                             "success_rate", "pixels_changed", "clean_accuracy")}
     pairs_clean, pairs_attacked, pair_caption = [], [], []
     crops = [model.crop(p) for p in pics]
-    for cname, (classify, cls) in classifiers.items():
-        y = [cls.index(lab) if lab in cls else -1 for lab in labs]
-        mine = [(t, c) for t, c in targets if c in cls]
+    for cname, (_, cls) in classifiers.items():
         left_out += [(f"{cname}: target {t!r} -> {c!r}", 1, "the classifier has no such class")
                      for t, c in targets if c not in cls]
+    # every attacked image goes through the model once for all classifiers; rows come classifier by classifier
+    by_size = {size: attack_rows_shared(model, pics, labs, classifiers, targets, AttackText("x", font=font, size=size))
+               for size in sizes}
+    for cname, (classify, cls) in classifiers.items():
         for size in sizes:
-            base = AttackText("x", font=font, size=size)
-            for r in attack_rows(model, pics, y, cls, mine, classify, base):
+            for r in by_size[size][cname]:
                 for k, v in (("classifier", cname), ("text", r.text), ("target", r.target), ("size", size),
                              ("attempts", r.attempts), ("successes", r.successes),
                              ("success_rate", r.success_rate), ("pixels_changed", r.pixels_changed),

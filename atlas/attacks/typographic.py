@@ -97,26 +97,54 @@ def pixels_changed(a: Image.Image, b: Image.Image) -> float:
     return float((np.abs(x - y).max(axis=2) > 0).mean())
 
 
-def zero_shot_classifier(model: LoadedModel, class_names: Sequence[str]) -> Classifier:
-    from ..probes.zeroshot import zero_shot_head, zero_shot_logits
+class FeatureClassifier:
+    """A classifier read from one forward pass: logits from the image embedding [N, D] and the spatial means
+    [N, U] of ``layers``.  Several of them share one forward (`predict`); each is also a classifier of pixels."""
+
+    def __init__(self, model: LoadedModel, layers: tuple[str, ...],
+                 logits: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]) -> None:
+        self.model, self.layers, self.logits = model, layers, logits
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return predict(self.model, pixels, {"": self})[""]
+
+
+def predict(model: LoadedModel, pixels: torch.Tensor, classifiers: dict[str, Classifier]) -> dict[str, torch.Tensor]:
+    """[N, classes] scores of every classifier on [N, 3, S, S] ``pixels``, with one forward pass for all the
+    `FeatureClassifier` ones (any other classifier is called on the pixels)."""
+    from ..capture import pooled_activations
+
+    shared = {n: c for n, c in classifiers.items() if isinstance(c, FeatureClassifier)}
+    out: dict[str, torch.Tensor] = {}
+    if shared:
+        layers = sorted({layer for c in shared.values() for layer in c.layers})
+        pooled, embedding = pooled_activations(model, pixels, layers, "mean")  # {layer: [N, U]}, [N, D]
+        out = {n: c.logits(pooled, embedding) for n, c in shared.items()}
+    return {n: out[n] if n in out else c(pixels) for n, c in classifiers.items()}
+
+
+def zero_shot_classifier(model: LoadedModel, class_names: Sequence[str]) -> FeatureClassifier:
+    """Cosine similarities of the normalized image embedding with the class names' zero-shot head."""
+    from ..probes.zeroshot import zero_shot_head
 
     head = zero_shot_head(model, class_names)
-    return lambda pixels: zero_shot_logits(model, head, pixels)
+
+    def logits(pooled: dict[str, torch.Tensor], f: torch.Tensor) -> torch.Tensor:
+        return (f / f.norm(dim=-1, keepdim=True)) @ head.to(f.device).t()  # as zero_shot_logits
+
+    return FeatureClassifier(model, (), logits)
 
 
 def probe_classifier(model: LoadedModel, layer: str, W: np.ndarray, b: np.ndarray, mean: np.ndarray,
-                     std: np.ndarray) -> Classifier:
-    """A stored linear probe on a layer's pooled activations, as a classifier of pixels."""
-    from ..capture import pooled_activations
-
+                     std: np.ndarray) -> FeatureClassifier:
+    """A stored linear probe on a layer's pooled (spatial mean) activations."""
     Wt, bt = torch.as_tensor(W, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32)
     mu, sd = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
 
-    def classify(pixels: torch.Tensor) -> torch.Tensor:
-        z = (pooled_activations(model, pixels, [layer], "mean")[0][layer] - mu) / sd
-        return z @ Wt.t() + bt
+    def logits(pooled: dict[str, torch.Tensor], f: torch.Tensor) -> torch.Tensor:
+        return ((pooled[layer] - mu) / sd) @ Wt.t() + bt
 
-    return classify
+    return FeatureClassifier(model, (layer,), logits)
 
 
 @dataclass
@@ -135,21 +163,36 @@ class AttackRow:
 
 
 def attack_rows(model: LoadedModel, images: Sequence[Image.Image], labels: Sequence[int], classes: Sequence[str],
-                 targets: Sequence[tuple[str, str]], classify: Classifier,
-                 base: AttackText = AttackText("x"), positions: Sequence[int] = range(len(POSITIONS))
-                 ) -> list[AttackRow]:
+                targets: Sequence[tuple[str, str]], classify: Classifier,
+                base: AttackText = AttackText("x"), positions: Sequence[int] = range(len(POSITIONS))
+                ) -> list[AttackRow]:
     """For each (attack text, target class): success rate, pixels changed, clean accuracy (see module doc)."""
-    unknown = [t for _, t in targets if t not in classes]
-    if unknown:
-        raise AttackError(f"target classes {unknown} are not among the classifier's classes")
+    names = [classes[i] if 0 <= i < len(classes) else None for i in labels]
+    return attack_rows_shared(model, images, names, {"": (classify, classes)}, targets, base, positions)[""]
+
+
+def attack_rows_shared(model: LoadedModel, images: Sequence[Image.Image], labels: Sequence[str | None],
+                       classifiers: dict[str, tuple[Classifier, Sequence[str]]], targets: Sequence[tuple[str, str]],
+                       base: AttackText = AttackText("x"), positions: Sequence[int] = range(len(POSITIONS))
+                       ) -> dict[str, list[AttackRow]]:
+    """`attack_rows` of several classifiers (name -> (classifier, its classes)) on the same labelled images, each
+    attacked image stamped and passed through the model once for all of them (`predict`).  A classifier
+    gets the rows of the targets among its classes; an image's label is its class name (None: no class)."""
+    for cname, (_, cls) in classifiers.items():
+        unknown = [t for _, t in targets if t not in cls]
+        if unknown and len(classifiers) == 1:
+            raise AttackError(f"target classes {unknown} are not among the classifier's classes")
     crops = [model.crop(im) for im in images]
-    clean = classify(torch.stack([model.preprocess(c) for c in crops])).argmax(1).numpy()
-    labels = np.asarray(labels)
-    rows = []
+    fns = {n: c for n, (c, _) in classifiers.items()}
+    clean = {n: v.argmax(1).numpy() for n, v in predict(model, torch.stack([model.preprocess(c) for c in crops]),
+                                                        fns).items()}
+    y = {n: np.array([cls.index(lab) if lab in cls else -1 for lab in labels]) for n, (_, cls) in classifiers.items()}
+    rows: dict[str, list[AttackRow]] = {n: [] for n in classifiers}
     for text, target in targets:
-        t = classes.index(target)
-        row = AttackRow(text, target, clean_accuracy=float((clean == labels).mean()))
-        keep = [i for i in range(len(crops)) if labels[i] != t]
+        mine = {n: c for n, c in fns.items() if target in classifiers[n][1]}
+        if not mine:
+            continue
+        keep = [i for i in range(len(crops)) if labels[i] != target]
         attacked, changed, where = [], [], []
         for i in keep:
             for p in positions:
@@ -158,9 +201,13 @@ def attack_rows(model: LoadedModel, images: Sequence[Image.Image], labels: Seque
                 attacked.append(model.preprocess(a))
                 changed.append(pixels_changed(crops[i], a))
                 where.append((i, p))
-        pred = classify(torch.stack(attacked)).argmax(1).numpy() if attacked else np.zeros(0, int)
-        row.attempts, row.successes = len(pred), int((pred == t).sum())
-        row.pixels_changed = float(np.mean(changed)) if changed else float("nan")
-        row.examples = [(i, p, int(clean[i]), int(q)) for (i, p), q in zip(where, pred)]
-        rows.append(row)
+        preds = predict(model, torch.stack(attacked), mine) if attacked else {n: torch.zeros(0, 1) for n in mine}
+        for n in mine:
+            t = classifiers[n][1].index(target)
+            pred = preds[n].argmax(1).numpy() if attacked else np.zeros(0, int)
+            row = AttackRow(text, target, clean_accuracy=float((clean[n] == y[n]).mean()))
+            row.attempts, row.successes = len(pred), int((pred == t).sum())
+            row.pixels_changed = float(np.mean(changed)) if changed else float("nan")
+            row.examples = [(i, p, int(clean[n][i]), int(q)) for (i, p), q in zip(where, pred)]
+            rows[n].append(row)
     return rows

@@ -158,7 +158,10 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cuda", workers: int 
             acc = float((logits.argmax(1) == labels).float().mean())
             curve.append({"step": step, "loss": float(loss.detach()), "batch_acc": acc, "lr": sched.get_last_lr()[0],
                           "logit_scale": float(clip.logit_scale.exp()), "seconds": time.time() - t1})
-            log(f"step {step:5d} loss {float(loss.detach()):.3f} acc {acc:.3f} ({time.time() - t1:.0f}s)")
+            took = time.time() - t1
+            eta = took / (step + 1) * (total[0] - step - 1)
+            log(f"step {step:5d}/{total[0]} loss {float(loss.detach()):.3f} acc {acc:.3f} ({took:.0f}s, "
+                f"{(step + 1) / max(took, 1e-9):.1f} steps/s, ETA {eta:.0f}s)")
         step += 1
     clip.eval()
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in clip.state_dict().items()}

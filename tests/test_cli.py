@@ -50,6 +50,11 @@ def test_small_build_end_to_end(tmp_path):
     assert "reports: probes/probe, attacks/table, attacks/stroop, attacks/words" in r.output
     assert "skipped audits/audit: no group labels" in r.output
     assert re.search(r"analyses [\d.]+s \(probes/probe [\d.]+s, attacks/table [\d.]+s", r.output), r.output
+    # not a terminal: each step ends in a plain line saying what was done in how long, and so does the command
+    assert re.search(r"^mine: 96/96 images in [\d.]+ s \([\d.]+ images/s\)$", r.output, re.M), r.output
+    assert re.search(r"^featurevis visual.layer4.0: 512/512 units in [\d.]+ s", r.output, re.M), r.output
+    assert re.search(r"^site: 2/2 layers in [\d.]+ s", r.output, re.M), r.output
+    assert re.search(r"^built .*index.html in [\d.]+ s$", r.output, re.M), r.output
     # a second build reuses everything and gives the same store
     digest = store.contents_digest(out / "atlas.h5")
     r2 = CliRunner().invoke(main, ["build", "--model", "atlas:tiny@random:0", "--data", "synthetic:96", "--out", str(out), "--layers",
@@ -88,3 +93,27 @@ def test_bad_input_gives_a_clear_error(tmp_path, args, message):
     assert r.exit_code != 0
     assert message in r.output, r.output
     assert "Traceback" not in r.output
+
+
+def test_progress_lines_when_not_a_terminal():
+    import io
+
+    from atlas.cli.progress import Progress
+
+    out = io.StringIO()
+    p = Progress(out, every=0.0, terminal=False)
+    for done in (0, 25, 50, 100):
+        p("mine", done, 100)
+    p("report probes/probe", 0, 1)
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "mine: 0/100 images"
+    assert re.fullmatch(r"mine: 25/100 images \(25%\), [\d.]+ images/s, ETA \d+:\d\d", lines[1]), lines
+    assert re.fullmatch(r"mine: 100/100 images in [\d.]+ s \([\d.]+ images/s\)", lines[3]), lines
+    assert re.fullmatch(r"report probes/probe: done in [\d.]+ s", lines[-1]), lines
+    bar = io.StringIO()
+    q = Progress(bar, terminal=True)  # a terminal: a tqdm bar with the rate
+    q("featurevis visual.layer4.0", 0, 8)
+    q("featurevis visual.layer4.0", 8, 8)
+    assert "8/8" in bar.getvalue() and "units/s" in bar.getvalue()
+

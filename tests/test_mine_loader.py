@@ -151,7 +151,7 @@ def test_an_interrupted_loader_run_resumes_to_the_same_store(tiny_model, folder,
 
     def crash(done: int, total: int) -> None:
         calls.append(done)
-        if len(calls) == 2:  # after the first batch's checkpoint
+        if len(calls) == 3:  # the start, then after the first batch (checkpointed), then after the second
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

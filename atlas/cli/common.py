@@ -4,7 +4,6 @@ errors)."""
 from __future__ import annotations
 
 import re
-import sys
 from typing import Callable
 
 import click
@@ -15,34 +14,6 @@ from ..errors import AtlasError
 # what a user can act on: atlas's own errors (atlas.errors), invalid values, missing files or names; anything else is a
 # bug and keeps its traceback
 USER_ERRORS: tuple[type[BaseException], ...] = (AtlasError, ValueError, KeyError, FileNotFoundError)
-
-
-class ProgressBars:
-    """click progress bars, one per step label, driven by (label, done, total) callbacks."""
-
-    def __init__(self) -> None:
-        self.bar = None
-        self.label = None
-        self.done = 0
-
-    def __call__(self, label: str, done: int, total: int) -> None:
-        if label != self.label:
-            self.close()
-            self.label, self.done = label, 0
-            self.bar = click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True)
-            self.bar.__enter__()
-        self.bar.update(done - self.done)
-        self.done = done
-        if done >= total:
-            self.close()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-        self.bar, self.label = None, None
-
-    def step(self, label: str) -> Callable[[int, int], None]:
-        return lambda done, total: self(label, done, total)
 
 
 def guarded(fn: Callable[[], object]) -> object:

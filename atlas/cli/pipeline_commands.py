@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
+from .progress import Progress
 from ..config import (PIXELS, PRECISIONS, RESIZES, AnalysesConfig, BuildConfig, FeatureVisConfig, MineConfig,
                       SiteConfig)
-from .common import (ProgressBars, captions_opt, data_opt, device_opt, guarded, layers_opt, main, model_opt, parse_units,
+from .common import (captions_opt, data_opt, device_opt, guarded, layers_opt, main, model_opt, parse_units,
                      split_list, trust_opt, workers_opt)
 
 
@@ -50,7 +52,7 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
                       mine=MineConfig(layers=split_list(layers), top_k=top_k, max_images=max_images),
                       featurevis=FeatureVisConfig(steps=steps), site=SiteConfig(), featurevis_layers=fv,
                       analyses=analyses)
-    bars = ProgressBars()
+    bars, t0 = Progress(), time.perf_counter()
     r = guarded(lambda: run_build(cfg, out, captions=captions, device=device, num_workers=workers, progress=bars,
                                trust_checkpoint=trust_checkpoint))
     bars.close()
@@ -64,6 +66,8 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
     if r.verified is not None:
         for c in r.verified.layers:
             click.echo(f"verify {c.line()}")
+    click.echo(f"built {r.site / 'index.html'} in {time.perf_counter() - t0:.1f} s")
+    if r.verified is not None:
         if not r.verified.ok:
             raise click.ClickException(f"the store's numbers disagree with the independent reference (above); the "
                                        f"site shows it; run `atlas verify {r.store}` to check again")
@@ -107,7 +111,7 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
     cfg = MineConfig(layers=split_list(layers), top_k=top_k, batch_size=batch_size, rank_by=rank_by,
                      max_images=max_images, keep_pooled=not no_pooled, precision=precision,
                      pixels=pixels)
-    bars = ProgressBars()
+    bars, t0 = Progress(), time.perf_counter()
 
     def go():
         check_unlocked(store_path)  # fail at once, not after loading the model
@@ -123,7 +127,7 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
         return
     resumed = f", resumed at image {r.resumed_from}" if r.resumed_from else ""
     click.echo(f"{store_path}: mined {len(r.layers) - len(r.skipped_layers)} layers over {r.images} images "
-               f"({r.bad} bad files skipped{resumed})")
+               f"({r.bad} bad files skipped{resumed}) in {time.perf_counter() - t0:.1f} s")
     for layer, n in r.nonfinite.items():
         if n:
             click.echo(f"warning: {layer}: the model produced inf or NaN in {n} image x unit maps; they are left out "
@@ -149,7 +153,7 @@ def featurevis(store_path, layer, units, steps, batch, size, lr, device, trust_c
 
     cfg = FeatureVisConfig(steps=steps, batch=batch, size=size, lr=lr)
     unit_list = parse_units(units)
-    bars = ProgressBars()
+    bars, t0 = Progress(), time.perf_counter()
 
     def go():
         with Store(store_path) as st:
@@ -159,7 +163,8 @@ def featurevis(store_path, layer, units, steps, batch, size, lr, device, trust_c
 
     r = guarded(go)
     bars.close()
-    click.echo(f"{store_path}: {layer}: rendered {r.rendered} neurons ({r.reused} already done)")
+    click.echo(f"{store_path}: {layer}: rendered {r.rendered} neurons ({r.reused} already done) in "
+               f"{time.perf_counter() - t0:.1f} s")
 
 
 @main.command()
@@ -172,7 +177,7 @@ def site(stores, out, examples, title):
     """Render one or more stores into a static site (open OUT/index.html from disk)."""
     from ..site import build_site
 
-    bars = ProgressBars()
+    bars = Progress()
     r = guarded(lambda: build_site(list(stores), out, SiteConfig(examples=examples, title=title),
                                 progress=bars.step("site")))
     bars.close()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 
+from .progress import Progress
 from .common import device_opt, guarded, main, model_opt, split_list, trust_opt
 
 
@@ -21,9 +24,13 @@ def probe(store_path, layer, name, labels_csv, label_pattern, device):
     from ..probes import composition, format_composition
     from ..probes.report import probe_layer
 
-    p = guarded(lambda: probe_layer(store_path, layer, name, labels_csv, label_pattern, device=device))
+    bars, t0 = Progress(), time.perf_counter()
+    p = guarded(lambda: probe_layer(store_path, layer, name, labels_csv, label_pattern, device=device,
+                                    progress=bars.step("probe")))
+    bars.close()
     click.echo(f"{store_path}: /probes/{name}: {len(p.classes)} classes, validation accuracy "
-               f"{100 * p.val_accuracy:.1f}%, {p.neurons_per_class():.1f} neurons per class")
+               f"{100 * p.val_accuracy:.1f}%, {p.neurons_per_class():.1f} neurons per class "
+               f"({time.perf_counter() - t0:.1f} s)")
     for what, n, why in p.left_out:
         click.echo(f"  left out: {what} ({n}): {why}")
     for c in p.classes[:5]:

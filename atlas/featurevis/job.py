@@ -66,6 +66,8 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
         batches = [todo[i:i + config.batch] for i in range(0, len(todo), config.batch)]
         rendered = 0
         renderer = None
+        if progress:
+            progress(0, len(todo))
         for b, batch in enumerate(batches):
             ckpt = work / ("units-" + "-".join(map(str, (batch[0], batch[-1], len(batch)))) + ".npz")
             if ckpt.exists():
@@ -82,7 +84,7 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
                 rendered += len(batch)
             done[batch] = True
             if progress:
-                progress(b + 1, len(batches))
+                progress(sum(len(x) for x in batches[:b + 1]), len(todo))  # units
         store.write_featurevis(path, model.name, layer, cfg_json, images, objective, done)
         store.remove_work(work)
     return FeatureVisResult(layer, rendered, reused)

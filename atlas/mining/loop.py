@@ -316,6 +316,8 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
             batches = _batches(model, source, position, n_images, config.batch_size, num_workers,
                                config.pixels, resize)
             seconds["setup"], t = time.perf_counter() - t0, time.perf_counter()
+            if progress:
+                progress(position, n_images)  # the start (a resumed run starts past 0)
             for b in batches:
                 t = _lap(seconds, "wait" if seconds["first_batch"] else "first_batch", t)
                 _record(image_state, b)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -61,7 +62,8 @@ def labels_from_pattern(labels: list[str] | np.ndarray, pattern: str | None) -> 
 
 
 def fit_probe(features: np.ndarray, labels: list[str], config: ProbeConfig = ProbeConfig(),
-              device: str | torch.device = "cpu", skipped: np.ndarray | None = None) -> Probe:
+              device: str | torch.device = "cpu", skipped: np.ndarray | None = None,
+              progress: Callable[[int, int], None] | None = None) -> Probe:
     """features: [N, F] pooled activations (NaN rows for skipped images); labels: [N] ("" = no label); skipped:
     [N] bool, the images mining skipped (/images/status != 0; None: the all-NaN rows).  Images left out are
     counted by cause in ``Probe.left_out``: no label, skipped while mining, or non-finite activations that the
@@ -117,7 +119,7 @@ def fit_probe(features: np.ndarray, labels: list[str], config: ProbeConfig = Pro
     t = lambda a: torch.as_tensor(a, dtype=dtype, device=dev)  # noqa: E731
     path = l1_path(t(Z[train]), torch.as_tensor(y[train], device=dev), len(classes), t(Z[val]),
                    torch.as_tensor(y[val], device=dev), n_lambdas=config.n_lambdas, min_ratio=config.min_ratio,
-                   tol=config.tol, max_iter=config.max_iter, patience=config.patience)
+                   tol=config.tol, max_iter=config.max_iter, patience=config.patience, progress=progress)
     W, b = path.W[path.best].numpy().astype(np.float64), path.b[path.best].numpy().astype(np.float64)
     return Probe(classes, W, b, mean, std, path, int(len(train)), int(len(val)), left_out)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,9 @@ def read_labels_csv(path: str | os.PathLike, source_ids: np.ndarray) -> list[str
 
 def probe_layer(store_path: str | os.PathLike, layer: str, name: str = "probe", labels_csv: str | None = None,
                 label_pattern: str | None = None, config: ProbeConfig = ProbeConfig(),
-                device: str = "cpu") -> Probe:
-    """Fit a sparse probe on a mined layer's pooled activations and save it as /probes/<name>."""
+                device: str = "cpu", progress: Callable[[int, int], None] | None = None) -> Probe:
+    """Fit a sparse probe on a mined layer's pooled activations and save it as /probes/<name>.  ``progress``:
+    (lambdas done, lambdas) along the regularization path."""
     with store.Store(store_path) as st:
         model = st.models()[0] if st.models() else None
         if model is None:
@@ -41,7 +43,7 @@ def probe_layer(store_path: str | os.PathLike, layer: str, name: str = "probe", 
         source_ids = st.image_column("source_id")
         raw = read_labels_csv(labels_csv, source_ids) if labels_csv else list(st.image_column("label"))
     labels = labels_from_pattern(raw, label_pattern)
-    probe = fit_probe(X, labels, config, device=device, skipped=skipped)
+    probe = fit_probe(X, labels, config, device=device, skipped=skipped, progress=progress)
     save_probe(store_path, name, model, layer, probe, config,
                source=f"csv:{Path(labels_csv).name}" if labels_csv else "store labels", pattern=label_pattern or "")
     return probe

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -169,8 +170,9 @@ def _accuracy(X: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor
 
 def l1_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, X_val: torch.Tensor | None = None,
             y_val: torch.Tensor | None = None, n_lambdas: int = 20, min_ratio: float = 1e-3, tol: float = 1e-6,
-            max_iter: int = 2000, patience: int = 4) -> ProbePath:
-    """Fit along a geometric lambda path from lam_max down to lam_max * min_ratio, warm-started."""
+            max_iter: int = 2000, patience: int = 4, progress: Callable[[int, int], None] | None = None) -> ProbePath:
+    """Fit along a geometric lambda path from lam_max down to lam_max * min_ratio, warm-started.  ``progress``:
+    called with (lambdas done, n_lambdas) after each lambda (and (n, n) when validation stops the path early)."""
     L = lipschitz(X)
     lam0 = lambda_max(X, y, n_classes)
     lams = [lam0 * min_ratio ** (k / max(1, n_lambdas - 1)) for k in range(n_lambdas)]
@@ -188,10 +190,14 @@ def l1_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, X_val: torch.Tenso
         path.val_acc.append(_accuracy(X_val, y_val, W, b) if X_val is not None else path.train_acc[-1])
         path.objective.append(r.objective)
         path.iterations.append(r.iterations)
+        if progress:
+            progress(len(path.lambdas), n_lambdas)
         if path.val_acc[-1] > path.val_acc[path.best] + 1e-12:
             path.best, since_best = len(path.lambdas) - 1, 0
         else:
             since_best += 1
             if X_val is not None and since_best >= patience:
                 break
+    if progress and len(path.lambdas) < n_lambdas:
+        progress(n_lambdas, n_lambdas)  # stopped early: the rest of the path is not needed
     return path

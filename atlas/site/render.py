@@ -61,6 +61,8 @@ def build_site(stores: Sequence[str | Path], out: str | Path, config: SiteConfig
         links = backlinks(reports, site) if site else {}
         total = sum(len(st.layers(m)) for st, m in models)
         done = 0
+        if progress:
+            progress(0, total)
         summaries = []
         for st, model in models:
             summaries.append(_model_pages(w, st, model))

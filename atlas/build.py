@@ -36,9 +36,10 @@ class BuildResult:
 
 
 def build(config: BuildConfig = BuildConfig(), out: str | Path = "atlas-out", *, captions: str | None = None,
-          device: str = "auto", num_workers: int = 0, progress: StepProgress | None = None,
-          trust_checkpoint: bool = False) -> BuildResult:
-    """Build a complete atlas in ``out``: ``out/atlas.h5`` (the store) and ``out/site/`` (the pages)."""
+          device: str = "auto", num_workers: int | None = None, progress: StepProgress | None = None,
+          trust_checkpoint: bool = False, log: Callable[[str], None] | None = None) -> BuildResult:
+    """Build a complete atlas in ``out``: ``out/atlas.h5`` (the store) and ``out/site/`` (the pages).
+    ``num_workers`` (None: what fits the machine) and ``log`` (the settings line) go to `mine`."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder; choose another path")
@@ -55,7 +56,7 @@ def build(config: BuildConfig = BuildConfig(), out: str | Path = "atlas-out", *,
     seconds["load"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    mined = mine(model, source, store_path, config.mine, num_workers=num_workers, progress=step("mine"))
+    mined = mine(model, source, store_path, config.mine, num_workers=num_workers, progress=step("mine"), log=log)
     seconds["mine"] = time.perf_counter() - t
 
     t = time.perf_counter()

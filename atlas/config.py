@@ -33,8 +33,9 @@ class MineConfig:
 
     layers: canonical layer names (`named_modules()` paths); empty means the model's default layers.
     top_k: dataset examples kept per neuron.
-    batch_size: images per forward pass.  Part of the identity of a run: batch composition can change
-        floating-point results in the last bit, so a resumed run must use the same batches.
+    batch_size: images per forward pass (None: what fits the machine, `atlas.mining.machine`: 64 on a CPU, up to
+        256 on a GPU by its memory; resolved before the config is stored).  Part of the identity of a run: batch
+        composition can change floating-point results in the last bit, so a resumed run must use the same batches.
     rank_by: per-image score of a neuron: "max" or "mean" of its spatial (or token) map.
     map_size: the spatial map of each top example is average-pooled to at most map_size x map_size.
     hist_bins: bins of the per-neuron histogram of scores (even; half for negative, half for positive).
@@ -55,7 +56,7 @@ class MineConfig:
 
     layers: tuple[str, ...] = ()
     top_k: int = 16
-    batch_size: int = 64
+    batch_size: int | None = None
     rank_by: str = "max"
     map_size: int = 8
     hist_bins: int = 64
@@ -68,7 +69,7 @@ class MineConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
-        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.batch_size is None or self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.rank_by in RANK_BY, f"rank_by must be one of {RANK_BY}, got {self.rank_by!r}")
         _check(1 <= self.map_size <= 64, f"map_size must be in 1..64, got {self.map_size}")
         _check(self.hist_bins >= 2 and self.hist_bins % 2 == 0,

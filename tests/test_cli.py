@@ -117,3 +117,20 @@ def test_progress_lines_when_not_a_terminal():
     q("featurevis visual.layer4.0", 8, 8)
     assert "8/8" in bar.getvalue() and "units/s" in bar.getvalue()
 
+
+
+def test_settings_fit_the_machine_and_are_printed(tmp_path):
+    from atlas.mining.machine import GIB, fit_machine
+
+    assert (fit_machine("cpu", 2).batch_size, fit_machine("cpu", 64).workers) == (64, 0)  # CPU: as always
+    h100 = fit_machine("cuda", 16, 80 * GIB)
+    assert (h100.batch_size, h100.workers) == (256, 14) and "80 GiB GPU" in h100.why
+    assert (fit_machine("cuda", 64, 16 * GIB).batch_size, fit_machine("cuda", 64, 16 * GIB).workers) == (128, 14)
+    assert (fit_machine("cuda", 3, 8 * GIB).batch_size, fit_machine("cuda", 3, 8 * GIB).workers) == (64, 1)
+    r = CliRunner().invoke(main, ["mine", "--model", "atlas:tiny@random:0", "--data", "synthetic:8", "--store",
+                                  str(tmp_path / "s.h5"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert re.search(r"^mine: 4 layers x 8 images on cpu: batch 64, 0 decoding workers \(CPU, \d+ cores\), float32, "
+                     r"exact pixels$", r.output, re.M), r.output
+    with store.Store(tmp_path / "s.h5") as st:  # the store records the batch that was used
+        assert st.layers("tiny")[0].config["batch_size"] == 64

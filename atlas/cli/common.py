@@ -53,8 +53,9 @@ data_opt = click.option("--data", default="default", show_default=True,
 captions_opt = click.option("--captions", type=click.Path(dir_okay=False), default=None,
                             help="CSV with columns path,caption (default: DATA/captions.csv if present).")
 device_opt = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-workers_opt = click.option("--workers", default=0, show_default=True, type=click.IntRange(0, 64),
-                           help="Image-decoding worker processes (0: decode in the main process).")
+workers_opt = click.option("--workers", default=None, type=click.IntRange(0, 64),
+                           help="Image-decoding worker processes (0: decode in the main process).  Default: what fits "
+                                "the machine: 0 on a CPU; with a GPU every core but two, at most 14.")
 trust_opt = click.option("--trust-checkpoint", is_flag=True,
                          help="Allow TorchScript checkpoints (e.g. OpenAI's .pt files). They contain code that "
                               "runs when loaded: use only files from a source you trust, or `atlas convert` them once.")

@@ -35,6 +35,7 @@ from .fused_tails import fused_tails
 from .cuda_graphs import GraphStep
 from ..kernels import choose, triton_available
 from .layerstate import MIN_RANGE_EXP, LayerState
+from .machine import MachineFit, machine_fit
 from ..models import LayerInfo, LoadedModel
 
 __all__ = ["MIN_RANGE_EXP", "LayerState", "MineResult", "mine"]
@@ -122,9 +123,10 @@ def _precision(precision: str, device: torch.device) -> str:
     return "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
 
 
-def _resolved(config: MineConfig, device: torch.device) -> MineConfig:
+def _resolved(config: MineConfig, device: torch.device, fit: MachineFit) -> MineConfig:
     """The config with its "auto" settings resolved for ``device``, as the store records it."""
-    return replace(config, precision=_precision(config.precision, device))
+    return replace(config, precision=_precision(config.precision, device),
+                   batch_size=config.batch_size or fit.batch_size)
 
 
 def _resize_on(resize: str, device: torch.device) -> str:
@@ -256,14 +258,15 @@ def _run_meta(model: LoadedModel, source: ImageSource) -> dict[str, object]:
 
 
 def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
-         config: MineConfig = MineConfig(), *, num_workers: int = 0, checkpoint_seconds: float = 30.0,
+         config: MineConfig = MineConfig(), *, num_workers: int | None = None, checkpoint_seconds: float = 30.0,
          progress: Progress | None = None, cuda_graphs: bool | None = None, fuse_blocks: bool | None = None,
-         resize: str = "auto") -> MineResult:
+         resize: str = "auto", log: Callable[[str], None] | None = None) -> MineResult:
     """Mine ``config.layers`` (default: the model's default layers) of ``source`` into the store.
 
     Resumes from the store's work folder after a crash; layers already mined with the same config
     are skipped.  Raises StoreBusy if another process writes the store.  ``num_workers``: image-decoding
-    processes (0: decode here).  The result's ``seconds``: "setup", "first_batch" (waiting for the first
+    processes (0: decode here; None: what fits the machine, `atlas.mining.machine`, as ``config.batch_size=None``
+    does for the batch).  ``log``: told the settings in one line before the first batch.  The result's ``seconds``: "setup", "first_batch" (waiting for the first
     decoded batch: worker start-up), "wait" (for later batches), "forward"
     (host time of the forwards and updates, GPU waits included), "checkpoint", "commit" (writing the store, its
     copy and fsync), "pooled" (the commit's pooled matrices), "thumbnails" (the commit's thumbnails: decoded
@@ -280,7 +283,9 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     t0 = time.perf_counter()
     infos = [model.layer(n) for n in (config.layers or model.default_layers)]
     layers = tuple(i.name for i in infos)  # canonical names, also for aliases
-    config = _resolved(replace(config, layers=tuple(layers)), model.device)
+    fit = machine_fit(model.device)
+    config = _resolved(replace(config, layers=tuple(layers)), model.device, fit)
+    num_workers = fit.workers if num_workers is None else num_workers
     resize = _resize_on(resize, model.device)
     n_images = min(len(source), config.max_images or len(source))
     meta = _run_meta(model, source)
@@ -292,6 +297,9 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
             store.remove_work(work)  # left by a run killed after its commit, before its clean-up
             return MineResult(path, tuple(layers), n_images, 0, tuple(i.name for i in skipped), 0)
         work.mkdir(parents=True, exist_ok=True)
+        if log:
+            log(f"mine: {len(todo)} layers x {n_images} images on {model.device}: batch {config.batch_size}, "
+                f"{num_workers} decoding workers ({fit.why}), {config.precision}, {config.pixels} pixels")
         states, image_state, position = _open_states(work, todo, config, n_images, model.device)
         resumed_from = position
         last_ckpt = time.monotonic()

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNS = {
     # --quick alone mines RN50 and ViT-B-32 at batch 2 (80 s on 2 cores); one small ViT exercises the same paths
     "mining_overhead": ["--models", "ViT-S-32"],
+    "mine_vs_naive": [],  # four whole processes (about 60 s on 2 cores)
     "featurevis_vs_lucent": [],
     "mine_e2e": [],
     "probe_gpu": [],
@@ -37,7 +38,8 @@ RUNS = {
     "probe_vs_sklearn": [],
     "store_write": [],
 }
-BENCHES = sorted({p.stem for p in (ROOT / "bench").glob("*.py")} - set(RUNS)) + list(RUNS)
+HELPERS = {"naive_mine"}  # run by another bench (mine_vs_naive), not on its own
+BENCHES = sorted({p.stem for p in (ROOT / "bench").glob("*.py")} - set(RUNS) - HELPERS) + list(RUNS)
 NUM = r"[-+]?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan|inf)"
 
 
@@ -88,6 +90,20 @@ def check_mine_e2e(out: str) -> None:
         finite(*map(float, numbers))
     for numbers in phases:
         finite(*map(float, numbers), positive=False)
+
+
+def check_mine_vs_naive(out: str) -> None:
+    rows = dict(re.findall(rf"^(naive float32|atlas float32|atlas defaults|atlas best)\s+({NUM})\s+", out,
+                           re.MULTILINE))
+    assert set(rows) == {"naive float32", "atlas float32", "atlas defaults", "atlas best"}, out  # CPU: no bf16 rows
+    finite(*map(float, rows.values()))
+    assert "FAILED" not in out, out
+    agree = re.findall(rf"visual\.layer\d\.\d ({NUM})%", line_of(out, "same top-16 sets"))
+    assert len(agree) == 4 and all(float(a) == 100.0 for a in agree), out  # float32 naive and atlas: same sets
+
+
+def line_of(out: str, start: str) -> str:
+    return next(x for x in out.splitlines() if x.startswith(start))
 
 
 def check_probe_gpu(out: str) -> None:

@@ -1,4 +1,4 @@
-"""Mining a folder through `JpegLoader` (the files path of `atlas.mining.loop._batches`) gives exactly what the
+"""Mining a folder through `JpegLoader` (the files path of `atlas.mining.batches.batches`) gives exactly what the
 per-image PIL path gives; MineConfig.precision is checked, resolved and recorded."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from atlas import store
 from atlas.cli import main
 from atlas.config import MineConfig
 from atlas.data import FolderSource, ImageSource
-from atlas.mining.loop import _batches, mine
+from atlas.mining.batches import batches
+from atlas.mining.loop import mine
 
 LAYERS = ("visual.layer3.0", "visual.layer4.0")
 CFG = MineConfig(layers=LAYERS, top_k=5, batch_size=4, map_size=4, hist_bins=16, precision="float32")
@@ -135,8 +136,8 @@ def test_loader_path_gives_the_pil_paths_store(tiny_model, folder, pil_store, tm
 def test_batches_are_the_same_fixed_slices_and_bit_identical_pixels(tiny_model, folder):
     source = FolderSource(folder)
     for start in (0, 4):  # a resumed run starts at a batch boundary
-        fast = list(_batches(tiny_model, source, start, len(source), 4, 0))
-        ref = list(_batches(tiny_model, OneByOne(folder), start, len(source), 4, 0))
+        fast = list(batches(tiny_model, source, start, len(source), 4, 0))
+        ref = list(batches(tiny_model, OneByOne(folder), start, len(source), 4, 0))
         assert [(b.start, b.stop) for b in fast] == [(b.start, b.stop) for b in ref]
         assert fast[0].start == start and fast[-1].stop == len(source)
         for f, r in zip(fast, ref):

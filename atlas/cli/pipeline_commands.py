@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .progress import Progress
+from .progress import Progress, process_started
 from ..config import (PIXELS, PRECISIONS, RESIZES, AnalysesConfig, BuildConfig, FeatureVisConfig, MineConfig,
                       SiteConfig)
 from .common import (captions_opt, data_opt, device_opt, guarded, layers_opt, main, model_opt, parse_units,
@@ -113,7 +113,7 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
     cfg = MineConfig(layers=split_list(layers), top_k=top_k, batch_size=batch_size, rank_by=rank_by,
                      max_images=max_images, keep_pooled=not no_pooled, precision=precision,
                      pixels=pixels)
-    bars, t0 = Progress(), time.perf_counter()
+    bars = Progress()
 
     def go():
         check_unlocked(store_path)  # fail at once, not after loading the model
@@ -129,8 +129,14 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
         click.echo(f"{store_path}: every layer was already mined with these settings; nothing to do")
         return
     resumed = f", resumed at image {r.resumed_from}" if r.resumed_from else ""
+    started = process_started()  # whole command: from the process's start, imports and model load included
+    first = f": first batch after {r.first_batch_at - started:.1f} s" if r.first_batch_at else ""
+    steady = f", then {r.steady[0] / r.steady[1]:,.0f} images/s" if r.steady[0] and r.steady[1] > 0 else ""
+    commit = sum(r.seconds.get(k, 0.0) for k in ("commit", "pooled", "thumbnails"))
     click.echo(f"{store_path}: mined {len(r.layers) - len(r.skipped_layers)} layers over {r.images} images "
-               f"({r.bad} bad files skipped{resumed}) in {time.perf_counter() - t0:.1f} s")
+               f"({r.bad} bad files skipped{resumed}) in {time.time() - started:.1f} s (whole command){first}"
+               f"{steady}; commit {commit:.1f} s")
+    click.echo("mine: seconds by phase: " + ", ".join(f"{k} {v:.1f}" for k, v in r.seconds.items()))
     for layer, n in r.nonfinite.items():
         if n:
             click.echo(f"warning: {layer}: the model produced inf or NaN in {n} image x unit maps; they are left out "

@@ -7,13 +7,28 @@ and ETA, and one when it ends saying what was done in how long.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Callable, TextIO
 
+_IMPORTED = time.time()
+
 # the unit of a step, by the first word of its label
 UNITS = {"mine": "images", "featurevis": "units", "site": "layers", "verify": "layers", "probe": "lambdas",
          "train": "steps"}
+
+
+def process_started() -> float:
+    """time.time() at which this process started (Linux: from /proc; elsewhere: when this module was imported)."""
+    try:
+        with open(f"/proc/{os.getpid()}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks since boot
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
 
 
 def _clock(seconds: float) -> str:

@@ -28,7 +28,7 @@ and docs/store.md): ``draft=True`` lets libjpeg shrink a large JPEG by 1/2, 1/4 
 resize (on the nvJPEG path: an s x s box average); ``approx=True`` resizes on the device with torch's antialiased
 bicubic in float32 (`resize_approx`) instead of PIL's integer arithmetic.
 
-Mining (`atlas.mining.loop._batches`) can use it as is: one `LoadedBatch` per fixed slice gives the good
+Mining (`atlas.mining.batches.batches`) can use it as is: one `LoadedBatch` per fixed slice gives the good
 indices, the bad files with their reasons and, with ``hashes=True``, every file's sha256.  Normalize with
 `normalize` here, not `LoadedModel.normalize`, whose per-call ``torch.tensor(mean, device=...)`` is a
 blocking copy: it waits for the GPU's queued work every batch and so serializes loading and forward.

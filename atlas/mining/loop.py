@@ -2,9 +2,9 @@
 
 For each layer a `LayerState` (atlas.mining.layerstate) holds on the model's device the running top-k with maps, the
 statistics and histogram of the per-image score, and optionally the [images, units] matrix of spatial means.
-Images come from `_batches` (files through atlas.data.loader's JpegLoader); on CUDA the forward and the state
-updates of full batches are replayed from CUDA graphs (atlas.mining.cuda_graphs), and mined ResNet blocks end in one kernel that
-also reduces their output (atlas.mining.fused_tails).
+Images come from `atlas.mining.batches` (files through atlas.data.loader's JpegLoader); on CUDA the forward and the
+state updates of full batches are replayed from CUDA graphs (atlas.mining.cuda_graphs), and mined ResNet blocks end
+in one kernel that also reduces their output (atlas.mining.fused_tails).
 
 Batches are fixed slices of the image index, so a run resumed from a checkpoint computes exactly what
 an uninterrupted run computes.  Checkpoints are written atomically to the store's work folder.
@@ -27,10 +27,10 @@ import torch
 from .. import store
 from ..version import __version__
 from ..capture import hooked
-from ..config import RESIZES, MineConfig, digest, to_json
-from ..data.decode import DEFAULT_MAX_PIXELS
-from ..data.loader import JpegLoader, normalize, to_device
-from ..data.sources import FolderSource, ImageSource
+from ..config import MineConfig, digest, to_json
+from ..data.sources import ImageSource
+from .batches import Batch, resize_on
+from .batches import batches as mine_batches
 from .fused_tails import fused_tails
 from .cuda_graphs import GraphStep
 from ..kernels import choose, triton_available
@@ -55,65 +55,8 @@ class MineResult:
     graph_batches: int = 0  # batches replayed from CUDA graphs (atlas.mining.cuda_graphs)
     fused_layers: tuple[str, ...] = ()  # layers reduced inside their block's last kernel (atlas.mining.fused_tails)
     nonfinite: dict[str, int] = field(default_factory=dict)  # per mined layer: image x unit maps holding inf/NaN
-
-
-@dataclass
-class _Batch:
-    """One fixed slice [start, stop) of the image index, ready for the model."""
-
-    start: int
-    stop: int
-    good: list[int]  # indices of the images in pixels, ascending
-    index: torch.Tensor  # [len(good)] int64 on the model's device
-    pixels: torch.Tensor  # [len(good), 3, S, S] float32, normalized, on the model's device
-    bad: dict[int, tuple[str, str]]  # image index -> (reason code, message)
-    sha256: list[str]  # per image of the slice ("" for bad files and generated images)
-
-
-def _batches(model: LoadedModel, source: ImageSource, start: int, stop: int, batch_size: int,
-             num_workers: int, pixels: str = "exact", resize: str = "cpu") -> Iterator[_Batch]:
-    """Fixed slices [i, i + batch_size) of [start, stop), in order, pixels already on the model's device.
-
-    Files (a `FolderSource`) go through `JpegLoader`: read, hashed, decoded and resized as ``pixels`` says
-    (MineConfig.pixels; the resize in ``num_workers`` processes, 0: in this process, or with ``resize="device"`` on
-    the model's device), pinned, copied to the device without blocking and normalized there: for "exact", bit for
-    bit `LoadedModel.preprocess` of the decoded image (tests/test_mine_loader.py).  Other sources (generated
-    images): `ImageSource.sample` and `LoadedModel.preprocess` per image, in a DataLoader of
-    ``num_workers`` processes if > 0."""
-    if isinstance(source, FolderSource):
-        yield from _file_batches(model, source, start, stop, batch_size, num_workers, pixels, resize)
-        return
-    dev, size = model.device, model.image_size
-    draft = size if pixels == "draft" else None
-
-    def load(i: int) -> tuple:
-        samples = [source.sample(j, draft_size=draft) for j in range(i, min(i + batch_size, stop))]
-        good = [s for s in samples if s.image is not None]
-        pixels = torch.stack([model.preprocess(s.image) for s in good]) if good else torch.zeros(0, 3, size, size)
-        bad = {s.index: (s.error, s.message) for s in samples if s.image is None}
-        return i, i + len(samples), [s.index for s in good], pixels, bad, [s.sha256 for s in samples]
-
-    starts = range(start, stop, batch_size)
-    parts = map(load, starts) if num_workers <= 0 else torch.utils.data.DataLoader(
-        list(starts), batch_size=None, num_workers=num_workers, collate_fn=load, prefetch_factor=4,
-        pin_memory=dev.type == "cuda", persistent_workers=False)
-    for first, last, good, pixels, bad, sha in parts:
-        yield _Batch(first, last, good, to_device(torch.tensor(good, dtype=torch.int64), dev), to_device(pixels, dev), bad, sha)
-
-
-def _file_batches(model: LoadedModel, source: FolderSource, start: int, stop: int, batch_size: int,
-                  num_workers: int, pixels: str = "exact", resize: str = "cpu") -> Iterator[_Batch]:
-    loader = JpegLoader([source.path(i) for i in range(len(source))], model.image_size, batch_size=batch_size,
-                        device=model.device, decode="cpu", resize="device" if pixels == "approx" else resize,
-                        workers=num_workers, resize_mode=model.resize_mode, crop=model.crop_rule,
-                        draft=pixels == "draft", approx=pixels == "approx",
-                        max_pixels=source.max_pixels or DEFAULT_MAX_PIXELS,
-                        hashes=True, names=[e.source_id for e in source.entries], start=start, stop=stop)
-    for b in loader:
-        bad = {i: (reason, message) for i, reason, message in b.bad}
-        sha = ["" if i in bad else h for i, h in zip(range(b.start, b.stop), b.sha256)]  # as ImageSource.sample
-        yield _Batch(b.start, b.stop, b.index.tolist(), to_device(b.index, model.device),
-                     normalize(b.pixels, model.mean, model.std), bad, sha)
+    first_batch_at: float = 0.0  # time.time() when the first batch had gone through the model (0: none did)
+    steady: tuple[int, float] = (0, 0.0)  # images after the first batch, seconds they took (to the last batch)
 
 
 def _precision(precision: str, device: torch.device) -> str:
@@ -127,16 +70,6 @@ def _resolved(config: MineConfig, device: torch.device, fit: MachineFit) -> Mine
     """The config with its "auto" settings resolved for ``device``, as the store records it."""
     return replace(config, precision=_precision(config.precision, device),
                    batch_size=config.batch_size or fit.batch_size)
-
-
-def _resize_on(resize: str, device: torch.device) -> str:
-    """mine()'s ``resize`` resolved: where the exact resize of files runs ("cpu": the decoding processes).  "auto"
-    is "cpu" on every device: on mixed-size JPEGs the whole call was faster so (H200, 14 workers, RN50x4, 8,192
-    files: 9.96 s vs 15.63 s with the resize on the GPU, whose main process ships whole decoded images and builds
-    each new shape's coefficients; docs/benchmarks.md)."""
-    if resize not in RESIZES:
-        raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
-    return "cpu" if resize == "auto" else resize
 
 
 @contextmanager
@@ -239,7 +172,7 @@ def _fusable_layers(model: LoadedModel, infos: list[LayerInfo], fuse_blocks: boo
     return fused
 
 
-def _record(image_state: dict[str, object], b: _Batch) -> None:
+def _record(image_state: dict[str, object], b: Batch) -> None:
     """Each image's status, sha256 and, for bad files, message."""
     for k, i in enumerate(range(b.start, b.stop)):
         reason, message = b.bad.get(i, ("", ""))
@@ -263,19 +196,19 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
          resize: str = "auto", log: Callable[[str], None] | None = None) -> MineResult:
     """Mine ``config.layers`` (default: the model's default layers) of ``source`` into the store.
 
-    Resumes from the store's work folder after a crash; layers already mined with the same config
-    are skipped.  Raises StoreBusy if another process writes the store.  ``num_workers``: image-decoding
-    processes (0: decode here; None: what fits the machine, `atlas.mining.machine`, as ``config.batch_size=None``
-    does for the batch).  ``log``: told the settings in one line before the first batch.  The result's ``seconds``: "setup", "first_batch" (waiting for the first
-    decoded batch: worker start-up), "wait" (for later batches), "forward"
+    Resumes from the store's work folder after a crash; layers already mined with the same config are skipped.
+    Raises StoreBusy if another process writes the store.  ``num_workers``: image-decoding processes (0: decode
+    here; None: what fits the machine, `atlas.mining.machine`, as ``config.batch_size=None`` does for the batch).
+    ``log``: told the settings in one line before the first batch.  The result's ``seconds``: "setup",
+    "first_batch" (waiting for the first decoded batch: worker start-up), "wait" (for later batches), "forward"
     (host time of the forwards and updates, GPU waits included), "checkpoint", "commit" (writing the store, its
-    copy and fsync), "pooled" (the commit's pooled matrices), "thumbnails" (the commit's thumbnails: decoded
-    again, in ``num_workers`` processes for files).  ``cuda_graphs``: replay
-    the step of full batches from CUDA graphs (`atlas.mining.cuda_graphs`; None: wherever the Triton kernels run; results are
-    the same).  ``fuse_blocks``: mine ResNet blocks inside their last kernel (`atlas.mining.fused_tails`; None: wherever the
-    Triton kernels run; the activations agree to a unit in the last place).  ``resize``: where the resize of
-    files runs, "cpu" (the decoding processes), "device" (the model's device) or "auto" ("cpu", `_resize_on`); the
-    pixels are the same (`config.pixels` says which; "approx" always resizes on the device).
+    copy and fsync), "pooled" (the commit's pooled matrices), "thumbnails" (the commit's thumbnails: decoded again,
+    in ``num_workers`` processes for files).  ``cuda_graphs``: replay the step of full batches from CUDA graphs
+    (`atlas.mining.cuda_graphs`; None: wherever the Triton kernels run; results are the same).  ``fuse_blocks``:
+    mine ResNet blocks inside their last kernel (`atlas.mining.fused_tails`; None: wherever the Triton kernels
+    run; the activations agree to a unit in the last place).  ``resize``: where the resize of files runs, "cpu"
+    (the decoding processes), "device" (the model's device) or "auto" ("cpu", `resize_on`); the pixels are the
+    same (`config.pixels` says which; "approx" always resizes on the device).
 
     In float32 (``config.precision``), TF32 is off for the whole run (`float32_matmuls`).
     """
@@ -286,7 +219,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     fit = machine_fit(model.device)
     config = _resolved(replace(config, layers=tuple(layers)), model.device, fit)
     num_workers = fit.workers if num_workers is None else num_workers
-    resize = _resize_on(resize, model.device)
+    resize = resize_on(resize, model.device)
     n_images = min(len(source), config.max_images or len(source))
     meta = _run_meta(model, source)
     with store.lock(path):
@@ -321,17 +254,21 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
 
             step = GraphStep(model.clip.encode_image, current, list(states.values()), config.batch_size) \
                 if graphs else eager
-            batches = _batches(model, source, position, n_images, config.batch_size, num_workers,
+            batches = mine_batches(model, source, position, n_images, config.batch_size, num_workers,
                                config.pixels, resize)
             seconds["setup"], t = time.perf_counter() - t0, time.perf_counter()
             if progress:
                 progress(position, n_images)  # the start (a resumed run starts past 0)
+            first_at, first_stop = 0.0, position
             for b in batches:
                 t = _lap(seconds, "wait" if seconds["first_batch"] else "first_batch", t)
                 _record(image_state, b)
                 if b.good:
                     step(b.pixels.contiguous(memory_format=memory_format), b.index)
                 position = b.stop
+                if not first_at:
+                    _sync(model.device)  # once: the first batch is through the model, not only queued
+                    first_at, first_stop = time.time(), position
                 if progress:
                     progress(position, n_images)
                 t = _lap(seconds, "forward", t)
@@ -339,6 +276,8 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
                     _checkpoint(work, states, image_state, position)
                     last_ckpt = time.monotonic()
                 t = _lap(seconds, "checkpoint", t)
+            _sync(model.device)
+            steady = (position - first_stop, time.time() - first_at if first_at else 0.0)
         parts = _commit(path, model, source, config, todo, states, image_state, meta, n_images, tuple(fused),
                         num_workers)
         store.remove_work(work)
@@ -348,7 +287,12 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
         bad = int(np.count_nonzero(image_state["status"]))
         nonfinite = {name: int(st.nonfinite_maps.sum()) for name, st in states.items()}
         return MineResult(path, tuple(layers), n_images, bad, tuple(i.name for i in skipped), resumed_from, seconds,
-                          step.replays if graphs else 0, tuple(fused), nonfinite)
+                          step.replays if graphs else 0, tuple(fused), nonfinite, first_at, steady)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _lap(seconds: dict[str, float], phase: str, since: float) -> float:

@@ -1,0 +1,86 @@
+"""The batches mining consumes: fixed slices of the image index, decoded, resized and normalized on the device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from ..config import RESIZES
+from ..data.decode import DEFAULT_MAX_PIXELS
+from ..data.loader import JpegLoader, normalize, to_device
+from ..data.sources import FolderSource, ImageSource
+from ..models import LoadedModel
+
+__all__ = ["Batch", "batches", "resize_on"]
+
+
+@dataclass
+class Batch:
+    """One fixed slice [start, stop) of the image index, ready for the model."""
+
+    start: int
+    stop: int
+    good: list[int]  # indices of the images in pixels, ascending
+    index: torch.Tensor  # [len(good)] int64 on the model's device
+    pixels: torch.Tensor  # [len(good), 3, S, S] float32, normalized, on the model's device
+    bad: dict[int, tuple[str, str]]  # image index -> (reason code, message)
+    sha256: list[str]  # per image of the slice ("" for bad files and generated images)
+
+
+def batches(model: LoadedModel, source: ImageSource, start: int, stop: int, batch_size: int,
+             num_workers: int, pixels: str = "exact", resize: str = "cpu") -> Iterator[Batch]:
+    """Fixed slices [i, i + batch_size) of [start, stop), in order, pixels already on the model's device.
+
+    Files (a `FolderSource`) go through `JpegLoader`: read, hashed, decoded and resized as ``pixels`` says
+    (MineConfig.pixels; the resize in ``num_workers`` processes, 0: in this process, or with ``resize="device"`` on
+    the model's device), pinned, copied to the device without blocking and normalized there: for "exact", bit for
+    bit `LoadedModel.preprocess` of the decoded image (tests/test_mine_loader.py).  Other sources (generated
+    images): `ImageSource.sample` and `LoadedModel.preprocess` per image, in a DataLoader of
+    ``num_workers`` processes if > 0."""
+    if isinstance(source, FolderSource):
+        yield from file_batches(model, source, start, stop, batch_size, num_workers, pixels, resize)
+        return
+    dev, size = model.device, model.image_size
+    draft = size if pixels == "draft" else None
+
+    def load(i: int) -> tuple:
+        samples = [source.sample(j, draft_size=draft) for j in range(i, min(i + batch_size, stop))]
+        good = [s for s in samples if s.image is not None]
+        pixels = torch.stack([model.preprocess(s.image) for s in good]) if good else torch.zeros(0, 3, size, size)
+        bad = {s.index: (s.error, s.message) for s in samples if s.image is None}
+        return i, i + len(samples), [s.index for s in good], pixels, bad, [s.sha256 for s in samples]
+
+    starts = range(start, stop, batch_size)
+    parts = map(load, starts) if num_workers <= 0 else torch.utils.data.DataLoader(
+        list(starts), batch_size=None, num_workers=num_workers, collate_fn=load, prefetch_factor=4,
+        pin_memory=dev.type == "cuda", persistent_workers=False)
+    for first, last, good, pixels, bad, sha in parts:
+        index = to_device(torch.tensor(good, dtype=torch.int64), dev)
+        yield Batch(first, last, good, index, to_device(pixels, dev), bad, sha)
+
+
+def file_batches(model: LoadedModel, source: FolderSource, start: int, stop: int, batch_size: int,
+                  num_workers: int, pixels: str = "exact", resize: str = "cpu") -> Iterator[Batch]:
+    loader = JpegLoader([source.path(i) for i in range(len(source))], model.image_size, batch_size=batch_size,
+                        device=model.device, decode="cpu", resize="device" if pixels == "approx" else resize,
+                        workers=num_workers, resize_mode=model.resize_mode, crop=model.crop_rule,
+                        draft=pixels == "draft", approx=pixels == "approx",
+                        max_pixels=source.max_pixels or DEFAULT_MAX_PIXELS,
+                        hashes=True, names=[e.source_id for e in source.entries], start=start, stop=stop)
+    for b in loader:
+        bad = {i: (reason, message) for i, reason, message in b.bad}
+        sha = ["" if i in bad else h for i, h in zip(range(b.start, b.stop), b.sha256)]  # as ImageSource.sample
+        yield Batch(b.start, b.stop, b.index.tolist(), to_device(b.index, model.device),
+                     normalize(b.pixels, model.mean, model.std), bad, sha)
+
+
+def resize_on(resize: str, device: torch.device) -> str:
+    """mine()'s ``resize`` resolved: where the exact resize of files runs ("cpu": the decoding processes).  "auto"
+    is "cpu" on every device: on mixed-size JPEGs the whole call was faster so (H200, 14 workers, RN50x4, 8,192
+    files: 9.96 s vs 15.63 s with the resize on the GPU, whose main process ships whole decoded images and builds
+    each new shape's coefficients; docs/benchmarks.md)."""
+    if resize not in RESIZES:
+        raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
+    return "cpu" if resize == "auto" else resize

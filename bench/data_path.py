@@ -24,7 +24,8 @@ import argparse
 import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,31 +42,36 @@ def write_jpegs(folder: Path, n: int, size: tuple[int, int] = (400, 300), qualit
                 mixed: bool = False) -> list[Path]:
     """``n`` varied JPEGs: smooth colour fields, shapes and noise, a different mix per image.  ``mixed``: each
     image takes one of `MIXED_SIZES` (common photo sizes, 256 to 1600 px; a quarter of them are random sizes
-    from 200 to 1200 px) instead of ``size``."""
+    from 200 to 1200 px) instead of ``size``.  Written by one process per core (image ``i`` depends on ``i``
+    alone)."""
+    one = partial(_one_jpeg, folder=folder, size=size, quality=quality, mixed=mixed)
+    if n < 64:
+        return [one(i) for i in range(n)]
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        return list(pool.map(one, range(n), chunksize=32))
 
-    def one(i: int) -> Path:
-        rng = np.random.default_rng(i)
-        w, h = size
-        if mixed:
-            w, h = (MIXED_SIZES[rng.integers(len(MIXED_SIZES))] if rng.random() < 0.75 else
-                    tuple(int(v) for v in rng.integers(200, 1200, 2)))
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        f = rng.uniform(0.005, 0.05, 3)
-        base = np.stack([np.sin(xx * f[c] + yy * f[(c + 1) % 3] + rng.uniform(0, 6)) for c in range(3)], -1)
-        img = Image.fromarray(((base * 0.5 + 0.5) * 255).astype(np.uint8))
-        draw = ImageDraw.Draw(img)
-        for _ in range(rng.integers(2, 12)):
-            x0, y0 = rng.integers(0, w), rng.integers(0, h)
-            box = [x0, y0, x0 + rng.integers(10, 200), y0 + rng.integers(10, 200)]
-            color = tuple(int(c) for c in rng.integers(0, 256, 3))
-            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=color)
-        arr = np.asarray(img).astype(np.int16) + rng.normal(0, rng.uniform(1, 12), (h, w, 3)).astype(np.int16)
-        path = folder / f"{i:06d}.jpg"
-        Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(path, quality=quality)
-        return path
 
-    with ThreadPoolExecutor(os.cpu_count()) as pool:
-        return list(pool.map(one, range(n)))
+def _one_jpeg(i: int, folder: Path, size: tuple[int, int], quality: int, mixed: bool) -> Path:
+    rng = np.random.default_rng(i)
+    w, h = size
+    if mixed:
+        w, h = (MIXED_SIZES[rng.integers(len(MIXED_SIZES))] if rng.random() < 0.75 else
+                tuple(int(v) for v in rng.integers(200, 1200, 2)))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    f = rng.uniform(0.005, 0.05, 3)
+    base = np.stack([np.sin(xx * f[c] + yy * f[(c + 1) % 3] + rng.uniform(0, 6)) for c in range(3)], -1)
+    img = Image.fromarray(((base * 0.5 + 0.5) * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.integers(2, 12)):
+        x0, y0 = rng.integers(0, w), rng.integers(0, h)
+        box = [x0, y0, x0 + rng.integers(10, 200), y0 + rng.integers(10, 200)]
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=color)
+    arr = np.asarray(img).astype(np.int16) + rng.normal(0, rng.uniform(1, 12), (h, w, 3)).astype(np.int16)
+    path = folder / f"{i:06d}.jpg"
+    Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(path, quality=quality)
+    return path
+
 
 
 class Tower:

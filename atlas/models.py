@@ -31,7 +31,7 @@ from PIL import Image
 from torch import nn
 
 from .capture import hooked
-from .checkpoints import (OPENAI_ARCHS, build_openai, cached_status, hf_config, is_torchscript,  # noqa: F401
+from .checkpoints import (OPENAI_ARCHS, build_openai, cached_status, hf_config, is_torchscript, no_init,  # noqa: F401
                           open_clip_cached, openai_cache_path, openai_expected_sha, openai_url, read_hf_clip,
                           read_state_dict, sha256_file)
 from .data.pixels import crop_box
@@ -416,7 +416,7 @@ def load_model(spec: str | ModelSpec = DEFAULT_SPEC, device: str | torch.device 
     state = read_state_dict(path, trust=trust_checkpoint)
     if spec.family == "openai":
         return LoadedModel(spec, build_openai(state).to(device), _tokenizer(77), sha)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), no_init():
         clip, tokenizer = build_towers(spec)
     missing, unexpected = clip.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "attn_mask"]

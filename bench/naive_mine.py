@@ -75,14 +75,15 @@ def main() -> None:
     top: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> ([U, k] values, [U, k] image indices)
     pooled: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     current: dict[str, torch.Tensor] = {}
+    batch_first = getattr(getattr(model.visual, "transformer", None), "batch_first", True)
 
     def hook(name: str):
         def fn(module, inputs, out):
             out = out.detach().float()
             if out.dim() == 4:  # [B, C, H, W]
                 flat = out.flatten(2)
-            else:  # tokens: [B, L, C] (or [L, B, C]); the class token left out
-                if out.shape[0] != current["index"].shape[0]:
+            else:  # tokens: [B, L, C] (open_clip's transformers are batch-first; older ones [L, B, C]); no class token
+                if not batch_first:
                     out = out.transpose(0, 1)
                 flat = out[:, 1:, :].transpose(1, 2)
             score, mean = flat.amax(2), flat.mean(2)  # [B, U]

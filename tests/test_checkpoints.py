@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from atlas.checkpoints import hf_clip_to_open_clip, is_torchscript, read_state_dict
+from atlas.checkpoints import hf_clip_to_open_clip, is_torchscript, no_init, read_state_dict
 from atlas.cli import main
 from atlas.errors import ModelError
 from atlas.models import alias, load_model
@@ -275,3 +275,27 @@ def test_hf_siglip_directory_runs_on_transformers(tmp_path):
         hidden = hf.vision_model(pixel_values=x, output_hidden_states=True).hidden_states[2]  # after layer 1
         assert torch.equal(m.layer("visual.encoder.layers.1").canonical(got), m.layer("visual.encoder.layers.1").canonical(hidden))
     assert m.crop(__import__("PIL").Image.new("RGB", (100, 30))).size == (64, 64)  # squashed, not cropped
+
+
+def test_a_file_loads_to_the_model_it_came_from_without_random_init(tmp_path):
+    """Loading from a file skips torch.nn.init's initializers (`no_init`): every tensor, parameters and buffers
+    (open_clip's attn_mask, computed outside torch.nn.init, included), equals the source model's, the outputs are
+    equal, and the initializers work again afterwards."""
+    src = load_model("open_clip:RN50@random:3")
+    path = tmp_path / "rn50.pt"
+    torch.save(src.clip.state_dict(), path)
+    got = load_model(f"open_clip:RN50@{path}")
+    want = dict(src.clip.named_buffers()) | dict(src.clip.named_parameters())
+    have = dict(got.clip.named_buffers()) | dict(got.clip.named_parameters())
+    assert set(have) == set(want) and "attn_mask" in have
+    for name, t in want.items():
+        assert torch.equal(have[name], t), name
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(got.clip.encode_image(x), src.clip.encode_image(x))
+    w = torch.zeros(4, 4)
+    torch.nn.init.ones_(w)
+    assert w.sum() == 16  # restored
+    with no_init():
+        torch.nn.init.zeros_(w)
+    assert w.sum() == 16  # skipped inside

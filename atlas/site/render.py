@@ -127,6 +127,7 @@ def _layer_pages(w: Writer, st: Store, ld: LayerData, links: dict[int, list[dict
     k = min(w.cfg.examples, values.shape[1])
     for u in range(ld.units):
         vmax = float(np.nanmax(maps[u, :k])) if np.isfinite(maps[u, :k]).any() else 0.0
+        heat = heatmap_rgba(maps[u, :k], vmax)  # [k, h, w, 4]: elementwise, one call per unit
         examples = []
         for r in range(k):
             i = int(index[u, r])
@@ -136,7 +137,7 @@ def _layer_pages(w: Writer, st: Store, ld: LayerData, links: dict[int, list[dict
             examples.append({
                 "rank": r + 1, "index": i, "value": float(values[u, r]), "caption": str(captions[i]),
                 "label": str(labels[i]), "source_id": str(source_ids[i]),
-                "heat": data_uri(png_bytes(heatmap_rgba(maps[u, r], vmax))),
+                "heat": data_uri(png_bytes(heat[r])),
                 "cell": {"x": cell % gw, "y": cell // gw, "w": gw, "h": gh},
             })
         neuron = {"id": ld.neuron_id(u), "unit": u, "fv": bool(fv_done[u]),

@@ -1,0 +1,47 @@
+#!/bin/bash
+# The GPU measurements of issue 17 (and the GPU tests), in parts that each fit one 10-minute device call:
+#
+#   bash bench/gpu_session.sh 1   # GPU tests, then RN50x4 at 16,384 JPEGs (all rows, 2 runs each)
+#   bash bench/gpu_session.sh 2   # RN50x4 at 2,048; ViT-B/32 and ViT-L/14 at 16,384 (bf16 rows)
+#   bash bench/gpu_session.sh 3   # ViT-L/14 at 65,536 (hard links of the 16k files), atlas defaults and naive bf16
+#
+# Wheels the device lacks go in .whl/ (see /work/.library/device/README.md); logs go to $OUT (or ./gpu-logs).
+# Each part writes the JPEGs it needs (16k mixed sizes: about 70 s on 16 cores).
+set -o pipefail
+case "$1" in 1|2|3) ;; *) echo "usage: bash bench/gpu_session.sh 1|2|3" >&2; exit 2 ;; esac
+OUT=${OUT:-gpu-logs}; mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
+python3 - <<'PY'
+import os, sys
+from pathlib import Path
+sys.path.insert(0, "bench")
+from data_path import write_jpegs
+src = Path("/tmp/j16k")
+if len(list(src.glob("*.jpg"))) != 16384:
+    src.mkdir(exist_ok=True)
+    write_jpegs(src, 16384, mixed=True)
+files = sorted(src.glob("*.jpg"))
+for folder, n, copies in (("/tmp/j2k", 2048, 1), ("/tmp/j64k", 65536, 4)):
+    os.makedirs(folder, exist_ok=True)
+    if len(os.listdir(folder)) != n:
+        for c in range(copies):
+            for f in files[:n // copies]:
+                target = Path(folder) / f"{c}{f.name}"
+                if not target.exists():
+                    os.link(f, target)
+PY
+B="python3 bench/mine_vs_naive.py"
+R="naive bfloat16,atlas defaults"
+case "$1" in
+1)  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_pixels.py tests/test_verify.py tests/test_kernels.py \
+        tests/test_fused_graphs.py tests/test_mine.py -k gpu 2>&1 | tail -15 | tee "$OUT/gpu_tests.log"
+    $B --n 16384 --models RN50x4 --folder /tmp/j16k --repeat 2 2>&1 | tee "$OUT/rn50x4_16k.log" ;;
+2)  $B --n 2048 --models RN50x4 --folder /tmp/j2k --rows "$R" --repeat 2 2>&1 | tee "$OUT/rn50x4_2k.log"
+    $B --n 16384 --models ViT-B-32,ViT-L-14 --folder /tmp/j16k --rows "$R" 2>&1 | tee "$OUT/vit_16k.log" ;;
+3)  $B --n 65536 --models ViT-L-14 --folder /tmp/j64k --rows "$R" 2>&1 | tee "$OUT/vitl_64k.log" ;;
+esac

@@ -266,9 +266,9 @@ def convert(source: Path, out: Path, trust: bool = False) -> int:
 
 @contextmanager
 def no_init() -> Iterator[None]:
-    """Skip torch.torch.nn.init's random initializers while a model whose every weight is then loaded is built (a third
+    """Skip torch.nn.init's random initializers while a model whose every weight is then loaded is built (a third
     of RN50x4's load time, more for larger models).  Safe because load_model refuses a file that leaves any
-    parameter or persistent buffer missing; what modules compute outside torch.torch.nn.init (open_clip's attn_mask) is
+    parameter or persistent buffer missing; what modules compute outside torch.nn.init (open_clip's attn_mask) is
     computed as usual."""
     names = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
              "xavier_normal_", "orthogonal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "sparse_")

@@ -73,7 +73,6 @@ def _one_jpeg(i: int, folder: Path, size: tuple[int, int], quality: int, mixed: 
     return path
 
 
-
 class Tower:
     """The image tower in bf16 autocast and channels_last, with mining's simplest reduce on one layer."""
 

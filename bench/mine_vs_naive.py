@@ -106,6 +106,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mine-vs-naive-"))
     folder = Path(args.folder) if args.folder else tmp / "jpegs"
     have = len(list(folder.glob("*.jpg"))) if folder.is_dir() else 0
+    if have and have != args.n:  # writing into it would leave other files that both sides then mine
+        raise SystemExit(f"--folder {folder} holds {have} JPEGs, not --n {args.n}: give a new or empty folder, "
+                         "or the --n it was written with")
     if have != args.n:
         folder.mkdir(parents=True, exist_ok=True)
         write_jpegs(folder, args.n, mixed=True)

@@ -40,7 +40,7 @@ def batches(model: LoadedModel, source: ImageSource, start: int, stop: int, batc
     images): `ImageSource.sample` and `LoadedModel.preprocess` per image, in a DataLoader of
     ``num_workers`` processes if > 0."""
     if isinstance(source, FolderSource):
-        yield from file_batches(model, source, start, stop, batch_size, num_workers, pixels, resize)
+        yield from _file_batches(model, source, start, stop, batch_size, num_workers, pixels, resize)
         return
     dev, size = model.device, model.image_size
     draft = size if pixels == "draft" else None
@@ -61,7 +61,7 @@ def batches(model: LoadedModel, source: ImageSource, start: int, stop: int, batc
         yield Batch(first, last, good, index, to_device(pixels, dev), bad, sha)
 
 
-def file_batches(model: LoadedModel, source: FolderSource, start: int, stop: int, batch_size: int,
+def _file_batches(model: LoadedModel, source: FolderSource, start: int, stop: int, batch_size: int,
                   num_workers: int, pixels: str = "exact", resize: str = "cpu") -> Iterator[Batch]:
     loader = JpegLoader([source.path(i) for i in range(len(source))], model.image_size, batch_size=batch_size,
                         device=model.device, decode="cpu", resize="device" if pixels == "approx" else resize,
@@ -73,7 +73,7 @@ def file_batches(model: LoadedModel, source: FolderSource, start: int, stop: int
         bad = {i: (reason, message) for i, reason, message in b.bad}
         sha = ["" if i in bad else h for i, h in zip(range(b.start, b.stop), b.sha256)]  # as ImageSource.sample
         yield Batch(b.start, b.stop, b.index.tolist(), to_device(b.index, model.device),
-                     normalize(b.pixels, model.mean, model.std), bad, sha)
+                    normalize(b.pixels, model.mean, model.std), bad, sha)
 
 
 def resize_on(resize: str, device: torch.device) -> str:

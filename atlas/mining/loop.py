@@ -255,7 +255,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
             step = GraphStep(model.clip.encode_image, current, list(states.values()), config.batch_size) \
                 if graphs else eager
             batches = mine_batches(model, source, position, n_images, config.batch_size, num_workers,
-                               config.pixels, resize)
+                                   config.pixels, resize)
             seconds["setup"], t = time.perf_counter() - t0, time.perf_counter()
             if progress:
                 progress(position, n_images)  # the start (a resumed run starts past 0)

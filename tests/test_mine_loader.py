@@ -108,11 +108,14 @@ def _assert_same_store(a, b) -> None:
     assert store.contents_digest(a) == store.contents_digest(b)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_loader_path_gives_the_pil_paths_store(tiny_model, folder, pil_store, tmp_path, workers):
+@pytest.mark.parametrize("workers,resize", [(0, "cpu"), (2, "cpu"), (2, "device")])
+def test_loader_path_gives_the_pil_paths_store(tiny_model, folder, pil_store, tmp_path, workers, resize):
+    """Files through the loader (decoded in this process or in workers; resized there or on the device) give the
+    store that images one by one through `ImageSource.sample` give, thumbnails included: the loader's made
+    while decoding (`PassThumbs`), the other's decoded at the commit."""
     path = tmp_path / "s.h5"
     t = time.perf_counter()
-    r = mine(tiny_model, FolderSource(folder), path, CFG, num_workers=workers)
+    r = mine(tiny_model, FolderSource(folder), path, CFG, num_workers=workers, resize=resize)
     took = time.perf_counter() - t
     assert (r.images, r.bad) == (14, 3)
     assert set(r.seconds) == {"setup", "first_batch", "wait", "forward", "checkpoint", "commit", "pooled",

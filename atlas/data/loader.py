@@ -68,6 +68,7 @@ class LoadedBatch:
     pixels: torch.Tensor  # [n, 3, S, S] uint8 on the device (channels-last strides)
     bad: list[tuple[int, str, str]] = field(default_factory=list)  # (index, reason code, message)
     sha256: list[str] = field(default_factory=list)  # per file of the slice ("" if unreadable); if hashes
+    thumbs: torch.Tensor | None = None  # [n, T, T, 3] uint8 on the CPU, rows as pixels' (JpegLoader's ``thumbs``)
 
 
 def normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
@@ -118,37 +119,57 @@ class _Files(torch.utils.data.Dataset):
     32 or 64 files, for an earlier first batch, cost a third to a half of the throughput)."""
 
     def __init__(self, paths: list[Path], names: list[str], size: int, resize_mode: str, max_pixels: int,
-                 hashes: bool, slices: list[range], crop: bool = True, draft: bool = False, crop_rule: str = "round"):
+                 hashes: bool, slices: list[range], crop: bool = True, draft: bool = False, crop_rule: str = "round",
+                 thumbs: int = 0):
         self.paths, self.names, self.size, self.resize_mode = paths, names, size, resize_mode
         self.max_pixels, self.hashes, self.slices, self.crop = max_pixels, hashes, slices, crop
         self.draft_size = size if draft else None  # libjpeg's draft mode (a speed option: other pixels)
         self.crop_rule = crop_rule
+        self.thumbs = thumbs  # T > 0: also each good file's thumbnail (`thumb_into`)
 
     def __len__(self) -> int:
         return len(self.slices)
 
     def __getitem__(self, k: int) -> tuple:
         """Slice ``k`` decoded on the CPU (in a worker process): (start, stop, good indices, pixels [n, S, S, 3]
-        uint8 in shared memory, bad, sha256); without ``crop``, pixels is the decoded images packed in one flat
-        uint8 tensor, followed by their shapes [(h, w)]."""
+        uint8 in shared memory, bad, sha256, thumbnails [n, T, T, 3] or None); without ``crop``, pixels is the
+        decoded images packed in one flat uint8 tensor, followed by their shapes [(h, w)]."""
         if not self.crop:
             return self._decoded(self.slices[k])
         ids = self.slices[k]
         host = torch.empty((len(ids), self.size, self.size, 3), dtype=torch.uint8)
         if torch.utils.data.get_worker_info() is not None:
             host.share_memory_()  # handed to the main process without a copy
+        thumbs = self._thumb_buffer(len(ids))
         errors, sha = {}, []
         for row, i in enumerate(ids):
             data, err = _read_file(self.paths[i], self.names[i])
             sha.append(hashlib.sha256(data).hexdigest() if self.hashes and data is not None else "")
             errors[i] = err or self.decode_into(i, data, host[row])
+            if errors[i] is None and thumbs is not None:
+                self.thumb_into(i, data, thumbs[row])
         good = [row for row, i in enumerate(ids) if errors[i] is None]
         pixels = host if len(good) == len(ids) else host[good]
+        if thumbs is not None and len(good) < len(ids):
+            thumbs = thumbs[good]
         bad = [(i, *e) for i, e in errors.items() if e is not None]
-        return ids.start, ids.stop, [ids[r] for r in good], pixels, bad, sha
+        return ids.start, ids.stop, [ids[r] for r in good], pixels, bad, sha, thumbs
+
+    def _thumb_buffer(self, n: int) -> torch.Tensor | None:
+        if not self.thumbs:
+            return None
+        out = torch.empty((n, self.thumbs, self.thumbs, 3), dtype=torch.uint8)
+        return out.share_memory_() if torch.utils.data.get_worker_info() is not None else out
+
+    def thumb_into(self, i: int, data: bytes, row: torch.Tensor) -> None:
+        """File ``i``'s thumbnail into ``row`` [T, T, 3]: decoded with draft_size T, then `pil_crop` at T (the
+        definition of `atlas.mining.thumbs`, whose commit-time path makes the same bytes)."""
+        t = self.thumbs
+        image = decode_image(data, max_pixels=self.max_pixels, draft_size=t, name=self.names[i])
+        row.copy_(torch.from_numpy(pil_crop(image, t, self.resize_mode, self.crop_rule)))
 
     def _decoded(self, ids: range) -> tuple:
-        images, errors, sha = {}, {}, []
+        images, errors, sha, thumbs = {}, {}, [], {}
         for i in ids:
             data, err = _read_file(self.paths[i], self.names[i])
             sha.append(hashlib.sha256(data).hexdigest() if self.hashes and data is not None else "")
@@ -157,6 +178,9 @@ class _Files(torch.utils.data.Dataset):
                     image = decode_image(data, max_pixels=self.max_pixels, draft_size=self.draft_size,
                                          name=self.names[i])
                     images[i] = np.array(image)  # [h, w, 3] uint8 (writable), decoded as mining decodes it
+                    if self.thumbs:
+                        thumbs[i] = torch.empty((self.thumbs, self.thumbs, 3), dtype=torch.uint8)
+                        self.thumb_into(i, data, thumbs[i])
                 except BadImage as e:
                     err = (e.reason, str(e))
             if err is not None:
@@ -169,7 +193,10 @@ class _Files(torch.utils.data.Dataset):
             flat[offset:offset + a.size].copy_(torch.from_numpy(a.reshape(-1)))
             offset += a.size
         bad = [(i, *e) for i, e in errors.items()]
-        return ids.start, ids.stop, list(images), flat, bad, sha, [a.shape[:2] for a in images.values()]
+        packed = torch.stack(list(thumbs.values())) if thumbs else self._thumb_buffer(0)
+        if packed is not None and torch.utils.data.get_worker_info() is not None:
+            packed.share_memory_()
+        return ids.start, ids.stop, list(images), flat, bad, sha, packed, [a.shape[:2] for a in images.values()]
 
     def decode_into(self, i: int, data: bytes, row: torch.Tensor) -> tuple[str, str] | None:
         """Mining's decode and crop of file ``i`` into ``row`` [S, S, 3]; the error, if any."""
@@ -217,14 +244,16 @@ class JpegLoader:
     workers: CPU path: decoder processes (0: decode in this process); GPU path: reader threads.  prefetch:
     batches prepared ahead (CPU path: per worker; each batch in flight is a uint8 tensor in shared memory,
     /dev/shm).  hashes: each file's sha256, as mining records it.  start, stop: the files to load.  resize: where
-    the CPU path resizes; draft, approx: the speed options that change the pixels (module docstring)."""
+    the CPU path resizes; draft, approx: the speed options that change the pixels (module docstring).  thumbs:
+    T > 0: the CPU path also gives each good file's thumbnail (`LoadedBatch.thumbs`, `atlas.mining.thumbs`'s
+    bytes); the GPU path gives none."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], size: int, *, batch_size: int = 256,
                  device: str | torch.device = "cpu", decode: str = "auto", workers: int | None = None,
                  prefetch: int = 2, resize_mode: str = "shortest", max_pixels: int = DEFAULT_MAX_PIXELS,
                  hashes: bool = False, names: Sequence[str] | None = None, start: int = 0,
                  stop: int | None = None, resize: str = "auto", draft: bool = False, approx: bool = False,
-                 crop: str = "round"):
+                 crop: str = "round", thumbs: int = 0):
         self.device = torch.device(device)
         if decode == "auto":
             decode = "cpu"
@@ -244,7 +273,7 @@ class JpegLoader:
         names = list(names) if names is not None else [str(p) for p in paths]
         crop_in_workers = decode == "gpu" or resize == "cpu"  # (the GPU path resizes nvJPEG's images on the device)
         self.files = _Files(paths, names, size, resize_mode, max_pixels, hashes, self.slices, crop_in_workers,
-                            draft, crop)
+                            draft, crop, thumbs if decode == "cpu" else 0)
         self.decode, self.size, self.resize, self.draft, self.approx = decode, size, resize, draft, approx
         self.workers = max(1, (os.cpu_count() or 2) - 2) if workers is None else workers
         self.prefetch = max(1, prefetch)
@@ -256,7 +285,7 @@ class JpegLoader:
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(self.device) if cuda else None
         source = self._cpu_slices() if self.decode == "cpu" else self._gpu_slices(stream)
-        for start, stop, index, pixels, bad, sha, *shapes in source:
+        for start, stop, index, pixels, bad, sha, thumbs, *shapes in source:
             if self.decode == "cpu":
                 with _on(stream):  # from pinned memory, beside the caller's stream
                     pixels = pixels.to(self.device, non_blocking=True)
@@ -266,7 +295,7 @@ class JpegLoader:
                 current = torch.cuda.current_stream(self.device)
                 current.wait_stream(stream)
                 pixels.record_stream(current)
-            yield LoadedBatch(start, stop, index, pixels.permute(0, 3, 1, 2), bad, sha)
+            yield LoadedBatch(start, stop, index, pixels.permute(0, 3, 1, 2), bad, sha, thumbs)
 
     # --- CPU path: worker processes -----------------------------------------------------------------
     def _cpu_slices(self) -> Iterator[tuple]:
@@ -275,9 +304,9 @@ class JpegLoader:
             self.files, batch_size=None, shuffle=False, num_workers=self.workers, collate_fn=_as_is,
             pin_memory=self.device.type == "cuda", worker_init_fn=_one_thread if self.workers else None,
             prefetch_factor=self.prefetch if self.workers else None)
-        for start, stop, index, pixels, bad, sha, *shapes in loader:
+        for start, stop, index, pixels, bad, sha, thumbs, *shapes in loader:
             yield (start, stop, torch.tensor(index, dtype=torch.int64), pixels, [tuple(b) for b in bad], sha,
-                   *shapes)
+                   thumbs, *shapes)
 
     def _resize_packed(self, flat: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
         """Decoded images packed in ``flat`` (on the device) -> [n, S, S, 3], resized per shape group."""
@@ -374,7 +403,7 @@ class JpegLoader:
                 pixels[_rows([pos[k] for k in ks], dev)] = resized.permute(0, 2, 3, 1)
         index = torch.tensor([ids[k] for k in good], dtype=torch.int64)
         bad = [(ids[k], *errors[k]) for k in sorted(errors)]
-        return ids.start, ids.stop, index, pixels, bad, [r[2] for r in reads] if f.hashes else []
+        return ids.start, ids.stop, index, pixels, bad, [r[2] for r in reads] if f.hashes else [], None
 
     def _nvjpeg(self, ks: list[int], reads: list[tuple], stream: torch.cuda.Stream) -> dict[int, torch.Tensor]:
         """Decode files ``ks`` with nvJPEG on ``stream``, EXIF orientation applied; a file nvJPEG refuses is

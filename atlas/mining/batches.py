@@ -27,20 +27,23 @@ class Batch:
     pixels: torch.Tensor  # [len(good), 3, S, S] float32, normalized, on the model's device
     bad: dict[int, tuple[str, str]]  # image index -> (reason code, message)
     sha256: list[str]  # per image of the slice ("" for bad files and generated images)
+    thumbs: torch.Tensor | None = None  # [len(good), T, T, 3] uint8 on the CPU: thumbnails made while decoding
 
 
 def batches(model: LoadedModel, source: ImageSource, start: int, stop: int, batch_size: int,
-             num_workers: int, pixels: str = "exact", resize: str = "cpu") -> Iterator[Batch]:
+             num_workers: int, pixels: str = "exact", resize: str = "cpu", thumbs: int = 0) -> Iterator[Batch]:
     """Fixed slices [i, i + batch_size) of [start, stop), in order, pixels already on the model's device.
 
     Files (a `FolderSource`) go through `JpegLoader`: read, hashed, decoded and resized as ``pixels`` says
     (MineConfig.pixels; the resize in ``num_workers`` processes, 0: in this process, or with ``resize="device"`` on
     the model's device), pinned, copied to the device without blocking and normalized there: for "exact", bit for
-    bit `LoadedModel.preprocess` of the decoded image (tests/test_mine_loader.py).  Other sources (generated
+    bit `LoadedModel.preprocess` of the decoded image (tests/test_mine_loader.py); with ``thumbs`` = T > 0 each
+    batch also carries its files' thumbnails (`atlas.mining.thumbs`), made by the decoding processes from the bytes
+    they read.  Other sources (generated
     images): `ImageSource.sample` and `LoadedModel.preprocess` per image, in a DataLoader of
     ``num_workers`` processes if > 0."""
     if isinstance(source, FolderSource):
-        yield from _file_batches(model, source, start, stop, batch_size, num_workers, pixels, resize)
+        yield from _file_batches(model, source, start, stop, batch_size, num_workers, pixels, resize, thumbs)
         return
     dev, size = model.device, model.image_size
     draft = size if pixels == "draft" else None
@@ -62,18 +65,20 @@ def batches(model: LoadedModel, source: ImageSource, start: int, stop: int, batc
 
 
 def _file_batches(model: LoadedModel, source: FolderSource, start: int, stop: int, batch_size: int,
-                  num_workers: int, pixels: str = "exact", resize: str = "cpu") -> Iterator[Batch]:
+                  num_workers: int, pixels: str = "exact", resize: str = "cpu",
+                  thumbs: int = 0) -> Iterator[Batch]:
     loader = JpegLoader([source.path(i) for i in range(len(source))], model.image_size, batch_size=batch_size,
                         device=model.device, decode="cpu", resize="device" if pixels == "approx" else resize,
                         workers=num_workers, resize_mode=model.resize_mode, crop=model.crop_rule,
                         draft=pixels == "draft", approx=pixels == "approx",
                         max_pixels=source.max_pixels or DEFAULT_MAX_PIXELS,
-                        hashes=True, names=[e.source_id for e in source.entries], start=start, stop=stop)
+                        hashes=True, names=[e.source_id for e in source.entries], start=start, stop=stop,
+                        thumbs=thumbs)
     for b in loader:
         bad = {i: (reason, message) for i, reason, message in b.bad}
         sha = ["" if i in bad else h for i, h in zip(range(b.start, b.stop), b.sha256)]  # as ImageSource.sample
         yield Batch(b.start, b.stop, b.index.tolist(), to_device(b.index, model.device),
-                    normalize(b.pixels, model.mean, model.std), bad, sha)
+                    normalize(b.pixels, model.mean, model.std), bad, sha, b.thumbs)
 
 
 def resize_on(resize: str, device: torch.device) -> str:

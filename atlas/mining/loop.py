@@ -28,7 +28,7 @@ from .. import store
 from ..version import __version__
 from ..capture import hooked
 from ..config import MineConfig, digest, to_json
-from ..data.sources import ImageSource
+from ..data.sources import FolderSource, ImageSource
 from .batches import Batch, resize_on
 from .batches import batches as mine_batches
 from .fused_tails import fused_tails
@@ -37,6 +37,7 @@ from ..kernels import choose, triton_available
 from .layerstate import MIN_RANGE_EXP, LayerState
 from .machine import MachineFit, machine_fit
 from ..models import LayerInfo, LoadedModel
+from .thumbs import PassThumbs, make_thumbnails
 
 __all__ = ["MIN_RANGE_EXP", "LayerState", "MineResult", "mine"]
 
@@ -202,8 +203,8 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     ``log``: told the settings in one line before the first batch.  The result's ``seconds``: "setup",
     "first_batch" (waiting for the first decoded batch: worker start-up), "wait" (for later batches), "forward"
     (host time of the forwards and updates, GPU waits included), "checkpoint", "commit" (writing the store, its
-    copy and fsync), "pooled" (the commit's pooled matrices), "thumbnails" (the commit's thumbnails: decoded again,
-    in ``num_workers`` processes for files).  ``cuda_graphs``: replay the step of full batches from CUDA graphs
+    copy and fsync), "pooled" (the commit's pooled matrices), "thumbnails" (the commit's thumbnails: for files,
+    copied from those the decoding processes made while mining, `atlas.mining.thumbs`; else decoded again).  ``cuda_graphs``: replay the step of full batches from CUDA graphs
     (`atlas.mining.cuda_graphs`; None: wherever the Triton kernels run; results are the same).  ``fuse_blocks``:
     mine ResNet blocks inside their last kernel (`atlas.mining.fused_tails`; None: wherever the Triton kernels
     run; the activations agree to a unit in the last place).  ``resize``: where the resize of files runs, "cpu"
@@ -234,6 +235,8 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
             log(f"mine: {len(todo)} layers x {n_images} images on {model.device}: batch {config.batch_size}, "
                 f"{num_workers} decoding workers ({fit.why}), {config.precision}, {config.pixels} pixels")
         states, image_state, position = _open_states(work, todo, config, n_images, model.device)
+        made = PassThumbs(work, n_images, config.thumb_size) \
+            if isinstance(source, FolderSource) and PassThumbs.fits(n_images, config.thumb_size) else None
         resumed_from = position
         last_ckpt = time.monotonic()
         current: dict[str, torch.Tensor] = {}
@@ -255,7 +258,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
             step = GraphStep(model.clip.encode_image, current, list(states.values()), config.batch_size) \
                 if graphs else eager
             batches = mine_batches(model, source, position, n_images, config.batch_size, num_workers,
-                                   config.pixels, resize)
+                                   config.pixels, resize, made.size if made else 0)
             seconds["setup"], t = time.perf_counter() - t0, time.perf_counter()
             if progress:
                 progress(position, n_images)  # the start (a resumed run starts past 0)
@@ -263,6 +266,8 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
             for b in batches:
                 t = _lap(seconds, "wait" if seconds["first_batch"] else "first_batch", t)
                 _record(image_state, b)
+                if made is not None and b.thumbs is not None:
+                    made.put(b.good, b.thumbs.numpy())
                 if b.good:
                     step(b.pixels.contiguous(memory_format=memory_format), b.index)
                 position = b.stop
@@ -273,13 +278,15 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
                     progress(position, n_images)
                 t = _lap(seconds, "forward", t)
                 if time.monotonic() - last_ckpt >= checkpoint_seconds or position >= n_images:
+                    if made is not None:
+                        made.flush()  # before the checkpoint that counts these images as done
                     _checkpoint(work, states, image_state, position)
                     last_ckpt = time.monotonic()
                 t = _lap(seconds, "checkpoint", t)
             _sync(model.device)
             steady = (position - first_stop, time.time() - first_at if first_at else 0.0)
         parts = _commit(path, model, source, config, todo, states, image_state, meta, n_images, tuple(fused),
-                        num_workers)
+                        num_workers, made)
         store.remove_work(work)
         _lap(seconds, "commit", t)
         seconds["commit"] -= sum(parts.values())  # "commit" keeps the rest of the commit
@@ -385,11 +392,9 @@ def _checkpoint(work: Path, states: dict[str, LayerState], image_state: dict, po
 def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineConfig,
             todo: list[LayerInfo], states: dict[str, LayerState], image_state: dict,
             meta: dict[str, object], n_images: int, fused: tuple[str, ...] = (),
-            num_workers: int = 0) -> dict[str, float]:
+            num_workers: int = 0, made: PassThumbs | None = None) -> dict[str, float]:
     """Write the mined layers, their pooled matrices and the thumbnails of their top images into the store in one
     transaction.  Returns the seconds spent on the "pooled" matrices and the "thumbnails"."""
-    from .thumbs import make_thumbnails
-
     parts = {"pooled": 0.0, "thumbnails": 0.0}
     for st in states.values():
         st.drain()
@@ -429,6 +434,7 @@ def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineCon
             parts["pooled"] += time.perf_counter() - t
         t = time.perf_counter()
         needed = np.unique(np.concatenate([st.index.cpu().numpy().ravel() for st in states.values()]))
-        make_thumbnails(f, model, source, needed[needed >= 0].tolist(), config.thumb_size, n_images, num_workers)
+        make_thumbnails(f, model, source, needed[needed >= 0].tolist(), config.thumb_size, n_images, num_workers,
+                        made)
         parts["thumbnails"] += time.perf_counter() - t
     return parts

@@ -2,14 +2,21 @@
 
 A thumbnail is `pil_crop` of the image decoded with ``draft_size`` = the thumbnail's side (libjpeg shrinks a large
 JPEG by 1/2, 1/4 or 1/8 while decoding): the region the model saw (the model's own crop geometry), resized once,
-for display.  They are not the model's pixels (`atlas.data.pixels` makes those, from the fully decoded file).  Files are decoded in ``workers`` processes through `JpegLoader` (the GIL-bound PIL glue of thousands
-of small images does not scale on threads), other sources on threads; both give the same pixels.
+for display.  They are not the model's pixels (`atlas.data.pixels` makes those, from the fully decoded file).
+
+Mining files, the decoding processes make every image's thumbnail from the bytes they already read
+(`JpegLoader`'s ``thumbs``) into a memmap of the work folder (`PassThumbs`), and the commit copies the shown ones
+from there.  Otherwise (other sources, a store that needs thumbnails of images mined earlier, a pass too large
+for the memmap's budget) files are decoded again in ``workers`` processes through `JpegLoader` (the GIL-bound PIL
+glue of thousands of small images does not scale on threads), other sources on threads.  All give the same
+bytes (tests/test_mine_loader.py).
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -21,18 +28,54 @@ from ..data.sources import FolderSource, ImageSource
 from ..models import LoadedModel
 
 
+PASS_BUDGET = 4 << 30  # bytes of thumbnails a mining pass keeps in its work folder (96 px: about 150,000 images)
+
+
+class PassThumbs:
+    """Every image's thumbnail as the decoding processes made it during a mining pass: a memmap [N, T, T, 3] in
+    the work folder, with a flag per image, kept across a resume (flushed at each checkpoint)."""
+
+    def __init__(self, work: Path, n_images: int, size: int):
+        def memmap(name: str, dtype: type, shape: tuple) -> np.ndarray:
+            p = work / name
+            return np.lib.format.open_memmap(p, mode="r+" if p.exists() else "w+", dtype=dtype, shape=shape)
+
+        self.size = size
+        self.thumbs = memmap("thumbs.npy", np.uint8, (n_images, size, size, 3))
+        self.done = memmap("thumbs-done.npy", np.uint8, (n_images,))
+
+    @staticmethod
+    def fits(n_images: int, size: int) -> bool:
+        return n_images * size * size * 3 <= PASS_BUDGET
+
+    def put(self, index: Sequence[int], thumbs: np.ndarray) -> None:
+        """Thumbnails [n, T, T, 3] of the images ``index``."""
+        self.thumbs[index] = thumbs
+        self.done[index] = 1
+
+    def flush(self) -> None:
+        self.thumbs.flush()
+        self.done.flush()
+
+
 def make_thumbnails(f: store.File, model: LoadedModel, source: ImageSource, needed: Sequence[int],
-                    size: int, n_images: int, workers: int = 0) -> int:
+                    size: int, n_images: int, workers: int = 0, made: PassThumbs | None = None) -> int:
     """Add thumbnails for the images in ``needed`` that the store lacks; return how many were added.
 
-    /images/thumbs [M, size, size, 3] holds them and /images/thumb_row [N] maps image -> row (-1: none).  A file
-    whose sha256 differs from the one mining recorded (/images/sha256) is refused: the data changed.
+    /images/thumbs [M, size, size, 3] holds them and /images/thumb_row [N] maps image -> row (-1: none).  Those
+    ``made`` holds are copied from it; the others are decoded, and a file whose sha256 differs from the one mining
+    recorded (/images/sha256) is refused: the data changed.
     """
     rows, thumbs = store.thumbnail_table(f, n_images, size)
     if thumbs.shape[1] != size:
         raise store.StoreError(f"store thumbnails are {thumbs.shape[1]} px, this run asks for {size}; "
                                "use the same thumb_size for every run on one store")
     missing = [i for i in needed if rows[i] < 0]
+    ready: list[int] = []
+    if made is not None and made.size == size and missing:
+        done = made.done[missing].astype(bool)
+        ready = [i for i, d in zip(missing, done) if d]
+        missing = [i for i, d in zip(missing, done) if not d]
     if isinstance(source, FolderSource) and workers > 0 and missing:
         new, hashes = _from_files(source, missing, size, model.resize_mode, model.crop_rule, workers)
     else:
@@ -41,10 +84,11 @@ def make_thumbnails(f: store.File, model: LoadedModel, source: ImageSource, need
     for i, h in zip(missing, hashes):
         if recorded is not None and recorded[i] and h != bytes(recorded[i]).decode():
             raise _changed(source.entries[i].source_id, "changed")
-    for j, i in enumerate(missing):
+    copied = made.thumbs[ready] if ready else np.zeros((0, size, size, 3), np.uint8)  # [R, T, T, 3]
+    for j, i in enumerate(ready + missing):
         rows[i] = len(thumbs) + j
-    store.write_thumbnails(f, np.concatenate([thumbs, new]), rows)
-    return len(missing)
+    store.write_thumbnails(f, np.concatenate([thumbs, copied, new]), rows)
+    return len(ready) + len(missing)
 
 
 def _changed(source_id: str, why: str) -> store.StoreError:

@@ -107,21 +107,28 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
     """Stream images through a model; keep exact top-k examples and statistics per neuron."""
     from ..data import open_source
     from ..mining import mine as run_mine
+    from ..mining.early import start_decoding
     from ..models import load_model
     from ..store import check_unlocked
 
     cfg = MineConfig(layers=split_list(layers), top_k=top_k, batch_size=batch_size, rank_by=rank_by,
                      max_images=max_images, keep_pooled=not no_pooled, precision=precision,
                      pixels=pixels)
-    bars = Progress()
+    bars, where = Progress(), "cpu" if resize == "pil" else resize
 
     def go():
         check_unlocked(store_path)  # fail at once, not after loading the model
-        model = load_model(model_spec, device=device, trust_checkpoint=trust_checkpoint)
-        return run_mine(model, open_source(data, captions), store_path, cfg, num_workers=workers,
-                        checkpoint_seconds=checkpoint_seconds, progress=bars.step("mine"),
-                        log=lambda line: click.echo(line, err=True),
-                        resize="cpu" if resize == "pil" else resize)
+        source = open_source(data, captions)
+        # the files' decoding starts now and runs while the model is built (atlas.mining.early)
+        early = start_decoding(model_spec, source, store_path, cfg, workers, device, where)
+        try:
+            model = load_model(model_spec, device=device, trust_checkpoint=trust_checkpoint)
+            return run_mine(model, source, store_path, cfg, num_workers=workers, checkpoint_seconds=checkpoint_seconds,
+                            progress=bars.step("mine"), log=lambda line: click.echo(line, err=True), resize=where,
+                            early=early)
+        finally:
+            if early is not None:
+                early.close()
 
     r = guarded(go)
     bars.close()

@@ -277,6 +277,7 @@ class JpegLoader:
         self.decode, self.size, self.resize, self.draft, self.approx = decode, size, resize, draft, approx
         self.workers = max(1, (os.cpu_count() or 2) - 2) if workers is None else workers
         self.prefetch = max(1, prefetch)
+        self._started: Iterator | None = None  # the DataLoader's iterator, once `start` started its processes
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -298,12 +299,29 @@ class JpegLoader:
             yield LoadedBatch(start, stop, index, pixels.permute(0, 3, 1, 2), bad, sha, thumbs)
 
     # --- CPU path: worker processes -----------------------------------------------------------------
-    def _cpu_slices(self) -> Iterator[tuple]:
-        """Slices decoded by the worker processes, in order; pinned by the DataLoader's pinning thread."""
-        loader = torch.utils.data.DataLoader(
+    def start(self) -> "JpegLoader":
+        """Start the decoding processes now (CPU path with workers): each decodes up to ``prefetch`` slices ahead
+        while the caller does other work (e.g. builds the model); the next iteration takes their slices first.
+        `close` stops them if the loader is not iterated after all."""
+        if self.decode == "cpu" and self.workers and self._started is None:
+            self._started = iter(self._dataloader())
+        return self
+
+    def close(self) -> None:
+        """Stop processes that `start` started and no iteration took over."""
+        started, self._started = self._started, None
+        if started is not None:
+            started._shutdown_workers()  # what the iterator's __del__ would do, now
+
+    def _dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
             self.files, batch_size=None, shuffle=False, num_workers=self.workers, collate_fn=_as_is,
             pin_memory=self.device.type == "cuda", worker_init_fn=_one_thread if self.workers else None,
             prefetch_factor=self.prefetch if self.workers else None)
+
+    def _cpu_slices(self) -> Iterator[tuple]:
+        """Slices decoded by the worker processes, in order; pinned by the DataLoader's pinning thread."""
+        loader, self._started = self._started or self._dataloader(), None
         for start, stop, index, pixels, bad, sha, thumbs, *shapes in loader:
             yield (start, stop, torch.tensor(index, dtype=torch.int64), pixels, [tuple(b) for b in bad], sha,
                    thumbs, *shapes)

@@ -13,7 +13,7 @@ from ..data.loader import JpegLoader, normalize, to_device
 from ..data.sources import FolderSource, ImageSource
 from ..models import LoadedModel
 
-__all__ = ["Batch", "batches", "resize_on"]
+__all__ = ["Batch", "FilePlan", "batches", "file_batches", "resize_on"]
 
 
 @dataclass
@@ -43,7 +43,8 @@ def batches(model: LoadedModel, source: ImageSource, start: int, stop: int, batc
     images): `ImageSource.sample` and `LoadedModel.preprocess` per image, in a DataLoader of
     ``num_workers`` processes if > 0."""
     if isinstance(source, FolderSource):
-        yield from _file_batches(model, source, start, stop, batch_size, num_workers, pixels, resize, thumbs)
+        plan = FilePlan.of(model, start, stop, batch_size, num_workers, pixels, resize, thumbs)
+        yield from file_batches(model, plan.loader(source))
         return
     dev, size = model.device, model.image_size
     draft = size if pixels == "draft" else None
@@ -64,16 +65,42 @@ def batches(model: LoadedModel, source: ImageSource, start: int, stop: int, batc
         yield Batch(first, last, good, index, to_device(pixels, dev), bad, sha)
 
 
-def _file_batches(model: LoadedModel, source: FolderSource, start: int, stop: int, batch_size: int,
-                  num_workers: int, pixels: str = "exact", resize: str = "cpu",
-                  thumbs: int = 0) -> Iterator[Batch]:
-    loader = JpegLoader([source.path(i) for i in range(len(source))], model.image_size, batch_size=batch_size,
-                        device=model.device, decode="cpu", resize="device" if pixels == "approx" else resize,
-                        workers=num_workers, resize_mode=model.resize_mode, crop=model.crop_rule,
-                        draft=pixels == "draft", approx=pixels == "approx",
-                        max_pixels=source.max_pixels or DEFAULT_MAX_PIXELS,
-                        hashes=True, names=[e.source_id for e in source.entries], start=start, stop=stop,
-                        thumbs=thumbs)
+@dataclass(frozen=True)
+class FilePlan:
+    """What a pass over files decodes, and how: `JpegLoader`'s settings.  The model decides the first three;
+    `atlas.mining.early` guesses them from the spec to start decoding before the model is built, and `mine` uses
+    those batches only if its own plan is equal."""
+
+    size: int  # the model's input side S
+    resize_mode: str
+    crop_rule: str
+    device: torch.device
+    start: int
+    stop: int
+    batch_size: int
+    workers: int
+    pixels: str = "exact"
+    resize: str = "cpu"
+    thumbs: int = 0  # T > 0: the decoding processes also make the thumbnails (`atlas.mining.thumbs`)
+
+    @classmethod
+    def of(cls, model: LoadedModel, start: int, stop: int, batch_size: int, workers: int, pixels: str = "exact",
+           resize: str = "cpu", thumbs: int = 0) -> "FilePlan":
+        return cls(model.image_size, model.resize_mode, model.crop_rule, model.device, start, stop, batch_size,
+                   workers, pixels, resize, thumbs)
+
+    def loader(self, source: FolderSource) -> JpegLoader:
+        return JpegLoader([source.path(i) for i in range(len(source))], self.size, batch_size=self.batch_size,
+                          device=self.device, decode="cpu",
+                          resize="device" if self.pixels == "approx" else self.resize, workers=self.workers,
+                          resize_mode=self.resize_mode, crop=self.crop_rule, draft=self.pixels == "draft",
+                          approx=self.pixels == "approx", max_pixels=source.max_pixels or DEFAULT_MAX_PIXELS,
+                          hashes=True, names=[e.source_id for e in source.entries], start=self.start,
+                          stop=self.stop, thumbs=self.thumbs)
+
+
+def file_batches(model: LoadedModel, loader: JpegLoader) -> Iterator[Batch]:
+    """A `FilePlan`'s loader's batches as mining's: normalized for ``model`` on its device."""
     for b in loader:
         bad = {i: (reason, message) for i, reason, message in b.bad}
         sha = ["" if i in bad else h for i, h in zip(range(b.start, b.stop), b.sha256)]  # as ImageSource.sample

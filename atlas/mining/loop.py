@@ -19,7 +19,7 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from ..version import __version__
 from ..capture import hooked
 from ..config import MineConfig, digest, to_json
 from ..data.sources import FolderSource, ImageSource
-from .batches import Batch, resize_on
+from .batches import Batch, FilePlan, file_batches, resize_on
 from .batches import batches as mine_batches
 from .fused_tails import fused_tails
 from .cuda_graphs import GraphStep
@@ -38,6 +38,9 @@ from .layerstate import MIN_RANGE_EXP, LayerState
 from .machine import MachineFit, machine_fit
 from ..models import LayerInfo, LoadedModel
 from .thumbs import PassThumbs, make_thumbnails
+
+if TYPE_CHECKING:
+    from .early import Early
 
 __all__ = ["MIN_RANGE_EXP", "LayerState", "MineResult", "mine"]
 
@@ -194,7 +197,7 @@ def _run_meta(model: LoadedModel, source: ImageSource) -> dict[str, object]:
 def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
          config: MineConfig = MineConfig(), *, num_workers: int | None = None, checkpoint_seconds: float = 30.0,
          progress: Progress | None = None, cuda_graphs: bool | None = None, fuse_blocks: bool | None = None,
-         resize: str = "auto", log: Callable[[str], None] | None = None) -> MineResult:
+         resize: str = "auto", log: Callable[[str], None] | None = None, early: Early | None = None) -> MineResult:
     """Mine ``config.layers`` (default: the model's default layers) of ``source`` into the store.
 
     Resumes from the store's work folder after a crash; layers already mined with the same config are skipped.
@@ -204,12 +207,15 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     "first_batch" (waiting for the first decoded batch: worker start-up), "wait" (for later batches), "forward"
     (host time of the forwards and updates, GPU waits included), "checkpoint", "commit" (writing the store, its
     copy and fsync), "pooled" (the commit's pooled matrices), "thumbnails" (the commit's thumbnails: for files,
-    copied from those the decoding processes made while mining, `atlas.mining.thumbs`; else decoded again).  ``cuda_graphs``: replay the step of full batches from CUDA graphs
-    (`atlas.mining.cuda_graphs`; None: wherever the Triton kernels run; results are the same).  ``fuse_blocks``:
-    mine ResNet blocks inside their last kernel (`atlas.mining.fused_tails`; None: wherever the Triton kernels
-    run; the activations agree to a unit in the last place).  ``resize``: where the resize of files runs, "cpu"
+    copied from those the decoding processes made while mining, `atlas.mining.thumbs`; else decoded again).
+    ``cuda_graphs``: replay the step of full batches from CUDA graphs (`atlas.mining.cuda_graphs`; None: wherever
+    the Triton kernels run; results are the same).  ``fuse_blocks``: mine ResNet blocks inside their last kernel
+    (`atlas.mining.fused_tails`; None: wherever the Triton kernels run; the activations agree to a unit in the
+    last place).  ``resize``: where the resize of files runs, "cpu"
     (the decoding processes), "device" (the model's device) or "auto" ("cpu", `resize_on`); the pixels are the
-    same (`config.pixels` says which; "approx" always resizes on the device).
+    same (`config.pixels` says which; "approx" always resizes on the device).  ``early``: decoding processes
+    started before the model was built (`atlas.mining.early`), used if they decode what this pass needs, else
+    stopped.
 
     In float32 (``config.precision``), TF32 is off for the whole run (`float32_matmuls`).
     """
@@ -257,8 +263,18 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
 
             step = GraphStep(model.clip.encode_image, current, list(states.values()), config.batch_size) \
                 if graphs else eager
-            batches = mine_batches(model, source, position, n_images, config.batch_size, num_workers,
-                                   config.pixels, resize, made.size if made else 0)
+            plan = FilePlan.of(model, position, n_images, config.batch_size, num_workers, config.pixels, resize,
+                               made.size if made else 0)
+            if early is not None and early.plan == plan:
+                batches = file_batches(model, early.loader)  # decoding since before the model was built
+            else:
+                if early is not None:
+                    early.close()
+                    if log:
+                        log(f"mine: the decoding started before the model was built does not fit this pass "
+                            f"({early.plan} against {plan}); decoding again")
+                batches = mine_batches(model, source, position, n_images, config.batch_size, num_workers,
+                                       config.pixels, resize, plan.thumbs)
             seconds["setup"], t = time.perf_counter() - t0, time.perf_counter()
             if progress:
                 progress(position, n_images)  # the start (a resumed run starts past 0)

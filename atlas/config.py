@@ -182,12 +182,14 @@ def digest(*parts: Any) -> str:
 @dataclass(frozen=True)
 class ProbeConfig:
     """Sparse probe fitting (atlas.probes): an L1 path of n_lambdas from lam_max down to lam_max * min_ratio,
-    warm-started, stopped when validation accuracy has not improved for ``patience`` lambdas.
+    warm-started, stopped when validation accuracy has not improved for ``patience`` lambdas (0: never).  Each
+    lambda is solved until its KKT conditions hold to ``tol`` relative to lambda (atlas.probes.solver), at most
+    ``max_iter`` steps; a lambda that stops at max_iter is recorded as not converged.
     val_fraction of each class is held out; classes with fewer than min_per_class images are left out."""
 
     n_lambdas: int = 20
     min_ratio: float = 1e-3
-    tol: float = 1e-6
+    tol: float = 1e-3
     max_iter: int = 2000
     val_fraction: float = 0.2
     patience: int = 4

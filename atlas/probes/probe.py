@@ -70,7 +70,9 @@ def fit_probe(features: np.ndarray, labels: list[str], config: ProbeConfig = Pro
     model produced (counted per unit in the store's stats/nonfinite_maps).  A unit that is non-finite on more than 1%
     of the usable images is left out as a feature instead (its weights are 0), so that one overflowing unit does not
     take every image with it."""
-    features = np.asarray(features, dtype=np.float64)
+    features = np.asarray(features)
+    if features.dtype not in (np.float32, np.float64):
+        features = features.astype(np.float64)
     labels = np.asarray([str(x) for x in labels], dtype=object)
     if len(labels) != len(features):
         raise ProbeError(f"{len(labels)} labels for {len(features)} images; give one label per image")
@@ -109,19 +111,47 @@ def fit_probe(features: np.ndarray, labels: list[str], config: ProbeConfig = Pro
     if len(classes) < 2:
         raise ProbeError(f"need at least 2 classes with >= {config.min_per_class} labelled images each; found "
                          f"{len(classes)} ({'; '.join(f'{w}: {n} ({why})' for w, n, why in left_out) or 'no labels'})")
-    X, y = features[keep], np.array([classes.index(c) for c in labels[keep]])
+    rows = np.nonzero(keep)[0]
+    y = np.array([classes.index(c) for c in labels[keep]])
     train, val = _split(y, config.val_fraction, config.seed)
-    mean, std = X[train].mean(0), X[train].std(0)
-    std[std == 0] = 1.0
-    Z = (X - mean) / std
     dev = torch.device(device)
     dtype = torch.float64 if config.float64 else torch.float32
-    t = lambda a: torch.as_tensor(a, dtype=dtype, device=dev)  # noqa: E731
-    path = l1_path(t(Z[train]), torch.as_tensor(y[train], device=dev), len(classes), t(Z[val]),
+    Ztr, mean, std = standardize(features, rows[train], dtype, dev)
+    Zval, _, _ = standardize(features, rows[val], dtype, dev, mean, std)
+    path = l1_path(Ztr, torch.as_tensor(y[train], device=dev), len(classes), Zval,
                    torch.as_tensor(y[val], device=dev), n_lambdas=config.n_lambdas, min_ratio=config.min_ratio,
                    tol=config.tol, max_iter=config.max_iter, patience=config.patience, progress=progress)
     W, b = path.W[path.best].numpy().astype(np.float64), path.b[path.best].numpy().astype(np.float64)
     return Probe(classes, W, b, mean, std, path, int(len(train)), int(len(val)), left_out)
+
+
+def standardize(X: np.ndarray, rows: np.ndarray, dtype: torch.dtype, device: str | torch.device,
+                mean: np.ndarray | None = None, std: np.ndarray | None = None, chunk: int = 1 << 15
+                ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """(Z [len(rows), F] in ``dtype`` on ``device``, mean [F], std [F]): the rows ``rows`` of X [N, F] (float32 or
+    float64, e.g. a store's pooled matrix) standardized with ``mean`` and ``std`` (default: these rows' own, from
+    float64 sums; 1 where a feature is constant).  Chunks of rows travel to the device as they are (float32 stays
+    float32) and are standardized there before the cast, so a half-precision Z keeps 8 significant bits of the
+    centred value, not of the raw one."""
+    dev = torch.device(device)
+    work = torch.float64 if X.dtype == np.float64 or dtype == torch.float64 else torch.float32
+    parts = lambda: ((i, torch.as_tensor(X[rows[i:i + chunk]]).to(dev, work)) for i in range(0, len(rows), chunk))  # noqa: E731
+    if mean is None or std is None:
+        s1 = torch.zeros(X.shape[1], dtype=torch.float64, device=dev)
+        s2 = torch.zeros_like(s1)
+        for _, x in parts():  # [m, F]
+            s1 += x.sum(0, dtype=torch.float64)
+        mu = s1 / max(1, len(rows))
+        for _, x in parts():  # a second pass: the centred sum of squares does not cancel
+            s2 += ((x.double() - mu) ** 2).sum(0)
+        mean = mu.cpu().numpy()
+        std = np.sqrt(s2.cpu().numpy() / max(1, len(rows)))
+        std[std == 0] = 1.0
+    Z = torch.empty(len(rows), X.shape[1], dtype=dtype, device=dev)
+    m, s = torch.as_tensor(mean, device=dev, dtype=work), torch.as_tensor(std, device=dev, dtype=work)
+    for i, x in parts():
+        Z[i:i + len(x)] = ((x - m) / s).to(dtype)
+    return Z, np.asarray(mean, np.float64), np.asarray(std, np.float64)
 
 
 def _split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -151,10 +151,22 @@ def test_probe_page_shows_compositions_with_weights_and_links(reports):
         img = page.elements[page.elements.index(a) + 1]
         thumb = f"../{MODEL}/{L4}/fv/{u}.png" if fv[u] else f"../{MODEL}/img/{top[u]}.jpg"
         assert img.tag == "img" and img.attrs["src"] == thumb
+    with Store(path) as st:
+        arrays = read_report(st, "probes", "shapes")[0]
+    units, coef, best = arrays["path/units"], arrays["path/coef"], int(p.attrs["best"])
+    for k in range(len(p.classes)):  # each class's top units: its largest weights, positive first, and their path
+        order = [u for u in units[k] if u >= 0]
+        assert order == [u for _, u in sorted(((w <= 0, -abs(w)), u) for u, w in enumerate(p.W[k]) if w)][:5]
+        np.testing.assert_allclose(coef[k, :len(order), best], p.W[k, order], rtol=1e-6)
+    plotted = [k for k in range(len(p.classes)) if (units[k] >= 0).any()]
     plot = [s for s in page.find("svg") if "plot" in s.classes]
-    assert len(plot) == 1 and len(page.find("polyline")) == 2 and len(page.find("line", "mark")) == 1
+    assert plotted and len(plot) == 1 + len(plotted)  # the path, then one per class: its top neurons' weights
+    assert len(page.find("polyline")) == 2 + int((units >= 0).sum())
+    assert len(page.find("line", "mark")) == 1 + len(plotted)
     rows = page.find("tr")
     assert len([r for r in rows if "best" in r.classes]) == 1
+    path_rows = [r for r in rows if r.text.strip() and ("yes" in r.text or "not converged" in r.text)]
+    assert [("not converged" not in r.text) for r in path_rows] == arrays["path/converged"].tolist()
     left_out = p.attrs["left_out"]
     assert len(rows) == 1 + len(_path_nnz(path)) + (1 + len(left_out) if left_out else 0)
 

@@ -62,10 +62,30 @@ def save_probe(store_path, name: str, model: str, layer: str, probe: Probe, conf
         "path/lambda": np.array(path.lambdas), "path/nnz": np.array(path.nnz),
         "path/train_acc": np.array(path.train_acc), "path/val_acc": np.array(path.val_acc),
         "path/objective": np.array(path.objective), "path/iterations": np.array(path.iterations),
+        "path/kkt": np.array(path.kkt), "path/converged": np.array(path.converged, bool),
+        "path/seconds": np.array(path.seconds), **_class_paths(probe),
     }, {"model": model, "layer": layer, "units": int(probe.W.shape[1]), "best": int(path.best),
         "n_train": probe.n_train, "n_val": probe.n_val, "val_accuracy": float(probe.val_accuracy),
         "neurons_per_class": probe.neurons_per_class(), "label_source": source, "label_pattern": pattern,
         "left_out": [list(x) for x in probe.left_out], "config": to_json(config)})
+
+
+PATH_UNITS = 5  # per class, the units whose coefficients along the path are stored (the report plots them)
+
+
+def _class_paths(probe: Probe) -> dict[str, np.ndarray]:
+    """Per class, its PATH_UNITS largest |weights| at the chosen lambda (positive first, as the composition reads) and
+    their coefficients at every lambda: "path/units" [C, T] int32 (-1: fewer non-zeros) and "path/coef" [C, T, L]."""
+    Ws = np.stack([w.numpy() for w in probe.path.W], -1) if probe.path.W else np.zeros((*probe.W.shape, 0))  # [C, F, L]
+    C = probe.W.shape[0]
+    units = np.full((C, PATH_UNITS), -1, np.int32)
+    coef = np.zeros((C, PATH_UNITS, Ws.shape[-1]), np.float32)
+    for k in range(C):
+        w = probe.W[k]
+        order = [int(i) for i in np.lexsort((-np.abs(w), w <= 0)) if w[i] != 0][:PATH_UNITS]
+        units[k, :len(order)] = order
+        coef[k, :len(order)] = Ws[k, order]
+    return {"path/units": units, "path/coef": coef}
 
 
 @dataclass

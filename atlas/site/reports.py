@@ -8,6 +8,8 @@ through ``backlinks``, computed once per site so that rendering the layer pages 
 
 from __future__ import annotations
 
+import json
+
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -254,12 +256,30 @@ def _probe(r: Report, site: SiteUnits) -> dict[str, Any]:
             "more_pos": max(len(pos) - TOP_TERMS, 0), "more_neg": max(len(neg) - TOP_NEGATIVE, 0)})
     nnz = a["path/nnz"].astype(float)
     best = int(at.get("best", -1))
-    path = [{"lambda": float(lam), "nnz": int(n), "train": float(t), "val": float(v), "best": i == best}
-            for i, (lam, n, t, v) in enumerate(zip(a["path/lambda"], nnz, a["path/train_acc"], a["path/val_acc"]))]
+    n_lam = len(a["path/lambda"])
+    conv = a["path/converged"] if "path/converged" in a else np.full(n_lam, -1)  # -1: a store from before
+    kkt = a["path/kkt"] if "path/kkt" in a else np.full(n_lam, np.nan)
+    steps = a["path/iterations"] if "path/iterations" in a else np.full(n_lam, -1)
+    path = [{"lambda": float(lam), "nnz": int(n), "train": float(t), "val": float(v), "best": i == best,
+             "converged": int(c), "kkt": float(g), "steps": int(st)}
+            for i, (lam, n, t, v, c, g, st) in enumerate(zip(a["path/lambda"], nnz, a["path/train_acc"],
+                                                             a["path/val_acc"], conv, kkt, steps))]
+    if "path/units" in a and "path/coef" in a:  # per class, its top units' coefficients along the path
+        x = -np.log10(np.asarray(a["path/lambda"], float))
+        for c in classes:
+            units, coef = a["path/units"][c["index"]], a["path/coef"][c["index"]]
+            series = {f"unit {int(u)}": coef[j] for j, u in enumerate(units) if u >= 0}
+            c["path_plot"] = line_svg(x, series, width=420, height=160, x_label="-log10 λ (weaker penalty →)",
+                                      y_label="weight", marks=[(float(x[best]), "chosen")] if 0 <= best < len(x)
+                                      else []) if series else None
+    unconverged = sum(1 for p in path if p["converged"] == 0)
     plot = line_svg(nnz, {"train": a["path/train_acc"], "validation": a["path/val_acc"]},
                     x_label="non-zero weights (all classes)", y_label="accuracy",
                     marks=[(float(nnz[best]), "chosen")] if 0 <= best < len(nnz) else [])
-    return {"classes": classes, "path": path, "plot": plot, "best": best}
+    cfg = at.get("config") or {}
+    tol = (json.loads(cfg) if isinstance(cfg, str) else cfg).get("tol")
+    return {"classes": classes, "path": path, "plot": plot, "best": best, "unconverged": unconverged,
+            "tol": "%g" % tol if tol is not None else "the solver's tolerance"}
 
 
 def _attack_table(w: Writer, r: Report, site: SiteUnits) -> dict[str, Any]:

@@ -97,6 +97,23 @@ def _smooth_grad(X: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Ten
     return loss.sum() / n, _mm(R.t(), X).to(W.dtype), R.sum(0, dtype=W.dtype)
 
 
+def _gradient(Z: torch.Tensor, X: torch.Tensor, y: torch.Tensor, dtype: torch.dtype
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss [n], dW [C, F], db [C]) of the mean cross-entropy at logits Z [n, C].  For half-precision X, R (in
+    float32) is split into a half-precision head and remainder, each multiplied into X with float32 accumulation:
+    the gradient of 16 significant bits that the KKT test at small lambdas needs (one product of a rounded R
+    stops near KKT/lambda ~ 1e-3 there)."""
+    n = X.shape[0]
+    if X.dtype not in HALF:
+        loss, R = softmax_xent(Z, y, scale=1.0 / n, grad_dtype=X.dtype)  # [n], [n, C]
+        return loss, _mm(R.t(), X).to(dtype), R.sum(0, dtype=dtype)
+    loss, R = softmax_xent(Z, y, scale=1.0 / n, grad_dtype=torch.float32)
+    hi = R.to(X.dtype)
+    gW = _mm(hi.t(), X)
+    gW += _mm((R - hi.float()).to(X.dtype).t(), X)
+    return loss, gW.to(dtype), R.sum(0, dtype=dtype)
+
+
 def lipschitz(X: torch.Tensor, iters: int = 50) -> float:
     """||[X 1]||_2^2 / (2n) by power iteration (with a 1% margin)."""
     n = X.shape[0]
@@ -139,22 +156,23 @@ def _loss(Z: torch.Tensor, y: torch.Tensor) -> float:
 
 def fista(X: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, W0: torch.Tensor | None = None,
           b0: torch.Tensor | None = None, L: float | None = None, tol: float = 1e-3,
-          max_iter: int = 5000, check_every: int = 10) -> FistaResult:
+          max_iter: int = 5000, check_every: int = 10, backtrack: bool = True) -> FistaResult:
     """Minimize f(W, b) for one lam.  X: [n, F] float64, float32, bfloat16 or float16 (W, b: float32 for the
     last two, see `param_dtype`); y: [n] int64.  ``L``: the curvature estimate to start from (default: a quarter
     of the global bound `lipschitz`); ``tol``: the KKT tolerance, relative to lam (module docstring), checked
-    every ``check_every`` steps (the check costs one more product R^T X)."""
+    every ``check_every`` steps (the check costs one more product R^T X).  ``backtrack=False``: the fixed step
+    1/L of the global bound (``L`` or `lipschitz`), as round 1 solved: kept to show what backtracking buys."""
     n, nf = X.shape
     z = dict(dtype=param_dtype(X), device=X.device)
     W = W0.to(**z, copy=True) if W0 is not None else torch.zeros(n_classes, nf, **z)
     b = b0.to(**z, copy=True) if b0 is not None else torch.zeros(n_classes, **z)
-    Lk = L / 2 if L else lipschitz(X) / 4
+    Lk = (L or lipschitz(X)) if not backtrack else L / 2 if L else lipschitz(X) / 4
     Zx = logits(X, W, b, exact=True)  # [n, C] logits of the iterate (W, b)
     fx = _loss(Zx, y)
     W_prev, b_prev, Z_prev, t = W, b, Zx, 1.0
     kkt = float("inf")
     for it in range(1, max_iter + 1):
-        L_try = Lk * SHRINK  # let the step grow again where the curvature has dropped
+        L_try = Lk * SHRINK if backtrack else Lk  # let the step grow again where the curvature has dropped
         while True:  # backtracking (Scheinberg, Goldfarb & Bai 2014: the momentum follows the step's changes)
             t_next = (1 + math.sqrt(1 + 4 * (L_try / Lk) * t * t)) / 2
             mom = (t - 1) / t_next
@@ -162,10 +180,8 @@ def fista(X: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, W0: torc
                 zW, zb, Zz = W + mom * (W - W_prev), b + mom * (b - b_prev), Zx + mom * (Zx - Z_prev)
             else:
                 zW, zb, Zz = W, b, Zx
-            loss, R = softmax_xent(Zz, y, scale=1.0 / n, grad_dtype=X.dtype)  # [n], [n, C]
+            loss, gW, gb = _gradient(Zz, X, y, W.dtype)
             fz = float(loss.sum(dtype=torch.float64)) / n
-            gW, gb = _mm(R.t(), X).to(W.dtype), R.sum(0, dtype=W.dtype)
-            del R
             Wn, bn = _soft(zW - gW / L_try, lam / L_try), zb - gb / L_try
             Zn = logits(X, Wn, bn, exact=True)
             fn = _loss(Zn, y)
@@ -174,11 +190,9 @@ def fista(X: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, W0: torc
             if abs(fn - fz) > NOISE * abs(fz):  # the values differ clearly: the sufficient-decrease test
                 ok = fn - fz - float((gW * dW).sum() + (gb * db).sum()) <= L_try / 2 * dd
             else:  # below the rounding of f's sums: the same curvature bound from gradients (TFOCS does so)
-                _, R = softmax_xent(Zn, y, scale=1.0 / n, grad_dtype=X.dtype)
-                gn, gbn = _mm(R.t(), X).to(W.dtype), R.sum(0, dtype=W.dtype)
-                del R
+                _, gn, gbn = _gradient(Zn, X, y, W.dtype)
                 ok = float(((gn - gW) * dW).sum() + ((gbn - gb) * db).sum()) <= L_try * dd
-            if ok:
+            if ok or not backtrack:  # (the global bound holds everywhere: no test)
                 break
             L_try *= 2
         Lk = L_try
@@ -187,9 +201,8 @@ def fista(X: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, W0: torc
         W, b, Zx, fx = Wn, bn, Zn, fn
         t = 1.0 if F_new > F_old else t_next  # restart the momentum when the objective went up
         if it % check_every == 0 or it == max_iter:
-            _, R = softmax_xent(Zx, y, scale=1.0 / n, grad_dtype=X.dtype)
-            kkt = kkt_violation(_mm(R.t(), X).to(W.dtype), R.sum(0, dtype=W.dtype), W, lam)
-            del R
+            _, gx, gbx = _gradient(Zx, X, y, W.dtype)
+            kkt = kkt_violation(gx, gbx, W, lam)
             if kkt <= tol:
                 return FistaResult(W, b, fx + lam * float(W.abs().sum()), it, True, kkt, Lk)
     return FistaResult(W, b, fx + lam * float(W.abs().sum()), max_iter, False, kkt, Lk)
@@ -274,9 +287,7 @@ def l1_path(X: torch.Tensor, y: torch.Tensor, n_classes: int, X_val: torch.Tenso
             W[:, cols] = r.W
             b = r.b
             del part
-            _, R = softmax_xent(logits(X, W, b, exact=True), y, scale=1.0 / n, grad_dtype=X.dtype)
-            g, gb = _mm(R.t(), X).to(W.dtype), R.sum(0, dtype=W.dtype)  # [C, F]: the KKT check over all features
-            del R
+            _, g, gb = _gradient(logits(X, W, b, exact=True), X, y, W.dtype)  # [C, F]: the KKT check, all features
             new = ~active & ((g.abs() - lam).amax(0) > tol * lam)
             if not new.any() or steps >= max_iter:
                 break

@@ -141,3 +141,61 @@ def test_probe_layer_round_trip(small_store, tmp_path):
     csv.write_text("file,cls\n")
     with pytest.raises(ValueError, match="needs a header"):
         probe_layer(path, "visual.layer4.0", "bad", labels_csv=str(csv))
+
+
+def _planted(n, f, c, seed=0, **kw):
+    """bench/probe_path.py's planted problem (raw, unstandardized features): X [n, f] float64, y, planted [c, 4]."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from probe_path import planted_problem
+
+    X, y, planted = planted_problem(n, f, c, seed=seed, **kw)
+    return X.double(), y, planted
+
+
+def test_planted_support_recovered_and_saga_objective_matched():
+    """On a small planted problem (standardized as fit_probe does), the path's probe at a moderate lambda puts a
+    positive weight on every planted (class, feature) pair and each class's 4 largest weights are its planted ones;
+    at that lambda the objective equals saga's (run to convergence) within 1e-4."""
+    X, y, planted = _planted(3000, 40, 6, seed=1)
+    from probe_path import support_scores
+
+    Z = (X - X.mean(0)) / X.std(0)
+    path = l1_path(Z, y, 6, n_lambdas=10, patience=0)
+    assert all(path.converged) and max(path.kkt) <= 1e-3 and path.val_acc[path.best] > 0.99
+    scores = [support_scores(w, planted) for w in path.W]
+    k = next(i for i, s in enumerate(scores) if s[0] == 1.0)  # the largest lambda with every planted pair in
+    recall, precision, composition = scores[k]
+    assert composition == 1.0 and precision == 1.0 and path.nnz[k] == 24, (scores, path.nnz)
+    assert all(s[2] == 1.0 for s in scores[k:])  # below it the compositions stay the planted ones
+    lam = path.lambdas[k]
+    sk = _sklearn(Z.numpy(), y.numpy(), 1.0 / (lam * len(y)))
+    f_sk = objective(Z, y, torch.tensor(sk.coef_), torch.tensor(sk.intercept_), lam)
+    assert abs(path.objective[k] - f_sk) <= 1e-4 * f_sk
+
+
+def test_ill_conditioned_features_converge_where_a_fixed_step_does_not():
+    """Raw planted features (scales 0.1..10, offsets up to 5, a shared low-rank component): the global curvature
+    bound is dominated by the offsets and the largest scales, so round 1's fixed step 1/L crawls and stops at
+    max_iter; the backtracking step converges to the KKT tolerance in a fraction of the steps."""
+    X, y, _ = _planted(2000, 60, 8, seed=3)
+    lam = lambda_max(X, y, 8) * 0.01
+    fixed = fista(X, y, 8, lam, max_iter=3000, backtrack=False)
+    adaptive = fista(X, y, 8, lam, max_iter=3000)
+    assert not fixed.converged and fixed.kkt > 5e-3 and fixed.iterations == 3000
+    assert adaptive.converged and adaptive.kkt <= 1e-3 and adaptive.iterations < 1500
+    assert adaptive.objective <= fixed.objective
+
+
+def test_non_convergence_is_reported_not_hidden():
+    """A path capped at too few steps says which lambdas did not converge, in the path, in the stored probe and on
+    its report page."""
+    X, y, _ = _planted(2000, 30, 5, seed=4)
+    Z = ((X - X.mean(0)) / X.std(0)).float()
+    path = l1_path(Z, y, 5, n_lambdas=6, max_iter=3, patience=0)
+    assert path.unconverged and all(path.kkt[k] > path.tol for k in path.unconverged)
+    assert [not c for c in path.converged] == [k in path.unconverged for k in range(len(path.lambdas))]
+    p = fit_probe(X.numpy(), [f"c{k}" for k in y.tolist()], ProbeConfig(n_lambdas=4, max_iter=2, patience=0))
+    assert p.path.unconverged and len(p.path.converged) == 4

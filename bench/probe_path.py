@@ -28,8 +28,9 @@ validation accuracy; then, at the lambda validation chooses, the recall and prec
 **Peers, same process**: scikit-learn's saga (multinomial L1, float64, one thread) on a smaller instance of the
 same generator that both can finish (--peer-n images x --peer-features x --peer-classes, seed 1, standardized),
 against atlas's solver on the same data at the same lambda (the middle of that problem's path), objectives compared
-in float64 (target: within 1e-4 relative); and cuML's LogisticRegression (L1) on the full problem where cuML is
-installed (otherwise it says so).  --no-peer skips them, --peer-only runs only them (saga needs no GPU).
+in float64 (target: within 1e-4 relative); and, on a GPU where cuML is installed (otherwise it says so), cuML's
+LogisticRegression (L1, quasi-Newton) on the full standardized train matrix in float32 at the lambda validation
+chose, its objective beside atlas's (not yet run: no machine here has cuML).  --no-peer skips them, --peer-only runs only them (saga needs no GPU).
 """
 
 from __future__ import annotations
@@ -128,8 +129,8 @@ def peer_saga(args) -> None:
         theirs = time.perf_counter() - t
     f_sk = objective(Xt, yt, torch.tensor(sk.coef_), torch.tensor(sk.intercept_), lam)
     f_at = objective(Xt, yt, r.W, r.b, lam)
-    print(f"\npeer on a smaller instance ({len(ys):,} images x {Xs.shape[1]} features x {c} classes, standardized, float64, "
-          f"one thread each, lambda {lam:.4g} = lam_max * {math.sqrt(args.min_ratio):.3g}):")
+    print(f"\npeer on a smaller instance ({len(ys):,} images x {Xs.shape[1]} features x {c} classes, standardized, "
+          f"float64, one thread each, lambda {lam:.4g} = lam_max * {math.sqrt(args.min_ratio):.3g}):")
     print(f"  atlas fista (KKT tol 1e-6): {ours:8.2f} s, objective {f_at:.8f}, {r.iterations} steps, "
           f"converged {r.converged}")
     print(f"  scikit-learn saga (tol {args.sk_tol:g}, <= {args.sk_max_iter} epochs): {theirs:8.2f} s, objective "
@@ -138,13 +139,32 @@ def peer_saga(args) -> None:
           f"{theirs / ours:.1f}x")
 
 
-def peer_cuml(args) -> None:
+def peer_cuml(Z: torch.Tensor, y: torch.Tensor, lam: float, f_atlas: float, n_classes: int) -> None:
+    """cuML's L1 logistic regression (quasi-Newton, its sklearn-style C = 1 / (lam n)) on the same standardized train
+    matrix (float32 on the GPU) at the chosen lambda, timed, its objective in atlas's terms beside atlas's."""
     try:
-        import cuml  # noqa: F401
+        from cuml.linear_model import LogisticRegression
     except ImportError:
         print("\ncuML: not installed on this machine (pip install cuml-cu12 needs the network): not run")
         return
-    print("\ncuML: installed, but its run is not written yet")  # pragma: no cover
+    from atlas.probes.solver import objective
+
+    Xf = Z.float()
+    sync("cuda")
+    t = time.perf_counter()
+    try:
+        model = LogisticRegression(penalty="l1", C=1.0 / (lam * len(y)), tol=1e-8, max_iter=10000)
+        model.fit(Xf, y)
+        sync("cuda")
+    except Exception as e:  # noqa: BLE001 -- a peer that fails is reported, not fatal
+        print(f"\ncuML: failed on the full problem ({type(e).__name__}: {e})")
+        return
+    took = time.perf_counter() - t
+    W = torch.as_tensor(np.asarray(model.coef_), device=Xf.device).reshape(n_classes, -1).float()
+    b = torch.as_tensor(np.asarray(model.intercept_), device=Xf.device).reshape(n_classes).float()
+    f = objective(Xf, y, W, b, lam)
+    print(f"\ncuML LogisticRegression (L1, qn, float32) at the chosen lambda {lam:.4g}: {took:.1f} s, objective {f:.6f} "
+          f"(atlas {f_atlas:.6f}; gap {(f_atlas - f) / f:+.2e})")
 
 
 def main() -> None:
@@ -181,10 +201,10 @@ def main() -> None:
         peer_saga(args)
         return
     dev = args.device
+    name = torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu"
     print(f"planted problem: {args.n:,} images x {args.features:,} features x {args.classes:,} classes, "
           f"{args.per_class} planted features per class, low-rank component rank {args.rank} strength "
-          f"{args.strength}, effect {args.effect}; device {torch.cuda.get_device_name() if dev.startswith('cuda') else 'cpu'}, "
-          f"torch {torch.__version__}, {args.dtype}")
+          f"{args.strength}, effect {args.effect}; device {name}, torch {torch.__version__}, {args.dtype}")
     t = time.perf_counter()
     X, y, planted = planted_problem(args.n, args.features, args.classes, args.per_class, args.rank, args.strength,
                                     args.effect, device=dev)
@@ -228,8 +248,13 @@ def main() -> None:
         f"#{k + 1} " + " ".join(f"{v:.2f}" for v in support_scores(w, planted)) for k, w in enumerate(path.W)))
     del Ztr, Zval
     if not args.no_peer:
+        if dev.startswith("cuda"):
+            Ztr, _, _ = standardize(X, train, torch.float32, dev, mean=mean, std=std)
+            peer_cuml(Ztr, ytr, path.lambdas[best], path.objective[best], args.classes)
+            del Ztr
+        else:
+            print("\ncuML: a GPU peer; not run on the CPU")
         peer_saga(args)
-        peer_cuml(args)
 
 
 if __name__ == "__main__":

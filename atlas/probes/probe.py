@@ -135,7 +135,11 @@ def standardize(X: np.ndarray, rows: np.ndarray, dtype: torch.dtype, device: str
     centred value, not of the raw one."""
     dev = torch.device(device)
     work = torch.float64 if X.dtype == np.float64 or dtype == torch.float64 else torch.float32
-    parts = lambda: ((i, torch.as_tensor(X[rows[i:i + chunk]]).to(dev, work)) for i in range(0, len(rows), chunk))  # noqa: E731
+
+    def parts():  # (offset, [m, F] rows on the device)
+        for i in range(0, len(rows), chunk):
+            yield i, torch.as_tensor(X[rows[i:i + chunk]]).to(dev, work)
+
     if mean is None or std is None:
         s1 = torch.zeros(X.shape[1], dtype=torch.float64, device=dev)
         s2 = torch.zeros_like(s1)

@@ -7,21 +7,25 @@ Objective, for features X [n, F], labels y [n] in 0..C-1, weights W [C, F] and i
 scikit-learn's ``LogisticRegression(penalty="l1", C=C)`` minimizes n * C times the same function with
 ``lam = 1 / (C * n)``; `sklearn_lambda` converts.
 
-The solver is accelerated proximal gradient (FISTA) with a backtracking step: the step 1/L starts from the last
-accepted L (or a quarter of L = ||[X 1]||_2^2 / (2n), a global bound on the curvature of the softmax
-cross-entropy that is far too pessimistic on correlated, unstandardized features) and L doubles until the
-sufficient-decrease test holds.  The logits of the extrapolated point are a linear combination of the last two
-iterates' logits, so a step costs one forward product X W^T and one backward R^T X, as a fixed step does.
-Momentum restarts when the objective goes up (O'Donoghue & Candes 2015).  It stops when the KKT conditions hold
-to ``tol`` relative to lam (`kkt_violation`): every weight's gradient within tol * lam of -lam * sign(w), every
-zero weight's gradient at most lam (1 + tol), every intercept's gradient at most tol * lam; or at ``max_iter``,
-with ``converged=False`` and the violation it reached.
+The solver is accelerated proximal gradient (FISTA) with a backtracking step.  Each step first tries 1/(SHRINK L)
+with L the last accepted curvature (at the start half the last lambda's, or a quarter of ||[X 1]||_2^2 / (2n), a
+global bound on the softmax cross-entropy's curvature that is far too pessimistic on correlated, unstandardized
+features), and L doubles until the sufficient-decrease test holds; the momentum follows the changes of L
+(Scheinberg, Goldfarb & Bai 2014) and restarts when the objective goes up (O'Donoghue & Candes 2015).  Where the
+change of f is below the rounding of its float32 sums (NOISE), the test compares gradients instead (as TFOCS
+does): otherwise rounding either accepts steps that are too long or doubles L without end.  The logits of the
+extrapolated point are a linear combination of the last two iterates' logits, so a step costs one forward product
+X W^T and one backward R^T X (for half-precision X each is two: a head and a remainder, for 16 significant
+bits).  It stops when the KKT conditions hold to ``tol`` relative to lam (`kkt_violation`): every weight's
+gradient within tol * lam of -lam * sign(w), every zero weight's gradient at most lam (1 + tol), every intercept's
+gradient at most tol * lam; or at ``max_iter``, with ``converged=False`` and the violation it reached.
 
 `l1_path` runs it along a geometric path of lambdas from lam_max (where W = 0 is optimal) down, warm-started,
 on a working set of features: the sequential strong rule (Tibshirani et al. 2012) keeps the features whose
 largest class gradient at the last solution is at least 2 lam - lam_prev, the solver runs on those columns only,
-and a KKT check over all features adds any violator and solves again.  Inactive features then cost one product
-per round, not one per step.  ``patience`` stops the path once validation accuracy has not improved for that
+and a KKT check over all features adds any violator and solves again (the working set to INNER * tol, so that
+the check over all features, whose products round differently, passes at tol).  Inactive features then cost one
+product per round, not one per step.  ``patience`` stops the path once validation accuracy has not improved for that
 many lambdas (0: the whole path).
 
 X may be float64, float32, or (on a GPU, to halve its memory: 1.28M x 2560 features is 6.5 GB) bfloat16 or
@@ -186,6 +190,8 @@ def fista(X: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, W0: torc
             Wn, bn = _soft(zW - gW / L_try, lam / L_try), zb - gb / L_try
             Zn = logits(X, Wn, bn, exact=True)
             fn = _loss(Zn, y)
+            if not backtrack:  # the global bound holds everywhere: no test
+                break
             dW, db = Wn - zW, bn - zb
             dd = float((dW * dW).sum() + (db * db).sum())
             if abs(fn - fz) > NOISE * abs(fz):  # the values differ clearly: the sufficient-decrease test
@@ -193,7 +199,7 @@ def fista(X: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, W0: torc
             else:  # below the rounding of f's sums: the same curvature bound from gradients (TFOCS does so)
                 _, gn, gbn = _gradient(Zn, X, y, W.dtype)
                 ok = float(((gn - gW) * dW).sum() + ((gbn - gb) * db).sum()) <= L_try * dd
-            if ok or not backtrack:  # (the global bound holds everywhere: no test)
+            if ok:
                 break
             L_try *= 2
         Lk = L_try

@@ -16,7 +16,6 @@ the whole time from the process's start, when the first batch was through, and t
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -24,17 +23,9 @@ import numpy as np
 import open_clip
 import torch
 from PIL import Image
+from startup_profile import started  # the process's start from /proc (a bench helper: stdlib only, no atlas)
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-
-
-def started() -> float:
-    """time.time() at which this process started (Linux /proc)."""
-    with open(f"/proc/{os.getpid()}/stat") as f:
-        ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-    with open("/proc/stat") as f:
-        boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Files(torch.utils.data.Dataset):

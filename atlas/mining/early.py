@@ -87,7 +87,7 @@ def start_decoding(spec: str | ModelSpec, source: ImageSource, store_path: str |
     if workers <= 0:
         return None
     n_images = min(len(source), config.max_images or len(source))
-    thumbs = config.thumb_size if PassThumbs.fits(n_images, config.thumb_size) else 0
+    thumbs = PassThumbs.size_for(source, n_images, config.thumb_size)
     plan = FilePlan(*geometry, dev, 0, n_images, config.batch_size or fit.batch_size, workers, config.pixels,
                     resize_on(resize, dev), thumbs)
     return Early(plan, plan.loader(source).start())

@@ -28,7 +28,7 @@ from .. import store
 from ..version import __version__
 from ..capture import hooked
 from ..config import MineConfig, digest, to_json
-from ..data.sources import FolderSource, ImageSource
+from ..data.sources import ImageSource
 from .batches import Batch, FilePlan, file_batches, resize_on
 from .batches import batches as mine_batches
 from .fused_tails import fused_tails
@@ -241,8 +241,8 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
             log(f"mine: {len(todo)} layers x {n_images} images on {model.device}: batch {config.batch_size}, "
                 f"{num_workers} decoding workers ({fit.why}), {config.precision}, {config.pixels} pixels")
         states, image_state, position = _open_states(work, todo, config, n_images, model.device)
-        made = PassThumbs(work, n_images, config.thumb_size) \
-            if isinstance(source, FolderSource) and PassThumbs.fits(n_images, config.thumb_size) else None
+        side = PassThumbs.size_for(source, n_images, config.thumb_size)  # 0: thumbnails decoded at the commit
+        made = PassThumbs(work, n_images, side) if side else None
         resumed_from = position
         last_ckpt = time.monotonic()
         current: dict[str, torch.Tensor] = {}

@@ -45,8 +45,10 @@ class PassThumbs:
         self.done = memmap("thumbs-done.npy", np.uint8, (n_images,))
 
     @staticmethod
-    def fits(n_images: int, size: int) -> bool:
-        return n_images * size * size * 3 <= PASS_BUDGET
+    def size_for(source: ImageSource, n_images: int, size: int) -> int:
+        """The thumbnails' side T a pass over ``source`` makes while decoding, or 0: not files (their thumbnails are
+        decoded at the commit), or more than PASS_BUDGET bytes of them."""
+        return size if isinstance(source, FolderSource) and n_images * size * size * 3 <= PASS_BUDGET else 0
 
     def put(self, index: Sequence[int], thumbs: np.ndarray) -> None:
         """Thumbnails [n, T, T, 3] of the images ``index``."""

@@ -76,15 +76,15 @@ PATH_UNITS = 5  # per class, the units whose coefficients along the path are sto
 def _class_paths(probe: Probe) -> dict[str, np.ndarray]:
     """Per class, its PATH_UNITS largest |weights| at the chosen lambda (positive first, as the composition reads) and
     their coefficients at every lambda: "path/units" [C, T] int32 (-1: fewer non-zeros) and "path/coef" [C, T, L]."""
-    Ws = np.stack([w.numpy() for w in probe.path.W], -1) if probe.path.W else np.zeros((*probe.W.shape, 0))  # [C, F, L]
     C = probe.W.shape[0]
     units = np.full((C, PATH_UNITS), -1, np.int32)
-    coef = np.zeros((C, PATH_UNITS, Ws.shape[-1]), np.float32)
+    coef = np.zeros((C, PATH_UNITS, len(probe.path.W)), np.float32)
     for k in range(C):
         w = probe.W[k]
         order = [int(i) for i in np.lexsort((-np.abs(w), w <= 0)) if w[i] != 0][:PATH_UNITS]
         units[k, :len(order)] = order
-        coef[k, :len(order)] = Ws[k, order]
+        for j, Wj in enumerate(probe.path.W):  # [C, F] at lambda j
+            coef[k, :len(order), j] = Wj[k, order].numpy()
     return {"path/units": units, "path/coef": coef}
 
 

@@ -150,7 +150,9 @@ def open_clip_cached(arch: str, tag: str) -> Path:
 def cached_status() -> list[tuple[str, str]]:
     """(spec, where found or 'not found') for OpenAI's released models, then every open_clip pretrained
     checkpoint found in the Hugging Face cache."""
-    import open_clip
+    from .openclip import import_open_clip
+
+    open_clip = import_open_clip()
 
     out = []
     for arch in OPENAI_ARCHS:

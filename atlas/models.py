@@ -38,6 +38,7 @@ from .data.pixels import crop_box
 from .errors import ConfigError, ModelError
 from .hf import read_hf_siglip
 from .names import unit_id
+from .openclip import import_open_clip, needs_transformers
 from .resources import resource_dir
 
 DEFAULT_SPEC = "atlas:conceptclip"
@@ -320,7 +321,7 @@ def sha256_state(state: dict[str, torch.Tensor]) -> str:
 
 
 def build_towers(spec: ModelSpec) -> tuple[nn.Module, object]:
-    import open_clip
+    open_clip = import_open_clip(transformers=spec.family == "open_clip" and needs_transformers(spec.arch))
 
     if spec.family == "atlas":
         if spec.arch not in ATLAS_CONFIGS:
@@ -483,7 +484,7 @@ def model_status(show_all: bool = False) -> list[tuple[str, str]]:
            for a in ATLAS_CONFIGS]
     out += cached_status()
     if show_all:
-        import open_clip
+        open_clip = import_open_clip()
 
         out += [(f"open_clip:{a}", "needs @FILE or @TAG") for a in open_clip.list_models()]
     return out
@@ -491,6 +492,6 @@ def model_status(show_all: bool = False) -> list[tuple[str, str]]:
 
 def list_models() -> list[str]:
     """Known specs (without weights): atlas's own and every open_clip architecture."""
-    import open_clip
+    open_clip = import_open_clip()
 
     return [f"atlas:{a}" for a in ATLAS_CONFIGS] + [f"open_clip:{a}" for a in open_clip.list_models()]

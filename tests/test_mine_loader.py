@@ -210,12 +210,14 @@ def test_bfloat16_runs_and_a_layer_from_before_precision_counts_as_float32(tiny_
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_thumbnails_are_the_drafted_crop_and_changed_files_are_refused(tiny_model, folder, pil_store, tmp_path,
+def test_thumbnails_are_the_crop_of_the_full_decode_and_changed_files_are_refused(tiny_model, folder, pil_store, tmp_path,
                                                                         workers):
-    """Every thumbnail is `pil_crop` of its file decoded with draft_size = the thumbnail's side (the 700x560 JPEG
-    is drafted); made again in worker processes or on threads they are the same; a file rewritten since mining is
-    refused, naming it."""
+    """Every thumbnail is the model's view of its fully decoded file (torchvision's Resize and CenterCrop on PIL) box-
+    filtered to the thumbnail's side (not drafted: the 700x560 JPEG's draft differs); made again in worker processes or on threads they are the same; a file rewritten since
+    mining is refused, naming it."""
     import shutil
+
+    from torchvision import transforms as T
 
     from atlas.data.decode import decode_image
     from atlas.data.loader import pil_crop
@@ -225,10 +227,15 @@ def test_thumbnails_are_the_drafted_crop_and_changed_files_are_refused(tiny_mode
     with store.Store(pil_store) as st:
         ids, rows = st.image_column("source_id"), st.image_column("thumb_row")
         shown = [i for i, r in enumerate(rows) if r >= 0]
-        assert "dogs/2.jpg" in [ids[i] for i in shown]  # the draft-mode file has a thumbnail
+        assert "dogs/2.jpg" in [ids[i] for i in shown]  # the file libjpeg could draft has a thumbnail
         for i in shown:
-            want = pil_crop(decode_image((folder / ids[i]).read_bytes(), draft_size=size), size)
+            data = (folder / ids[i]).read_bytes()
+            s = tiny_model.image_size  # the model's view, by torchvision's transforms on PIL, then PIL's box filter
+            view = T.CenterCrop(s)(T.Resize(s, interpolation=T.InterpolationMode.BICUBIC)(decode_image(data)))
+            want = np.asarray(view.resize((size, size), Image.BOX))
             np.testing.assert_array_equal(st.thumbnail(i), want)
+            if ids[i] == "dogs/2.jpg":  # a drafted decode would have given other bytes
+                assert (pil_crop(decode_image(data, draft_size=size), size) != want).any()
     root = tmp_path / "copy"
     shutil.copytree(folder, root)
     path = tmp_path / "s.h5"

@@ -55,7 +55,7 @@ import torch.utils.data
 from PIL import Image
 
 from .decode import DEFAULT_MAX_PIXELS, BadImage, decode_image
-from .pixels import crop_box, draft_scale, pil_crop, resize_approx, resize_exact  # noqa: F401 (re-exported)
+from .pixels import crop_box, draft_scale, pil_crop, resize_approx, resize_exact, thumbnail  # noqa: F401 (re-exported)
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -145,9 +145,7 @@ class _Files(torch.utils.data.Dataset):
         for row, i in enumerate(ids):
             data, err = _read_file(self.paths[i], self.names[i])
             sha.append(hashlib.sha256(data).hexdigest() if self.hashes and data is not None else "")
-            errors[i] = err or self.decode_into(i, data, host[row])
-            if errors[i] is None and thumbs is not None:
-                self.thumb_into(i, data, thumbs[row])
+            errors[i] = err or self.decode_into(i, data, host[row], None if thumbs is None else thumbs[row])
         good = [row for row, i in enumerate(ids) if errors[i] is None]
         pixels = host if len(good) == len(ids) else host[good]
         if thumbs is not None and len(good) < len(ids):
@@ -161,12 +159,14 @@ class _Files(torch.utils.data.Dataset):
         out = torch.empty((n, self.thumbs, self.thumbs, 3), dtype=torch.uint8)
         return out.share_memory_() if torch.utils.data.get_worker_info() is not None else out
 
-    def thumb_into(self, i: int, data: bytes, row: torch.Tensor) -> None:
-        """File ``i``'s thumbnail into ``row`` [T, T, 3]: decoded with draft_size T, then `pil_crop` at T (the
-        definition of `atlas.mining.thumbs`, whose commit-time path makes the same bytes)."""
-        t = self.thumbs
-        image = decode_image(data, max_pixels=self.max_pixels, draft_size=t, name=self.names[i])
-        row.copy_(torch.from_numpy(pil_crop(image, t, self.resize_mode, self.crop_rule)))
+    def thumb_into(self, i: int, data: bytes, row: torch.Tensor, crop: np.ndarray | None = None) -> None:
+        """File ``i``'s thumbnail into ``row`` [T, T, 3]: `thumbnail` of the model's view of the fully decoded file
+        (the definition of `atlas.mining.thumbs`, whose commit-time path makes the same bytes); ``crop``: that
+        view [S, S, 3], if made already."""
+        if crop is None:
+            image = decode_image(data, max_pixels=self.max_pixels, name=self.names[i])
+            crop = pil_crop(image, self.size, self.resize_mode, self.crop_rule)
+        row.copy_(torch.from_numpy(thumbnail(crop, self.thumbs)))
 
     def _decoded(self, ids: range) -> tuple:
         images, errors, sha, thumbs = {}, {}, [], {}
@@ -180,7 +180,8 @@ class _Files(torch.utils.data.Dataset):
                     images[i] = np.array(image)  # [h, w, 3] uint8 (writable), decoded as mining decodes it
                     if self.thumbs:
                         thumbs[i] = torch.empty((self.thumbs, self.thumbs, 3), dtype=torch.uint8)
-                        self.thumb_into(i, data, thumbs[i])
+                        view = None if self.draft_size else pil_crop(image, self.size, self.resize_mode, self.crop_rule)
+                        self.thumb_into(i, data, thumbs[i], view)
                 except BadImage as e:
                     err = (e.reason, str(e))
             if err is not None:
@@ -198,13 +199,18 @@ class _Files(torch.utils.data.Dataset):
             packed.share_memory_()
         return ids.start, ids.stop, list(images), flat, bad, sha, packed, [a.shape[:2] for a in images.values()]
 
-    def decode_into(self, i: int, data: bytes, row: torch.Tensor) -> tuple[str, str] | None:
-        """Mining's decode and crop of file ``i`` into ``row`` [S, S, 3]; the error, if any."""
+    def decode_into(self, i: int, data: bytes, row: torch.Tensor, thumb: torch.Tensor | None = None
+                    ) -> tuple[str, str] | None:
+        """Mining's decode and crop of file ``i`` into ``row`` [S, S, 3], and its thumbnail into ``thumb``
+        [T, T, 3] from the same crop (unless drafted); the error, if any."""
         try:
             image = decode_image(data, max_pixels=self.max_pixels, draft_size=self.draft_size, name=self.names[i])
         except BadImage as e:
             return e.reason, str(e)
-        row.copy_(torch.from_numpy(pil_crop(image, self.size, self.resize_mode, self.crop_rule)))
+        crop = pil_crop(image, self.size, self.resize_mode, self.crop_rule)  # [S, S, 3]
+        row.copy_(torch.from_numpy(crop))
+        if thumb is not None:
+            self.thumb_into(i, data, thumb, crop if self.draft_size is None else None)
         return None
 
     def nvjpeg_ready(self, data: bytes) -> int:

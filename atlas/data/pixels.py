@@ -64,6 +64,14 @@ def pil_crop(image: Image.Image, size: int, mode: str = "shortest", crop: str = 
     return np.array(image.crop((left, top, left + size, top + size)), dtype=np.uint8)  # writable copy
 
 
+def thumbnail(crop: np.ndarray, size: int) -> np.ndarray:
+    """A thumbnail [T, T, 3] uint8 of the model's view ``crop`` [S, S, 3] (`pil_crop`): PIL's box filter (each
+    thumbnail pixel the area average of the crop pixels it covers); the crop itself when S == T."""
+    if crop.shape[0] == size:
+        return np.array(crop, dtype=np.uint8)
+    return np.array(Image.fromarray(crop).resize((size, size), Image.BOX), dtype=np.uint8)
+
+
 def draft_scale(width: int, height: int, size: int) -> int:
     """The factor (1, 2, 4 or 8) by which libjpeg's draft mode shrinks a JPEG for ``draft_size=size``
     (Pillow's `JpegImageFile.draft`): the largest that keeps both sides >= size."""

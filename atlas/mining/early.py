@@ -14,11 +14,8 @@ thumbnails); otherwise it stops them and decodes afresh, so the store never depe
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -27,6 +24,7 @@ from ..config import MineConfig
 from ..data.loader import JpegLoader
 from ..data.sources import FolderSource, ImageSource
 from ..models import ATLAS_CONFIGS, ModelSpec, resolve_device
+from ..openclip import open_clip_config
 from .batches import FilePlan, resize_on
 from .machine import machine_fit
 from .thumbs import PassThumbs
@@ -55,10 +53,7 @@ def input_geometry(spec: str | ModelSpec) -> tuple[int, str, str] | None:
     if spec.family == "atlas":
         cfg = ATLAS_CONFIGS.get(spec.arch)
     elif spec.family == "open_clip":
-        found = importlib.util.find_spec("open_clip")  # finds the package without importing it
-        roots = list(found.submodule_search_locations or []) if found else []
-        files = [Path(r) / "model_configs" / f"{spec.arch}.json" for r in roots]
-        cfg = next((json.loads(f.read_text()) for f in files if f.is_file()), None)
+        cfg = open_clip_config(spec.arch)
     else:
         return None
     size = (cfg or {}).get("vision_cfg", {}).get("image_size")

@@ -1,11 +1,12 @@
 """Thumbnails of the images a store shows: the model's centre crop at the thumbnail's size, as uint8 arrays.
 
-A thumbnail is `pil_crop` of the image decoded with ``draft_size`` = the thumbnail's side (libjpeg shrinks a large
-JPEG by 1/2, 1/4 or 1/8 while decoding): the region the model saw (the model's own crop geometry), resized once,
-for display.  They are not the model's pixels (`atlas.data.pixels` makes those, from the fully decoded file).
+A thumbnail is the model's view of the image (`pil_crop` of the fully decoded file at the model's input side, the
+model's own crop geometry: the uint8 pixels before normalization) shrunk to the thumbnail's side with PIL's box
+filter (`atlas.data.pixels.thumbnail`), for display.
 
-Mining files, the decoding processes make every image's thumbnail from the bytes they already read
-(`JpegLoader`'s ``thumbs``) into a memmap of the work folder (`PassThumbs`), and the commit copies the shown ones
+Mining files, the decoding processes make every image's thumbnail from the view they already made for the model
+(`JpegLoader`'s ``thumbs``: no second decode, a 0.2 ms resize) into a memmap of the work folder (`PassThumbs`), and the commit copies
+the shown ones
 from there.  Otherwise (other sources, a store that needs thumbnails of images mined earlier, a pass too large
 for the memmap's budget) files are decoded again in ``workers`` processes through `JpegLoader` (the GIL-bound PIL
 glue of thousands of small images does not scale on threads), other sources on threads.  All give the same
@@ -23,7 +24,7 @@ import numpy as np
 
 from .. import store
 from ..data.decode import DEFAULT_MAX_PIXELS
-from ..data.loader import JpegLoader, pil_crop
+from ..data.loader import JpegLoader, pil_crop, thumbnail
 from ..data.sources import FolderSource, ImageSource
 from ..models import LoadedModel
 
@@ -78,10 +79,11 @@ def make_thumbnails(f: store.File, model: LoadedModel, source: ImageSource, need
         done = made.done[missing].astype(bool)
         ready = [i for i, d in zip(missing, done) if d]
         missing = [i for i, d in zip(missing, done) if not d]
+    view = (model.image_size, model.resize_mode, model.crop_rule)
     if isinstance(source, FolderSource) and workers > 0 and missing:
-        new, hashes = _from_files(source, missing, size, model.resize_mode, model.crop_rule, workers)
+        new, hashes = _from_files(source, missing, size, *view, workers)
     else:
-        new, hashes = _on_threads(source, missing, size, model.resize_mode, model.crop_rule)
+        new, hashes = _on_threads(source, missing, size, *view)
     recorded = store.image_column_of(f, "sha256") if missing else None  # [N]; "" for generated images
     for i, h in zip(missing, hashes):
         if recorded is not None and recorded[i] and h != bytes(recorded[i]).decode():
@@ -99,17 +101,18 @@ def _changed(source_id: str, why: str) -> store.StoreError:
                             "commit reruns), or mine into a fresh store")
 
 
-def _on_threads(source: ImageSource, missing: list[int], size: int, mode: str,
+def _on_threads(source: ImageSource, missing: list[int], size: int, model_size: int, mode: str,
                 crop: str = "round") -> tuple[np.ndarray, list[str]]:
-    """The thumbnails [M, size, size, 3] of the images ``missing`` and their files' sha256 ("" if generated)."""
+    """The thumbnails [M, size, size, 3] of the images ``missing`` (`thumbnail` of the model's view at
+    ``model_size``) and their files' sha256 ("" if generated)."""
     new = np.zeros((len(missing), size, size, 3), np.uint8)
     hashes = [""] * len(missing)
 
     def one(j: int) -> None:
-        sample = source.sample(missing[j], draft_size=size)
+        sample = source.sample(missing[j])
         if sample.image is None:
             raise _changed(sample.source_id, f"became unreadable ({sample.message})")
-        new[j], hashes[j] = pil_crop(sample.image, size, mode, crop), sample.sha256
+        new[j], hashes[j] = thumbnail(pil_crop(sample.image, model_size, mode, crop), size), sample.sha256
 
     # PIL decodes and resizes without the GIL: threads share the work (each writes its own row)
     with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
@@ -121,19 +124,18 @@ def _on_threads(source: ImageSource, missing: list[int], size: int, mode: str,
     return new, hashes
 
 
-def _from_files(source: FolderSource, missing: list[int], size: int, mode: str, crop: str,
+def _from_files(source: FolderSource, missing: list[int], size: int, model_size: int, mode: str, crop: str,
                 workers: int) -> tuple[np.ndarray, list[str]]:
-    """`_on_threads` for files, decoded in ``workers`` processes."""
+    """`_on_threads` for files, decoded in ``workers`` processes (as mining's decoding processes make them)."""
     names = [source.entries[i].source_id for i in missing]
-    loader = JpegLoader([source.path(i) for i in missing], size, batch_size=64, device="cpu", decode="cpu",
-                        resize="cpu", workers=workers, resize_mode=mode, crop=crop, draft=True, hashes=True,
-                        names=names,
-                        max_pixels=source.max_pixels or DEFAULT_MAX_PIXELS)
+    loader = JpegLoader([source.path(i) for i in missing], model_size, batch_size=64, device="cpu", decode="cpu",
+                        resize="cpu", workers=workers, resize_mode=mode, crop=crop, hashes=True, names=names,
+                        max_pixels=source.max_pixels or DEFAULT_MAX_PIXELS, thumbs=size)
     new = np.zeros((len(missing), size, size, 3), np.uint8)
     hashes: list[str] = []
     for b in loader:
         for j, _reason, message in b.bad:
             raise _changed(names[j], f"became unreadable ({message})")
         hashes += b.sha256
-        new[b.index.numpy()] = b.pixels.permute(0, 2, 3, 1).numpy()  # [n, S, S, 3]
+        new[b.index.numpy()] = b.thumbs.numpy()  # [n, T, T, 3]
     return new, hashes

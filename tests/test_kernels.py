@@ -184,6 +184,14 @@ def test_interp_softmax_kernel_matches_reference(n, c, dtype):
                                    atol=1e-7)
     l_only, none = softmax_xent(z, y, grad=False, backend="triton")
     assert none is None and torch.allclose(l_only, l_ref, rtol=1e-6, atol=1e-5)
+    r32 = softmax_xent(z, y, 0.25, torch.float32, backend="torch")[1]  # the split: R to 16 significant bits
+    for backend in ("torch", "triton"):
+        _, (hi, lo) = softmax_xent(z, y, 0.25, torch.bfloat16, backend=backend, split=True)
+        assert hi.dtype == lo.dtype == torch.bfloat16
+        torch.testing.assert_close(hi.float() + lo.float(), r32, rtol=2 ** -15, atol=1e-12)
+        assert (lo.float().abs() <= hi.float().abs() * 2 ** -7).all()  # hi is R rounded: lo within its ulp
+    with pytest.raises(ValueError, match="split gives R as a half-precision"):
+        softmax_xent(z, y, grad_dtype=torch.float32, split=True)
 
 
 def test_interp_softmax_kernel_two_pass_for_long_rows(monkeypatch):
@@ -197,6 +205,8 @@ def test_interp_softmax_kernel_two_pass_for_long_rows(monkeypatch):
     l_ker, r_ker = softmax_xent(z, y, 0.5, backend="triton")
     torch.testing.assert_close(l_ker, l_ref, rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(r_ker, r_ref, rtol=1e-5, atol=1e-7)
+    _, (hi, lo) = softmax_xent(z, y, 0.5, torch.bfloat16, backend="triton", split=True)
+    torch.testing.assert_close(hi.float() + lo.float(), r_ref, rtol=2 ** -15, atol=1e-12)
 
 
 def check_stats(score, bins=16, device="cpu"):

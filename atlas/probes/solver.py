@@ -16,7 +16,8 @@ change of f is below the rounding of its float32 sums (NOISE), the test compares
 does): otherwise rounding either accepts steps that are too long or doubles L without end.  The logits of the
 extrapolated point are a linear combination of the last two iterates' logits, so a step costs one forward product
 X W^T and one backward R^T X (for half-precision X each is two: a head and a remainder, for 16 significant
-bits).  It stops when the KKT conditions hold to ``tol`` relative to lam (`kkt_violation`): every weight's
+bits; the softmax pass writes R's head and remainder itself, and on CUDA the second product of each pair adds the
+first in its epilogue).  It stops when the KKT conditions hold to ``tol`` relative to lam (`kkt_violation`): every weight's
 gradient within tol * lam of -lam * sign(w), every zero weight's gradient at most lam (1 + tol), every intercept's
 gradient at most tol * lam; or at ``max_iter``, with ``converged=False`` and the violation it reached.
 
@@ -80,15 +81,37 @@ def _mm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return A.float() @ B.to(A.dtype).float()  # the CPU, or a torch without mm(out_dtype=) (before 2.9): float32
 
 
+_ADDMM_OUT_DTYPE = [_HAS_MM_OUT_DTYPE]  # torch.addmm(..., out_dtype=) on CUDA; set False if it refuses a case
+
+
+def _mm_acc(acc: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """acc + A @ B for half-precision A and B with float32 acc [m, n] (broadcast from [n] allowed): on CUDA one
+    product whose epilogue adds acc (no separate pass over the [m, n] result), elsewhere `_mm` and an add."""
+    if A.is_cuda and A.dtype in HALF and _ADDMM_OUT_DTYPE[0]:
+        try:
+            return torch.addmm(acc.expand(A.shape[0], B.shape[1]), A, B.to(A.dtype), out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # a torch whose addmm(out_dtype=) lacks this case: products and adds
+            _ADDMM_OUT_DTYPE[0] = False
+    return acc + _mm(A, B)
+
+
+def _split(W: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 W as a ``dtype`` head and remainder, hi + lo = W to 16 significant bits for bfloat16."""
+    hi = W.to(dtype)
+    return hi, (W - hi.to(W.dtype)).to(dtype)
+
+
 def logits(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """[n, C] = X W^T + b, in W's dtype (float32 for half-precision X).  For half-precision X the product
     rounds W to X's dtype; ``exact`` adds the product with the rounding's remainder, which leaves W with 16
     significant bits (bfloat16): the objective needs this, or its value jitters by more than the stop test's
     tolerance as W's rounding changes from step to step."""
-    if not exact or X.dtype not in HALF:
+    if X.dtype not in HALF:
         return _mm(X, W.t()) + b
-    hi = W.to(X.dtype)
-    return _mm(X, hi.t()) + _mm(X, (W - hi.to(W.dtype)).t()) + b
+    if not exact:
+        return _mm_acc(b, X, W.t())
+    hi, lo = _split(W, X.dtype)
+    return _mm_acc(_mm_acc(b, X, hi.t()), X, lo.t())
 
 
 def _smooth_grad(X: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor
@@ -112,11 +135,11 @@ def _gradient(Z: torch.Tensor, X: torch.Tensor, y: torch.Tensor, dtype: torch.dt
     if X.dtype not in HALF:
         loss, R = softmax_xent(Z, y, scale=1.0 / n, grad_dtype=X.dtype)  # [n], [n, C]
         return loss, _mm(R.t(), X).to(dtype), R.sum(0, dtype=dtype)
-    loss, R = softmax_xent(Z, y, scale=1.0 / n, grad_dtype=torch.float32)
-    hi = R.to(X.dtype)
-    gW = _mm(hi.t(), X)
-    gW += _mm((R - hi.float()).to(X.dtype).t(), X)
-    return loss, gW.to(dtype), R.sum(0, dtype=dtype)
+    # R unscaled (|R| <= 1: no float16 underflow), as head and remainder from the softmax pass itself: [n, C] each
+    loss, (hi, lo) = softmax_xent(Z, y, grad_dtype=X.dtype, split=True)
+    gW = _mm_acc(_mm(hi.t(), X), lo.t(), X) / n  # [C, F]
+    gb = (hi.sum(0, dtype=torch.float32) + lo.sum(0, dtype=torch.float32)) / n
+    return loss, gW.to(dtype), gb.to(dtype)
 
 
 def lipschitz(X: torch.Tensor, iters: int = 50) -> float:
@@ -181,8 +204,8 @@ def fista(X: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, W0: torc
         while True:  # backtracking (Scheinberg, Goldfarb & Bai 2014: the momentum follows the step's changes)
             t_next = (1 + math.sqrt(1 + 4 * (L_try / Lk) * t * t)) / 2
             mom = (t - 1) / t_next
-            if mom > 0:  # the extrapolated point and its logits (X W^T is linear in W)
-                zW, zb, Zz = W + mom * (W - W_prev), b + mom * (b - b_prev), Zx + mom * (Zx - Z_prev)
+            if mom > 0:  # the extrapolated point and its logits (X W^T is linear in W): x + mom (x - x_prev)
+                zW, zb, Zz = (torch.lerp(p, x, 1 + mom) for p, x in ((W_prev, W), (b_prev, b), (Z_prev, Zx)))
             else:
                 zW, zb, Zz = W, b, Zx
             loss, gW, gb = _gradient(Zz, X, y, W.dtype)

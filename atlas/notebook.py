@@ -147,7 +147,8 @@ class Atlas:
             raise KeyError(f"this store holds model {self.model!r}, not {model!r}")
         return self.neuron(layer, int(unit))
 
-    def export(self, out: str | Path, config: ExportConfig = ExportConfig(), *, overwrite: bool = False) -> ExportResult:
+    def export(self, out: str | Path, config: ExportConfig = ExportConfig(), *,
+               overwrite: bool = False) -> ExportResult:
         """Write the store as JSON lines in Neuronpedia's layout into ``out`` (`atlas.export.export_store`)."""
         return export_open(self.store, out, config, overwrite=overwrite)
 

@@ -160,6 +160,34 @@ class BuildConfig:
             object.__setattr__(self, "featurevis_layers", tuple(self.featurevis_layers))
 
 
+EXPORT_FORMATS = ("jsonl", "parquet")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What `atlas export` writes (atlas.export; the layout: docs/store.md, "Export").
+
+    format: "jsonl" (gzip-compressed JSON lines in Neuronpedia's layout) or "parquet" (the same records; needs pyarrow).
+    layers: layers to export (canonical names; empty: every mined layer of the store).
+    batch_size: units per batch file; batch i of features/ and of activations/ holds the same units.
+    examples: top examples written per unit (None: every one the store keeps).
+    maps: also write each example's stored heatmap ([mh, mw], at most 8 x 8), not only its peak and grid.
+    """
+
+    format: str = "jsonl"
+    layers: tuple[str, ...] = ()
+    batch_size: int = 1000
+    examples: int | None = None
+    maps: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        _check(self.format in EXPORT_FORMATS,
+               f"--format {self.format!r} is not an export format; use one of {', '.join(EXPORT_FORMATS)}")
+        _check(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        _check(self.examples is None or self.examples >= 1, f"--examples must be >= 1, got {self.examples}")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (tuples become lists)."""
     return json.loads(to_json(cfg))

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .config import ExportConfig
+from .export import ExportResult, export_open
 from .names import parse_unit_id
 from .site.images import data_uri, overlay, png_bytes
 from .store import LayerData, Store, StoreError
@@ -144,6 +146,11 @@ class Atlas:
         if model != self.model:
             raise KeyError(f"this store holds model {self.model!r}, not {model!r}")
         return self.neuron(layer, int(unit))
+
+    def export(self, out: str | Path, config: ExportConfig = ExportConfig(), *,
+               overwrite: bool = False) -> ExportResult:
+        """Write the store as JSON lines in Neuronpedia's layout into ``out`` (`atlas.export.export_store`)."""
+        return export_open(self.store, out, config, overwrite=overwrite)
 
     def __repr__(self) -> str:
         return f"Atlas({str(self.store.path)!r}, model={self.model!r}, layers={self.layers})"

@@ -14,7 +14,7 @@ from atlas import store
 from atlas.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["build", "mine", "featurevis", "site", "models", "layers", "info"]
+COMMANDS = ["build", "mine", "featurevis", "site", "models", "layers", "info", "export"]
 
 
 def test_help_lists_every_command():

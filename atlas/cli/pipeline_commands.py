@@ -1,4 +1,4 @@
-"""Commands of the pipeline: build, mine, featurevis, site, verify, info."""
+"""Commands of the pipeline: build, mine, featurevis, site, verify, info, export."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from .progress import Progress, process_started
-from ..config import (PIXELS, PRECISIONS, RESIZES, AnalysesConfig, BuildConfig, FeatureVisConfig, MineConfig,
-                      SiteConfig)
+from ..config import (EXPORT_FORMATS, PIXELS, PRECISIONS, RESIZES, AnalysesConfig, BuildConfig, ExportConfig,
+                      FeatureVisConfig, MineConfig, SiteConfig)
 from .common import (captions_opt, data_opt, device_opt, guarded, layers_opt, main, model_opt, parse_units,
                      split_list, trust_opt, workers_opt)
 
@@ -246,3 +246,31 @@ def info(store_path):
     guarded(go)
 
 
+
+
+@main.command()
+@click.argument("store_path", metavar="STORE", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default=ExportConfig.format, show_default=True,
+              help="jsonl: gzip-compressed JSON lines in Neuronpedia's layout; parquet: the same records (needs "
+                   "pyarrow).")
+@click.option("--layer", "layers", multiple=True, help="A layer to export; repeat for more (default: every layer).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write: features/, activations/, explanations/ and manifest.json.")
+@click.option("--batch-size", default=ExportConfig.batch_size, show_default=True, type=click.IntRange(1),
+              help="Units per batch file.")
+@click.option("--examples", default=None, type=click.IntRange(1),
+              help="Top examples per unit (default: every one the store keeps).")
+@click.option("--no-maps", is_flag=True, help="Leave out the stored heatmaps (the peak cell and grid stay).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export in --out.")
+def export(store_path, fmt, layers, out, batch_size, examples, no_maps, overwrite):
+    """Export a store's units (statistics, top examples, heatmap peaks) as JSON lines in Neuronpedia's layout."""
+    from ..export import export_store
+
+    bars = Progress()
+    r = guarded(lambda: export_store(store_path, out, ExportConfig(format=fmt, layers=layers, batch_size=batch_size,
+                                                                   examples=examples, maps=not no_maps),
+                                     overwrite=overwrite, progress=bars.step("export")))
+    bars.close()
+    nulls = sum(r.nulls.values())
+    click.echo(f"{r.out}: {r.units} units, {r.records['activations']} examples in {len(r.files) - 1} files"
+               + (f"; {nulls} non-finite numbers written as null (manifest.json)" if nulls else ""))

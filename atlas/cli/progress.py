@@ -16,7 +16,8 @@ _IMPORTED = time.time()
 
 # the unit of a step, by the first word of its label
 UNITS = {"mine": "images", "featurevis": "units", "site": "layers", "verify": "layers", "probe": "lambdas",
-         "train": "steps"}
+         "train": "steps",
+         "export": "units"}
 
 
 def process_started() -> float:

@@ -23,6 +23,17 @@ from .plots import histogram_svg
 from .reports import SiteUnits, backlinks, load_reports, render_reports
 from .writer import SiteError, Writer, component, environment
 
+def thumbnail_parts(model: str, index: int) -> list[str]:
+    """Where the site puts image ``index``'s thumbnail: ``model/img/<index>.jpg`` (joined with '/', relative to the
+    site's root)."""
+    return [model, "img", f"{int(index)}.jpg"]
+
+
+def featurevis_parts(model: str, layer: str, unit: int) -> list[str]:
+    """Where the site puts a unit's feature visualization: ``model/layer/fv/<unit>.png``."""
+    return [model, layer, "fv", f"{int(unit)}.png"]
+
+
 @dataclass
 class SiteResult:
     out: Path
@@ -92,7 +103,7 @@ def _model_pages(w: Writer, st: Store, model: str) -> dict[str, Any]:
         lo, hi = int(rows[part[0]]), int(rows[part[-1]]) + 1
         data = thumbs[lo:hi]  # [rows, T, T, 3]
         for index in part:
-            w.binary([model, "img", f"{int(index)}.jpg"], jpeg_bytes(data[int(rows[index]) - lo]))
+            w.binary(thumbnail_parts(model, index), jpeg_bytes(data[int(rows[index]) - lo]))
     bad = st.bad_images()
     w.page("images.html", [model, "skipped.html"], model=model, bad=bad, meta=st.meta)
     layers = []
@@ -118,7 +129,7 @@ def _layer_pages(w: Writer, st: Store, ld: LayerData, links: dict[int, list[dict
     tiles = []
     for u in range(ld.units):
         if fv_done[u]:
-            w.binary([model, layer, "fv", f"{u}.png"], png_bytes(fv_images[u]))
+            w.binary(featurevis_parts(model, layer, u), png_bytes(fv_images[u]))
         top = int(index[u, 0])
         tiles.append({"unit": u, "fv": bool(fv_done[u]), "top": top if top >= 0 else None,
                       "max": float(stats["max"][u])})
@@ -160,4 +171,4 @@ def _trust(ld: LayerData) -> dict[str, Any]:
             "verify": check}
 
 
-__all__ = ["SiteError", "SiteResult", "StoreError", "build_site"]
+__all__ = ["SiteError", "SiteResult", "StoreError", "build_site", "featurevis_parts", "thumbnail_parts"]

@@ -70,6 +70,11 @@ class LayerData:
         return tuple(int(x) for x in self.group.attrs["grid"])  # type: ignore[return-value]
 
     @property
+    def top_k(self) -> int:
+        """Top examples kept per unit (the k of ``topk/*``)."""
+        return int(self.group["topk/values"].shape[1])
+
+    @property
     def config(self) -> dict[str, Any]:
         return json.loads(self.group.attrs["config"])
 
@@ -81,6 +86,17 @@ class LayerData:
 
     def has(self, key: str) -> bool:
         return key in self.group
+
+    def rows(self, key: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (units) of dataset ``key``, e.g. ``topk/values`` -> [stop - start, k]: one slice read
+        from the file, not the whole layer."""
+        return self.group[key][start:stop]
+
+    def stat_names(self) -> list[str]:
+        """The per-unit statistics the layer holds: the one-value-per-unit datasets of ``stats/`` (count, mean, std,
+        min, max, positive, nonfinite, ...), sorted; ``stats/hist`` ([U, B]) is not among them."""
+        g = self.group["stats"] if "stats" in self.group else {}
+        return sorted(n for n in g if isinstance(g[n], h5py.Dataset) and g[n].ndim == 1)
 
     def check(self, kind: str = "verify") -> dict[str, Any] | None:
         """The attributes of the layer's last ``kind`` check (`write_check`), JSON decoded; None if never run."""

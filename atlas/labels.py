@@ -129,9 +129,12 @@ def match_scores(acts: torch.Tensor, sims: torch.Tensor, chunk: int = 4096) -> t
 
 def _zscore_rows(x: np.ndarray) -> np.ndarray:
     """Each row of [U, m] to mean 0, std 1 over its finite entries (rows without spread: 0)."""
-    mean = np.nanmean(x, 1, keepdims=True)
-    std = np.nanstd(x, 1, keepdims=True)
-    return np.where(std > 0, (x - mean) / np.where(std > 0, std, 1), 0.0)
+    out = np.zeros(x.shape)
+    live = np.isfinite(x).any(1)  # rows all NaN (constant units) stay 0
+    mean = np.nanmean(x[live], 1, keepdims=True)
+    std = np.nanstd(x[live], 1, keepdims=True)
+    out[live] = np.where(std > 0, (x[live] - mean) / np.where(std > 0, std, 1), 0.0)
+    return out
 
 
 def average_precision(score: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

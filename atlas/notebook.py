@@ -145,6 +145,14 @@ class Atlas:
             raise KeyError(f"this store holds model {self.model!r}, not {model!r}")
         return self.neuron(layer, int(unit))
 
+    def labels(self, unit_or_layer: str) -> dict | list[dict] | None:
+        """Automatic labels (`atlas label`) as plain data: of one unit (``model/layer/unit``) or of every unit of a
+        layer (its name); None when the layer was never labelled."""
+        if unit_or_layer.count("/") == 2:
+            n = self[unit_or_layer]
+            return n._layer.labels(n.unit)
+        return self.store.layer(self.model, unit_or_layer).labels()
+
     def __repr__(self) -> str:
         return f"Atlas({str(self.store.path)!r}, model={self.model!r}, layers={self.layers})"
 

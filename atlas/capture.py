@@ -85,3 +85,25 @@ def pooled_activations(model, pixels: torch.Tensor, layers: Sequence[str], reduc
             embs.append(model.encode_image(pixels[i:i + batch].to(model.device)).float().cpu())
     scores = {n: torch.cat(out[infos[n].name]) for n in layers}
     return scores, torch.cat(embs) if embs else torch.zeros(0)
+
+
+@contextmanager
+def ablated(model: nn.Module, module_name: str, unit: int, layout: str) -> Iterator[None]:
+    """Forwards inside the block see unit ``unit`` of ``module_name``'s output set to zero (a copy is returned,
+    nothing is changed in place).  ``layout``: "nchw" (units are channels, dim 1) or "nlc" (units last)."""
+    (module,) = find_modules(model, [module_name]).values()
+
+    def hook(_module, _inputs, output):
+        first = output[0] if isinstance(output, tuple) else output
+        out = first.clone()
+        if layout == "nchw":
+            out[:, unit] = 0
+        else:
+            out[..., unit] = 0
+        return (out, *output[1:]) if isinstance(output, tuple) else out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -188,6 +188,37 @@ class ExportConfig:
         _check(self.examples is None or self.examples >= 1, f"--examples must be >= 1, got {self.examples}")
 
 
+@dataclass(frozen=True)
+class LabelConfig:
+    """What `atlas label` computes for each layer (atlas/labels.py).
+
+    templates: prompts whose normalized text embeddings are averaged per vocabulary entry ("{}" is the entry).
+    top: labels kept per unit, best first.
+    word_weight: weight of the rendered-word evidence in the combined score (0: image-text matching alone).
+    words_report: the /attacks/<name> word-sensitivity report whose responses are the rendered-word evidence
+        (used only when it covers the layer and holds `responses`).
+    bootstrap: resamples of the probing images for the AUPRC confidence interval; seed: their seed.
+    vocab: where the vocabulary came from ("default": common English words plus the data's class or concept
+        names; else the vocabulary file's path).
+    """
+
+    templates: tuple[str, ...] = ("a photo of a {}", "{}")
+    top: int = 5
+    word_weight: float = 0.5
+    words_report: str = "words"
+    bootstrap: int = 200
+    seed: int = 0
+    vocab: str = "default"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "templates", tuple(self.templates))
+        _check(bool(self.templates) and all("{}" in t for t in self.templates),
+               f"templates must be non-empty and each hold '{{}}', got {self.templates!r}")
+        _check(self.top >= 1, f"top must be >= 1, got {self.top}")
+        _check(self.word_weight >= 0, f"word_weight must be >= 0, got {self.word_weight}")
+        _check(self.bootstrap >= 10, f"bootstrap must be >= 10, got {self.bootstrap}")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (tuples become lists)."""
     return json.loads(to_json(cfg))

@@ -24,3 +24,7 @@ class StoreError(AtlasError, RuntimeError):
 
 class StoreBusy(StoreError):
     """Another process is writing the store."""
+
+
+class LabelError(AtlasError, ValueError):
+    """A labelling input that cannot be used: an empty vocabulary file, a word the text tower cannot encode."""

@@ -152,6 +152,14 @@ class Atlas:
         """Write the store as JSON lines in Neuronpedia's layout into ``out`` (`atlas.export.export_store`)."""
         return export_open(self.store, out, config, overwrite=overwrite)
 
+    def unit_labels(self, unit_or_layer: str) -> dict | list[dict] | None:
+        """Automatic labels (`atlas label`) as plain data: of one unit (``model/layer/unit``) or of every unit of a
+        layer (its name); None when the layer was never labelled."""
+        if unit_or_layer.count("/") == 2:
+            n = self[unit_or_layer]
+            return n._layer.labels(n.unit)
+        return self.store.layer(self.model, unit_or_layer).labels()
+
     def __repr__(self) -> str:
         return f"Atlas({str(self.store.path)!r}, model={self.model!r}, layers={self.layers})"
 

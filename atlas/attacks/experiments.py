@@ -241,6 +241,7 @@ def run_word_sensitivity(model: LoadedModel, store_path: str | os.PathLike, laye
     order = np.argsort(-resp, axis=0, kind="stable")[:top].T  # [units, top]
     store.write_report(store_path, "attacks", name, {
         "words": list(words), "top_index": order.astype(np.int32),
-        "top_value": np.take_along_axis(resp.T, order, axis=1).astype(np.float32)},
+        "top_value": np.take_along_axis(resp.T, order, axis=1).astype(np.float32),
+        "responses": resp.astype(np.float32)},
         {"experiment": "word sensitivity", "layer": info.name, "fonts": list(fonts), "model": model.name})
     return WordSensitivityResult(f"attacks/{name}", words, resp)

@@ -1,4 +1,4 @@
-"""Commands about models: models, convert, layers, train, eval concepts."""
+"""Commands about models: models, convert, layers, train, eval concepts, eval labels."""
 
 from __future__ import annotations
 
@@ -110,3 +110,30 @@ def eval_concepts(model_spec, per_concept, layers, threshold, out, device, trust
         Path(out).write_text(report.markdown)
 
 
+
+
+@eval_group.command("labels")
+@click.argument("store_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--layer", default=None, help="Layer whose labels are scored (default: the store's last mined layer).")
+@click.option("--model", "model_spec", default=None, help="Model spec (default: the one the store was mined from).")
+@click.option("--causal-units", default=64, show_default=True, type=click.IntRange(0),
+              help="Labelled units to ablate for the causal check.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Also write the table here (Markdown).")
+@device_opt
+@trust_opt
+def eval_labels(store_path, layer, model_spec, causal_units, out, device, trust_checkpoint):
+    """Score a store's automatic labels against Concept World's planted concepts, beside two baselines, with a
+    causal (ablation) check."""
+    from ..label_eval import evaluate_labels
+    from ..models import load_model
+    from ..store import Store
+
+    def go():
+        spec = model_spec or Store(store_path).meta["model_spec"]
+        model = load_model(spec, device=device, trust_checkpoint=trust_checkpoint)
+        return evaluate_labels(model, store_path, layer, causal_units=causal_units)
+
+    report = guarded(go)
+    click.echo(report.markdown)
+    if out:
+        Path(out).write_text(report.markdown)

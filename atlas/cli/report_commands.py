@@ -1,4 +1,4 @@
-"""Commands that add reports to a store: probe, attack table/stroop/words, audit."""
+"""Commands that add reports to a store: probe, attack table/stroop/words, audit, label."""
 
 from __future__ import annotations
 
@@ -177,5 +177,35 @@ def audit(model_spec, store_path, groups_csv, folder, cw_folder, layer, context,
         if k["significant"][i]:
             click.echo(f"  concept {k['name'][i]}: difference {k['d'][i]:+.3f} vs {k['null_centre'][i]:+.3f} for "
                        f"other concepts, p {k['p'][i]:.4f}")
+    for what, n, why in r.left_out:
+        click.echo(f"  left out: {what} ({n}): {why}")
+
+
+@main.command()
+@click.argument("store_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--layer", "layers", default=None, help="Comma-separated layers to label (default: every mined layer).")
+@click.option("--vocab", default=None, type=click.Path(dir_okay=False),
+              help="Vocabulary file, one word or phrase a line (default: common English words + the data's classes).")
+@click.option("--model", "model_spec", default=None, help="Model spec (default: the one the store was mined from).")
+@device_opt
+@trust_opt
+def label(store_path, layers, vocab, model_spec, device, trust_checkpoint):
+    """Automatic labels for every unit: image-text matching and rendered words, each with an AUPRC check."""
+    from ..labels import label_units
+    from ..models import load_model
+    from ..store import Store
+
+    def go():
+        spec = model_spec or Store(store_path).meta["model_spec"]
+        model = load_model(spec, device=device, trust_checkpoint=trust_checkpoint)
+        return label_units(model, store_path, split_list(layers) or None, vocab,
+                           progress=lambda line: click.echo(line, err=True))
+
+    r = guarded(go)
+    click.echo(f"{store_path}: {len(r.vocab)} entries ({r.vocab_source}), {r.images} probing images")
+    for lab in r.layers:
+        top = lab.top1()
+        shown = ", ".join(f"{u}: {top[u]}" for u in range(min(5, len(top))))
+        click.echo(f"  {lab.layer}: {len(top)} units labelled ({lab.attrs['dead_units']} constant, none); {shown}, ...")
     for what, n, why in r.left_out:
         click.echo(f"  left out: {what} ({n}): {why}")

@@ -102,6 +102,32 @@ class LayerData:
         """The attributes of the layer's last ``kind`` check (`write_check`), JSON decoded; None if never run."""
         return _decoded_attrs(self.group[kind]) if kind in self.group else None
 
+    def labels(self, unit: int | None = None) -> list[dict[str, Any]] | dict[str, Any] | None:
+        """The layer's automatic labels (`atlas label`, docs/store.md) as plain Python data: per unit a dict with
+        ``id``, ``unit``, ``labels`` (best first: ``concept``, ``score``, ``match``, ``word``, ``auprc``; NaN
+        floats become None), and the top label's check ``auprc``, ``ci`` ([low, high]) and ``base_rate``.  One
+        unit's dict with ``unit``, all units' list without; None when the layer was never labelled."""
+        if "labels" not in self.group:
+            return None
+        g = self.group["labels"]
+        units = range(self.units) if unit is None else [int(unit)]
+        if unit is not None and not 0 <= int(unit) < self.units:
+            raise IndexError(f"layer {self.name} has {self.units} units; no unit {unit}")
+        rows = np.array(list(units), np.int64)
+        cols = {k: g[k][rows] for k in ("concept", "score", "match", "word", "auprc")}
+        concept = g["concept"].asstr()[rows] if is_text(g["concept"]) else cols["concept"]
+        check = {k: g[k][rows] for k in ("check_auprc", "check_ci", "check_base_rate")}
+        num = lambda x: None if not np.isfinite(x) else float(x)
+        out = []
+        for i, u in enumerate(rows):
+            labels = [{"concept": str(concept[i][j]), "score": num(cols["score"][i][j]),
+                       "match": num(cols["match"][i][j]), "word": num(cols["word"][i][j]),
+                       "auprc": num(cols["auprc"][i][j])} for j in range(concept.shape[1]) if concept[i][j]]
+            out.append({"id": self.neuron_id(int(u)), "unit": int(u), "labels": labels,
+                        "auprc": num(check["check_auprc"][i]), "ci": [num(x) for x in check["check_ci"][i]],
+                        "base_rate": num(check["check_base_rate"][i])})
+        return out[0] if unit is not None else out
+
     def featurevis(self) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:
         """(config JSON, images [U, S, S, 3], objective [U], done [U]) of the layer's feature visualizations, or
         None."""

@@ -20,7 +20,7 @@ REASON_CODES = ("", "empty", "not_an_image", "truncated", "corrupt", "too_large"
 REPORTS = ("probes", "attacks", "audits")
 
 
-CHECKS = ("verify",)
+CHECKS = ("verify", "labels")  # groups under a layer that `write_check` replaces whole
 
 
 def layer_path(model: str, layer: str) -> str:

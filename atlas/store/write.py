@@ -25,10 +25,11 @@ def put(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
     of 8 MB or more has its chunks compressed by ``threads`` threads (keyword; `_threads`), as `put_rows` does."""
     if name in group:
         del group[name]
-    if isinstance(data, list):  # strings: fixed-length UTF-8 (variable-length data cannot be checksummed)
-        encoded = [str(s).encode("utf-8") for s in data]
+    if isinstance(data, list):  # strings (nested lists: [rows, cols]): fixed-length UTF-8 (variable-length data
+        shape = np.array(data, dtype=object).shape  # cannot be checksummed)
+        encoded = [str(s).encode("utf-8") for s in np.array(data, dtype=object).ravel()]
         width = max([len(b) for b in encoded] + [1])
-        arr = np.array(encoded, dtype=h5py.string_dtype("utf-8", width))
+        arr = np.array(encoded, dtype=h5py.string_dtype("utf-8", width)).reshape(shape)
     else:
         arr = np.asarray(data)
     if arr.ndim == 0 or arr.size == 0:

@@ -1,0 +1,352 @@
+"""Automatic labels for every unit of a mined layer: a ranked list of vocabulary entries per unit, each with the
+evidence behind it and a sanity check (`label_units`, `atlas label`).
+
+Two kinds of evidence, both kept in the store (docs/store.md, ``labels/``):
+
+- *match* (CLIP-Dissect, Oikarinen & Weng 2023): the unit's activation vector over the probing images (the store's
+  ``pooled`` matrix: each image's spatial mean) against each entry's image-text similarity vector over the same
+  images, P = image embeddings x text embeddings of the entry in ``config.templates`` (the model's own text tower).
+  The score is Pearson's correlation of the two vectors.  Why not soft-WPMI: on the shipped model it put the
+  planted concept on top for 5 to 18 of 33 concept neurons (depending on its temperature), Pearson for 16 to 17:
+  its PMI term favours rare words, and a text tower trained on 41 concepts gives ordinary English words embeddings
+  that are noise.  Pearson is also one of the label metrics NeuronEval (2025) found to pass its sanity checks.
+- *word*: the unit's response to the entry rendered as an image (the word-sensitivity report of
+  `atlas attack words`, ``/attacks/<words_report>``, when it covers the layer and stores every response).
+
+Combined score, per unit: z(match) + word_weight * z(word), each z-scored over the entries that have it (match:
+the whole vocabulary; word: the rendered words), an entry without a rendered word taking 0 (no evidence either
+way).  Both parts are stored beside the combined score.
+
+Sanity check of each label: the average precision (AUPRC) of the unit's activations at finding the probing images
+that show the entry, where the data says what they show (Concept World labels; else the caption's words and the
+class), with a bootstrap interval for the top label; ``base_rate`` (the share of images that show it) is what a
+unit with no information would score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import store
+from .config import LabelConfig, to_json
+from .data.conceptworld import CONCEPT_NAMES, CONCEPTS
+from .errors import LabelError, StoreError
+from .models import LoadedModel
+from .resources import resource_dir
+
+WORD_TO_CONCEPT = {w: c.name for c in CONCEPTS for w in c.words}
+
+
+# ---- vocabulary ---------------------------------------------------------------------------------------------------
+def common_words(n: int = 5000) -> tuple[list[str], str]:
+    """(words, where from): wordfreq's top ``n`` English words if wordfreq is installed, else the list shipped in
+    data/words-en.txt (made from wordfreq 3.1.1's top 5,000); ASCII letters only, 3 letters or more."""
+    try:
+        import wordfreq
+
+        words = [w for w in wordfreq.top_n_list("en", n) if w.isalpha() and w.isascii() and len(w) >= 3]
+        return words, f"wordfreq {getattr(wordfreq, '__version__', '?')} top {n}"
+    except ImportError:
+        path = resource_dir("data") / "words-en.txt"
+        return read_vocabulary(path), f"shipped {path.name}"
+
+
+def read_vocabulary(path: str | os.PathLike) -> list[str]:
+    """One entry per line ('#' starts a comment line), stripped, duplicates dropped; LabelError when none."""
+    p = Path(path)
+    if not p.is_file():
+        raise LabelError(f"vocabulary file {p} does not exist; pass --vocab a text file with one word per line")
+    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    words = list(dict.fromkeys(w for w in lines if w and not w.startswith("#")))
+    if not words:
+        raise LabelError(f"vocabulary file {p} holds no words; write one word or phrase per line (or leave out "
+                         "--vocab for the default vocabulary)")
+    return words
+
+
+def class_names(labels: Sequence[str], conceptworld: bool) -> list[str]:
+    """The data's class names: Concept World's concepts, else the distinct non-empty labels (at most 1,000)."""
+    if conceptworld:
+        return list(CONCEPT_NAMES)
+    names = sorted({lab for lab in labels if lab})
+    return names if len(names) <= 1000 else []
+
+
+def check_vocabulary(model: LoadedModel, words: Sequence[str], templates: Sequence[str], where: str) -> None:
+    """LabelError naming the entry and ``where`` it came from if the tokenizer cannot encode an entry: empty after
+    the tokenizer's cleaning, or (in some template) longer than the text tower's context."""
+    tok = model.tokenizer
+    encode = getattr(tok, "encode", None)
+    ctx = getattr(tok, "context_length", None)
+    for i, w in enumerate(words):
+        if encode is None:
+            break
+        if not encode(w):
+            raise LabelError(f"vocabulary entry {i + 1} of {where} ({w!r}) is empty once the tokenizer cleans it; "
+                             "remove it from the vocabulary")
+        for t in templates:
+            n = len(encode(t.format(w))) + 2  # start and end tokens
+            if ctx and n > ctx:
+                raise LabelError(f"vocabulary entry {i + 1} of {where} ({w[:40]!r}) takes {n} tokens in the prompt "
+                                 f"{t!r}; the text tower reads {ctx}: shorten or remove it")
+
+
+def text_matrix(model: LoadedModel, words: Sequence[str], templates: Sequence[str], batch: int = 1024) -> torch.Tensor:
+    """[C, D] unit-norm text embeddings: per entry, the mean of its normalized embeddings over the templates."""
+    out = torch.zeros(0)
+    with torch.no_grad():
+        for t in templates:
+            e = torch.cat([model.encode_text([t.format(w) for w in words[i:i + batch]]).float().cpu()
+                           for i in range(0, len(words), batch)])  # [C, D]
+            e = e / e.norm(dim=1, keepdim=True)
+            out = e if out.numel() == 0 else out + e
+    return out / out.norm(dim=1, keepdim=True)
+
+
+# ---- scores -------------------------------------------------------------------------------------------------------
+def _standardized(x: torch.Tensor) -> torch.Tensor:
+    """Columns of [n, m] to mean 0 and (population) std 1; constant columns become NaN."""
+    x = x.double()
+    std = x.std(0, unbiased=False)
+    return (x - x.mean(0)) / torch.where(std > 0, std, torch.tensor(float("nan"), dtype=x.dtype))
+
+
+def match_scores(acts: torch.Tensor, sims: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """[U, C] Pearson correlation of each unit's activations acts [n, U] with each entry's image-text similarities
+    sims [n, C] over the same n images (NaN for a constant unit)."""
+    a = _standardized(acts)  # [n, U]
+    n = a.shape[0]
+    return torch.cat([(a.t() @ _standardized(sims[:, i:i + chunk])) / n for i in range(0, sims.shape[1], chunk)], 1)
+
+
+def _zscore_rows(x: np.ndarray) -> np.ndarray:
+    """Each row of [U, m] to mean 0, std 1 over its finite entries (rows without spread: 0)."""
+    out = np.zeros(x.shape)
+    live = np.isfinite(x).any(1)  # rows all NaN (constant units) stay 0
+    mean = np.nanmean(x[live], 1, keepdims=True)
+    std = np.nanstd(x[live], 1, keepdims=True)
+    out[live] = np.where(std > 0, (x[live] - mean) / np.where(std > 0, std, 1), 0.0)
+    return out
+
+
+def average_precision(score: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Average precision of ``score`` [n] at finding ``truth`` [n] bool, as scikit-learn's
+    average_precision_score defines it (tied scores are one threshold): sum over thresholds of the recall step times
+    the precision.  With ``weights`` [B, n] (bootstrap counts of each image) one value per row: [B]; else a 0-d
+    array.  NaN when no weighted positive."""
+    order = np.argsort(-score, kind="stable")
+    s, y = score[order], truth[order].astype(np.float64)
+    w = np.ones((1, len(s))) if weights is None else weights[:, order].astype(np.float64)  # [B, n]
+    ends = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last image of each group of tied scores
+    tp = np.cumsum(w * y, 1)[:, ends]
+    seen = np.cumsum(w, 1)[:, ends]
+    pos = tp[:, -1:]
+    precision = np.divide(tp, seen, out=np.zeros_like(tp), where=seen > 0)
+    step = np.diff(np.concatenate([np.zeros((len(w), 1)), tp], 1), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (step * precision).sum(1) / pos[:, 0]
+    return ap if weights is not None else ap[0]
+
+
+class Presence:
+    """Which probing images show a vocabulary entry, where the data says: Concept World labels (``kind:a+b/c``: the
+    pictograms and the written word's concept; an entry counts as its concept when it is one of its words), else
+    the caption's words and the class label.  ``known(word)`` is False when no image could show it."""
+
+    def __init__(self, labels: Sequence[str], captions: Sequence[str], conceptworld: bool):
+        self.conceptworld = conceptworld
+        if conceptworld:
+            self.sets = [set(re.split(r"[:+/]", lab)[1:]) if lab else set() for lab in labels]
+        else:
+            self.sets = [set(re.findall(r"\w+", cap.lower())) | ({lab.lower()} if lab else set())
+                         for cap, lab in zip(captions, labels)]
+        self._cache: dict[str, np.ndarray] = {}
+
+    def key(self, word: str) -> str:
+        w = word.lower()
+        return WORD_TO_CONCEPT.get(w, w) if self.conceptworld else w
+
+    def __call__(self, word: str) -> np.ndarray:
+        k = self.key(word)
+        if k not in self._cache:
+            self._cache[k] = np.fromiter((k in s for s in self.sets), bool, len(self.sets))
+        return self._cache[k]
+
+
+# ---- the labeller -------------------------------------------------------------------------------------------------
+@dataclass
+class LayerLabels:
+    """Labels of one layer: per unit its ``top`` best entries (best first) and its top label's check."""
+
+    layer: str
+    concept: list[list[str]]  # [U][top] ("" where a unit has no label: constant over the probing images)
+    score: np.ndarray  # [U, top] combined score
+    match: np.ndarray  # [U, top] Pearson r of activations and image-text similarity
+    word: np.ndarray  # [U, top] z of the rendered-word response (NaN: the entry was not rendered)
+    auprc: np.ndarray  # [U, top] AUPRC of activations at finding images that show the entry (NaN: unknown)
+    check_auprc: np.ndarray  # [U] the top label's AUPRC, check_ci [U, 2] its bootstrap interval
+    check_ci: np.ndarray
+    check_base_rate: np.ndarray  # [U] share of probing images that show the top label (NaN: unknown)
+    attrs: dict = field(default_factory=dict)
+
+    def top1(self) -> list[str]:
+        return [c[0] if c else "" for c in self.concept]
+
+
+def _words_evidence(st: store.Store, name: str, layer: str, units: int) -> tuple[list[str], np.ndarray] | None:
+    """(words, [W, U] responses) of the word-sensitivity report ``name`` if it covers ``layer`` with every
+    response stored; else None."""
+    if name not in st.reports("attacks"):
+        return None
+    arrays, attrs = store.read_report(st, "attacks", name)
+    if attrs.get("layer") != layer or "responses" not in arrays or arrays["responses"].shape[1] != units:
+        return None
+    return list(arrays["words"]), arrays["responses"].astype(np.float64)
+
+
+def probe_images(model: LoadedModel, store_path: str | os.PathLike, rows: np.ndarray, batch: int = 256
+                 ) -> torch.Tensor:
+    """[n, D] unit-norm image embeddings of the store's images ``rows`` (its source reopened and checked)."""
+    from .verify import source_of
+
+    source = source_of(store_path)
+    embs = []
+    with torch.no_grad():
+        for i in range(0, len(rows), batch):
+            pix = torch.stack([model.preprocess(source.sample(int(r)).image) for r in rows[i:i + batch]])
+            embs.append(model.encode_image(pix.to(model.device)).float().cpu())  # [b, D]
+    e = torch.cat(embs)
+    return e / e.norm(dim=1, keepdim=True)
+
+
+def label_layer(layer: str, acts: np.ndarray, sims: torch.Tensor, vocab: Sequence[str], presence: Presence,
+                config: LabelConfig, words: tuple[list[str], np.ndarray] | None = None) -> LayerLabels:
+    """Labels of one layer from its activations acts [n, U] over the probing images, the entries' image-text
+    similarities sims [n, C] over the same images, and optionally the rendered-word evidence (words, [W, U])."""
+    S = match_scores(torch.from_numpy(acts), sims).numpy()  # [U, C]
+    dead = ~np.isfinite(S).all(1)
+    combined = _zscore_rows(S)
+    word_z = np.full(S.shape, np.nan)
+    if words is not None:
+        at = {w: i for i, w in enumerate(words[0])}
+        cols = [j for j, v in enumerate(vocab) if v in at]
+        resp = words[1][[at[vocab[j]] for j in cols]].T  # [U, k] responses to the rendered entries
+        word_z[:, cols] = _zscore_rows(resp)
+        combined = combined + config.word_weight * np.nan_to_num(word_z, nan=0.0)
+    k = min(config.top, len(vocab))
+    top = np.argsort(-combined, 1, kind="stable")[:, :k]  # [U, k]
+    take = lambda x: np.take_along_axis(x, top, 1).astype(np.float32)
+    concept = [[vocab[j] for j in row] if not d else [""] * k for row, d in zip(top, dead)]
+    score, match, wz = take(combined), take(S), take(word_z)
+    for x in (score, match, wz):
+        x[dead] = np.nan
+    auprc = np.full(top.shape, np.nan, np.float32)
+    check = np.full(len(top), np.nan, np.float32)
+    ci = np.full((len(top), 2), np.nan, np.float32)
+    base = np.full(len(top), np.nan, np.float32)
+    rng = np.random.default_rng(config.seed)
+    n = acts.shape[0]
+    boot = rng.multinomial(n, np.full(n, 1 / n), size=config.bootstrap)  # [B, n] counts, the same for every unit
+    for u in np.nonzero(~dead)[0]:
+        for j in range(k):
+            y = presence(concept[u][j])
+            if y.any():
+                auprc[u, j] = average_precision(acts[:, u], y)
+        y = presence(concept[u][0])
+        if y.any():
+            check[u], base[u] = auprc[u, 0], y.mean()
+            ci[u] = np.nanpercentile(average_precision(acts[:, u], y, boot), [2.5, 97.5])
+    attrs = {"dead_units": int(dead.sum()),
+             "dead_units_why": "units constant over the probing images: no correlation, no label (empty, NaN)",
+             "unchecked_units": int((~dead & ~np.isfinite(check)).sum()),
+             "unchecked_why": "the top label is shown by no probing image the data describes: AUPRC unknown (NaN)",
+             "word_evidence": words is not None,
+             "word_missing_why": "NaN in word: the entry was not among the rendered words"}
+    return LayerLabels(layer, concept, score, match, wz, auprc, check, ci, base, attrs)
+
+
+@dataclass
+class LabelResult:
+    layers: list[LayerLabels]
+    vocab: list[str]
+    vocab_source: str
+    images: int  # probing images used
+    left_out: list = field(default_factory=list)  # (what, how many, why)
+
+
+def label_units(model: LoadedModel, store_path: str | os.PathLike, layers: Sequence[str] | None = None,
+                vocab_file: str | os.PathLike | None = None, config: LabelConfig | None = None, write: bool = True,
+                progress: Callable[[str], None] | None = None) -> LabelResult:
+    """Label every unit of ``layers`` (default: every mined layer) of the store, mined from ``model``; written to
+    ``/neurons/<model>/<layer>/labels`` unless ``write`` is False.  Vocabulary: ``vocab_file`` (one entry a line)
+    or common English words plus the data's class names (`common_words`, `class_names`)."""
+    config = config or LabelConfig(vocab=str(vocab_file) if vocab_file else "default")
+    with store.Store(store_path) as st:
+        meta = st.meta
+        if meta.get("weights_sha256") != model.weights_sha256 or meta.get("model_name") != model.name:
+            raise StoreError(f"store {store_path} was mined from {meta.get('model_spec')} (weights "
+                             f"{str(meta.get('weights_sha256'))[:12]}), not from {model.spec}; pass --model "
+                             f"{meta.get('model_spec')}")
+        names = [ld.name for ld in st.layers(model.name)] if model.name in st.models() else []
+        layers = list(layers or names)
+        missing = [x for x in layers if x not in names]
+        if missing or not layers:
+            raise StoreError(f"store {store_path} has no mined layer {', '.join(missing) or '(none at all)'} of "
+                             f"model {model.name}; pass --layer one of: {', '.join(names) or 'none: run atlas mine'}")
+        acts = {}
+        for x in layers:
+            ld = st.layer(model.name, x)
+            if not ld.has("pooled"):
+                raise StoreError(f"layer {x} of store {store_path} keeps no pooled activations; mine it again "
+                                 "without --no-pooled to label it")
+            acts[x] = ld["pooled"]  # [N, U]
+        status = st.image_column("status")
+        labels, captions = st.image_column("label"), st.image_column("caption")
+        words = {x: _words_evidence(st, config.words_report, x, acts[x].shape[1]) for x in layers}
+    cw = str(meta.get("data_source", "")).startswith("conceptworld:")
+    if vocab_file:
+        vocab, source = read_vocabulary(vocab_file), str(vocab_file)
+    else:
+        common, source = common_words()
+        vocab = list(dict.fromkeys(class_names(labels, cw) + common))
+        source = f"{'Concept World concepts' if cw else 'class names'} + {source}"
+    check_vocabulary(model, vocab, config.templates, f"--vocab {vocab_file}" if vocab_file else source)
+    finite = np.all([np.isfinite(a).all(1) for a in acts.values()], 0)
+    ok = (status == 0) & finite
+    left = [("skipped images", int((status != 0).sum()), "not decodable when mined (NaN rows)")] \
+        if (status != 0).any() else []
+    if ((status == 0) & ~finite).any():
+        left.append(("images with a non-finite activation", int(((status == 0) & ~finite).sum()),
+                     "the model's own inf/NaN (stats/nonfinite_maps): left out of every score"))
+    rows = np.nonzero(ok)[0]
+    if len(rows) < 2:
+        raise StoreError(f"store {store_path} has {len(rows)} usable images; labels need at least 2")
+    if progress:
+        progress(f"embedding {len(rows)} probing images and {len(vocab)} vocabulary entries")
+    sims = probe_images(model, store_path, rows) @ text_matrix(model, vocab, config.templates).t()  # [n, C]
+    presence = Presence(labels[rows], captions[rows], cw)
+    result = LabelResult([], vocab, source, len(rows), left)
+    for x in layers:
+        if progress:
+            progress(f"labelling {x}")
+        result.layers.append(label_layer(x, acts[x][rows], sims, vocab, presence, config, words[x]))
+    if write:
+        vocab_sha = hashlib.sha256("\n".join(vocab).encode()).hexdigest()
+        for lab in result.layers:
+            store.write_check(store_path, model.name, lab.layer, "labels", {
+                "concept": lab.concept, "score": lab.score, "match": lab.match,
+                "word": lab.word, "auprc": lab.auprc, "check_auprc": lab.check_auprc, "check_ci": lab.check_ci,
+                "check_base_rate": lab.check_base_rate}, {
+                "config": to_json(config), "vocab_source": source, "vocab_size": len(vocab),
+                "vocab_sha256": vocab_sha, "images": len(rows), "top": lab.score.shape[1],
+                "left_out": [list(x) for x in left], **lab.attrs})
+    return result
+

@@ -1,0 +1,116 @@
+"""Automatic labels: the scorers against independent references, bad input, the store round trip, and the labels of
+the shipped model against Concept World's planted concepts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from sklearn.metrics import average_precision_score
+
+from atlas import store
+from atlas.attacks.experiments import run_word_sensitivity
+from atlas.cli import main
+from atlas.config import LabelConfig, MineConfig
+from atlas.data import open_source
+from atlas.errors import LabelError
+from atlas.label_eval import evaluate_labels
+from atlas.labels import average_precision, check_vocabulary, label_units, match_scores, read_vocabulary
+from atlas.mining import mine
+from atlas.notebook import open_atlas
+
+LAYER = "visual.layer4.0"
+
+
+@pytest.fixture(scope="module")
+def labelled(shipped, tmp_path_factory):
+    """The shipped model mined on 2,048 Concept World images (last block), its words report, labelled."""
+    path = tmp_path_factory.mktemp("labels") / "cw.h5"
+    mine(shipped, open_source("conceptworld:2048:1"), path, MineConfig(layers=(LAYER,), top_k=16), num_workers=0)
+    run_word_sensitivity(shipped, path, LAYER)
+    result = label_units(shipped, path, config=LabelConfig(bootstrap=50))
+    return path, result
+
+
+def test_average_precision_is_sklearns():
+    rng = np.random.default_rng(0)
+    for n, ties in ((50, False), (300, True)):
+        s = rng.normal(size=n)
+        if ties:
+            s = np.round(s, 1)  # many tied scores: one threshold each
+        y = rng.random(n) < 0.2
+        assert abs(float(average_precision(s, y)) - average_precision_score(y, s)) < 1e-12
+        w = rng.multinomial(n, np.full(n, 1 / n), size=3)  # bootstrap counts = repeating the images
+        for row, ap in zip(w, average_precision(s, y, w)):
+            rep = np.repeat(np.arange(n), row)
+            assert abs(ap - average_precision_score(y[rep], s[rep])) < 1e-12
+
+
+def test_match_score_is_pearson_brute_force():
+    rng = np.random.default_rng(1)
+    acts, sims = rng.normal(size=(40, 3)), rng.normal(size=(40, 5))
+    acts[:, 2] = 1.5  # a constant unit: NaN, not a number
+    got = match_scores(torch.from_numpy(acts), torch.from_numpy(sims), chunk=2).numpy()
+    for u in range(2):
+        for c in range(5):
+            assert abs(got[u, c] - np.corrcoef(acts[:, u], sims[:, c])[0, 1]) < 1e-12
+    assert np.isnan(got[2]).all()
+
+
+def test_bad_vocabularies(shipped, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n  \n")
+    with pytest.raises(LabelError, match="empty.txt holds no words"):
+        read_vocabulary(empty)
+    with pytest.raises(LabelError, match="does not exist"):
+        read_vocabulary(tmp_path / "missing.txt")
+    with pytest.raises(LabelError, match=r"entry 2 of v.txt \('&nbsp;'\) is empty"):  # HTML for a space
+        check_vocabulary(shipped, ["cat", "&nbsp;"], ("{}",), "v.txt")
+    with pytest.raises(LabelError, match=r"entry 1 of v.txt .* tokens .* reads 16"):
+        check_vocabulary(shipped, ["antidisestablishmentarianism " * 3], ("a photo of a {}",), "v.txt")
+
+
+def test_missing_layer_and_bad_vocab_through_the_cli(labelled, tmp_path):
+    path, _ = labelled
+    r = CliRunner().invoke(main, ["label", str(path), "--layer", "visual.layer9.9"])
+    assert r.exit_code == 1 and "no mined layer visual.layer9.9" in r.output and "--layer one of" in r.output
+    empty = tmp_path / "v.txt"
+    empty.write_text("")
+    r = CliRunner().invoke(main, ["label", str(path), "--vocab", str(empty)])
+    assert r.exit_code == 1 and "holds no words" in r.output
+
+
+def test_labels_round_trip_through_the_store(labelled):
+    path, result = labelled
+    lab = result.layers[0]
+    with store.Store(path) as st:
+        g = st.layer("conceptclip", LAYER)
+        units = g.labels()
+        attrs = g.check("labels")
+    assert len(units) == 1024 and attrs["vocab_size"] == len(result.vocab) and attrs["images"] == 2048
+    assert LabelConfig(**{**attrs["config"], "templates": tuple(attrs["config"]["templates"])}) == LabelConfig(bootstrap=50)
+    for u in (0, 17, 1023):
+        assert [x["concept"] for x in units[u]["labels"]] == lab.concept[u]
+        assert units[u]["labels"][0]["score"] == pytest.approx(float(lab.score[u, 0]))
+        assert units[u]["id"] == f"conceptclip/{LAYER}/{u}"
+    # the bootstrap interval holds the AUPRC; every unit was labelled, unchecked ones are counted
+    ok = np.isfinite(lab.check_auprc)
+    assert ok.sum() + attrs["unchecked_units"] + attrs["dead_units"] == 1024
+    assert np.all(lab.check_ci[ok, 0] <= lab.check_auprc[ok] + 1e-6)
+    assert np.all(lab.check_auprc[ok] <= lab.check_ci[ok, 1] + 1e-6)
+    with open_atlas(path) as a:
+        assert a.unit_labels(f"conceptclip/{LAYER}/17") == units[17]
+        assert a.unit_labels(LAYER)[5] == units[5]
+
+
+def test_planted_concepts_get_their_labels(shipped, labelled):
+    path, _ = labelled
+    r = evaluate_labels(shipped, path, causal_units=16)
+    hits, total = r.planted["labels (match + words)"]
+    assert total >= 30
+    # measured 2026-12-07: 23 / 33 on 4,096 probing images; on these 2,048: see the report (below the 90% target)
+    assert hits / total >= 0.6
+    const = next(v for k, v in r.precision.items() if k.startswith("baseline: constant"))
+    assert r.precision["labels (match + words)"][0] > const[0]
+    assert r.causal[1] == 16 and r.causal[0] >= 10

@@ -5,15 +5,19 @@ Layout (docs/store.md, "Export: JSONL in Neuronpedia's layout")::
 
     OUT/manifest.json                     what was exported, from which store, with which ExportConfig; file list;
                                           how many nulls stand for non-finite numbers, per field
-    OUT/features/batch-<i>.jsonl.gz       one record per unit: id, statistics, histogram, feature-vis path, labels
+    OUT/features/batch-<i>.jsonl.gz       one record per unit: id, statistics, histogram, feature-vis path, ranked
+                                          labels with their scores (`atlas label`; [] in a layer never labelled)
     OUT/activations/batch-<i>.jsonl.gz    one record per (unit, top example), unit then rank order: image index,
                                           source id, thumbnail path, value, peak cell in the layer grid, heatmap
-    OUT/explanations/                     one record per (unit, label): empty, since stores hold no labels yet
+    OUT/explanations/batch-<i>.jsonl.gz   one record per (unit, label), unit then rank order, in Neuronpedia's
+                                          explanation style (description = the label's text); labelled layers only
 
-Batch i of features/ and of activations/ holds the same units (``batch_size`` of one layer; a batch never spans two
-layers).  The store is read through `atlas.store` one batch of units at a time, never a whole layer.  JSON has no
-NaN or infinity: a non-finite number is written as null and counted in the manifest's ``nulls``; `json.dumps` runs
-with ``allow_nan=False``, so one that slipped through would stop the export rather than write invalid JSON.
+Batch i of features/, activations/ and (for a labelled layer) explanations/ holds the same units (``batch_size`` of
+one layer; a batch never spans two layers); the manifest's ``layers`` say which layers had labels.  The store is
+read through `atlas.store` one batch of units at a time (labels too: `LayerData.labels_rows`), never a whole layer.
+JSON has no NaN or infinity: a non-finite number is written as null and counted in the manifest's ``nulls``;
+`json.dumps` runs with ``allow_nan=False``, so one that slipped through would stop the export rather than write
+invalid JSON.
 Paths of images are relative to the root of the site `atlas site` makes from the same store (`atlas.site`).
 """
 
@@ -39,6 +43,9 @@ from .version import __version__
 
 FOLDERS = ("features", "activations", "explanations")
 MANIFEST_FORMAT = "atlas-export"  # the manifest's "format": how --overwrite recognises an earlier export
+LABEL_TYPE = "atlas-clip-dissect"  # explanations' typeName; "+words" where the labels used rendered-word evidence
+LABEL_ATTRS = ("vocab_source", "vocab_size", "vocab_sha256", "images", "top", "word_evidence", "dead_units",
+               "unchecked_units")  # of the labels/ group, repeated in the manifest's layer rows
 
 
 @dataclass
@@ -92,13 +99,20 @@ def export_open(st: Store, out: str | os.PathLike, config: ExportConfig = Export
     try:
         for ld in layers:
             k = ld.top_k if config.examples is None else min(config.examples, ld.top_k)
+            checked = ld.check("labels")  # None: never labelled
+            type_name = None if checked is None else LABEL_TYPE + ("+words" if checked.get("word_evidence") else "")
             layer_rows.append({"model": ld.model, "name": ld.name, "kind": ld.kind, "units": ld.units,
-                               "grid": list(ld.grid), "examples": k, "first_batch": batch})
+                               "grid": list(ld.grid), "examples": k, "first_batch": batch,
+                               "labels": None if checked is None else
+                               {"typeName": type_name, **{a: checked[a] for a in LABEL_ATTRS if a in checked}}})
             fv_done = ld.featurevis_done()  # [U] bool
             for start in range(0, ld.units, config.batch_size):
                 stop = min(start + config.batch_size, ld.units)
-                parts = {"features": list(feature_records(ld, start, stop, fv_done, nulls)),
+                labels = None if checked is None else label_lists(ld, start, stop, nulls)
+                parts = {"features": list(feature_records(ld, start, stop, fv_done, labels, nulls)),
                          "activations": list(activation_records(ld, start, stop, k, images, config.maps, nulls))}
+                if labels is not None:
+                    parts["explanations"] = list(explanation_records(ld, start, labels, type_name or LABEL_TYPE, nulls))
                 for folder, recs in parts.items():
                     name = f"{folder}/batch-{batch}.{ext}"
                     write(staging / name, recs)
@@ -174,9 +188,58 @@ def finite_list(values: np.ndarray, name: str, nulls: Counter[str]) -> list:
     return obj.tolist()
 
 
+def label_lists(ld: LayerData, start: int, stop: int, nulls: Counter[str]) -> list[list[dict[str, Any]]]:
+    """Per unit of ``start:stop``, its labels best first as the features records hold them (`LayerData.labels_rows`,
+    one slice of the labels/ group): rank, text, score, match, word, auprc; the top label also its bootstrap
+    interval ``auprc_ci`` [low, high] and ``base_rate`` (stored for it alone; null on the others).  A non-finite
+    stored number (the reader's None) is counted under ``features.labels.<key>``."""
+    rows = ld.labels_rows(start, stop)
+    assert rows is not None
+    out = []
+    for row in rows:
+        labels = []
+        for r, lab in enumerate(row["labels"], 1):
+            rec = {"rank": r, "text": lab["concept"], "score": lab["score"], "match": lab["match"],
+                   "word": lab["word"], "auprc": lab["auprc"],
+                   "auprc_ci": row["ci"] if r == 1 else None, "base_rate": row["base_rate"] if r == 1 else None}
+            count_label_nulls(rec, "features.labels.", nulls)
+            labels.append(rec)
+        out.append(labels)
+    return out
+
+
+def count_label_nulls(lab: dict[str, Any], prefix: str, nulls: Counter[str]) -> None:
+    """Count the nulls of one label (`label_lists`) that stand for stored non-finite numbers: ``auprc_ci`` and
+    ``base_rate`` of a label below the top one are not stored at all, so their nulls are not counted."""
+    for key in ("score", "match", "word", "auprc"):
+        if lab[key] is None:
+            nulls[prefix + key] += 1
+    if lab["rank"] == 1:
+        if lab["base_rate"] is None:
+            nulls[prefix + "base_rate"] += 1
+        if None in lab["auprc_ci"]:
+            nulls[prefix + "auprc_ci"] += sum(x is None for x in lab["auprc_ci"])
+
+
+def explanation_records(ld: LayerData, start: int, labels: list[list[dict[str, Any]]], type_name: str,
+                        nulls: Counter[str]) -> Iterator[dict[str, Any]]:
+    """One record per (unit, label) of the batch starting at unit ``start``, unit then rank order, in Neuronpedia's
+    explanation style: the label's text as ``description``, its combined score as ``score``, the other numbers of
+    the label in ``scores``; nulls counted under ``explanations.<key>``."""
+    for j, unit_labels in enumerate(labels):
+        u = start + j
+        uid = ld.neuron_id(u)
+        for lab in unit_labels:
+            count_label_nulls(lab, "explanations.", nulls)
+            yield {"feature": uid, "modelId": ld.model, "layer": ld.name, "index": u, "rank": lab["rank"],
+                   "description": lab["text"], "typeName": type_name, "score": lab["score"],
+                   "scores": {k: lab[k] for k in ("match", "word", "auprc", "auprc_ci", "base_rate")}}
+
+
 def feature_records(ld: LayerData, start: int, stop: int, fv_done: np.ndarray,
-                    nulls: Counter[str]) -> Iterator[dict[str, Any]]:
-    """One record per unit of ``start:stop``: its id, statistics, histogram, feature-vis path and labels."""
+                    labels: list[list[dict[str, Any]]] | None, nulls: Counter[str]) -> Iterator[dict[str, Any]]:
+    """One record per unit of ``start:stop``: its id, statistics, histogram, feature-vis path and labels
+    (`label_lists`; [] for every unit of a layer never labelled)."""
     raw = {n: ld.rows(f"stats/{n}", start, stop) for n in ld.stat_names()}  # each [B]
     stats = {n: finite_list(v, f"features.stats.{n}", nulls) for n, v in raw.items()}
     if "positive" in raw and "count" in raw:
@@ -191,7 +254,7 @@ def feature_records(ld: LayerData, start: int, stop: int, fv_done: np.ndarray,
                "histogram": None if hist is None or "range" not in stats else
                {"range": stats["range"][j], "counts": hist[j]},
                "featurevis": "/".join(featurevis_parts(ld.model, ld.name, u)) if fv_done[u] else None,
-               "labels": []}  # schema version 2 stores hold no labels; explanations/ stays empty
+               "labels": [] if labels is None else labels[j]}
 
 
 def activation_records(ld: LayerData, start: int, stop: int, k: int, images: Images, maps: bool,
@@ -232,7 +295,9 @@ def manifest_of(st: Store, config: ExportConfig, layers: list[dict[str, Any]], u
             "models": sorted({row["model"] for row in layers}), "layers": layers, "units": units,
             "batch_size": config.batch_size, "records": records, "files": files,
             "nulls": {k: nulls[k] for k in sorted(nulls)},
-            "explanations": "empty: the store holds no labels (schema version 2 has none)",
+            "explanations": "one record per (unit, label) of the layers whose labels is not null (`atlas label`); "
+                            "explanations/batch-<i> covers the units of features/batch-<i>; layers never labelled "
+                            "write none",
             "paths": "featurevis and thumbnail paths are relative to the root of the site `atlas site` writes from "
                      "this store; source_id is relative to store_meta.data_source",
             "config": to_dict(config)}

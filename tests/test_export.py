@@ -20,7 +20,7 @@ from atlas.cli import main
 from atlas.config import ExportConfig
 from atlas.errors import ConfigError, StoreError
 from atlas.export import export_store
-from atlas.store import LayerData
+from atlas.store import LayerData, write_check
 
 LAYERS = ("visual.layer3.0", "visual.layer4.0")
 
@@ -34,15 +34,19 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line, parse_constant=no_constant) for line in f]
 
 
-def read_export(out: Path) -> tuple[dict, list[dict], list[dict]]:
-    """(manifest, feature records, activation records), every file read through the manifest's list."""
+def read_export(out: Path, explanations: list | None = None) -> tuple[dict, list[dict], list[dict]]:
+    """(manifest, feature records, activation records), every file read through the manifest's list; explanation
+    records go into ``explanations`` when given (else there must be none)."""
     manifest = json.loads((out / "manifest.json").read_text(), parse_constant=no_constant)
-    feats, acts = [], []
+    feats: list[dict] = []
+    acts: list[dict] = []
+    found = {"features": feats, "activations": acts, "explanations": [] if explanations is None else explanations}
     for f in manifest["files"]:
         recs = read_jsonl(out / f["path"])
         assert len(recs) == f["records"], f["path"]
         assert all(r["layer"] == f["layer"] and f["units"][0] <= r["index"] < f["units"][1] for r in recs)
-        (feats if f["path"].startswith("features/") else acts).extend(recs)
+        found[f["path"].split("/")[0]].extend(recs)
+    assert explanations is not None or not found["explanations"]
     return manifest, feats, acts
 
 
@@ -100,6 +104,7 @@ def test_features_match_the_store(small_store, exported):
                 assert r["histogram"]["range"] == g["stats/range"][u]
                 assert r["featurevis"] == (f"tiny/{layer}/fv/{u}.png" if done[u] else None)
                 assert r["labels"] == []
+    assert [L["labels"] for L in manifest["layers"]] == [None, None]  # never labelled
     assert sum(r["featurevis"] is not None for r in feats) == 8  # the fixture renders 8 units
 
 
@@ -189,6 +194,109 @@ def test_nonfinite_numbers_become_counted_nulls(small_store, tmp_path):
     assert index[7, 0] >= 0 and a[("tiny/visual.layer3.0/7", 1)]["value"] is None
     assert a[("tiny/visual.layer3.0/9", 2)]["heatmap"][0][0] is None
     assert a[("tiny/visual.layer3.0/9", 2)]["heatmap"][0][1] is not None
+
+
+def plant_labels(path: Path, layer: str, units: int, top: int = 3) -> None:
+    """Known labels for every unit of ``layer``, written through the store's label writer as `atlas label` does:
+    unit 0 dead (no label, NaN), unit 2 with one label only, a NaN combined score (unit 1, rank 2), word scores
+    missing (NaN) on the last rank, unit 3's top label unchecked (NaN AUPRC, interval and base rate)."""
+    rng = np.random.default_rng(7)
+    concept = [[f"thing {u}-{j}" for j in range(top)] for u in range(units)]
+    concept[0] = [""] * top
+    concept[2] = ["ünïcode \"quoted\" label"] + [""] * (top - 1)
+    score, match, word, auprc = (rng.normal(size=(units, top)).astype(np.float32) for _ in range(4))
+    for x in (score, match, word, auprc):
+        x[0] = np.nan
+        x[2, 1:] = np.nan
+    score[1, 1] = np.nan
+    word[:, -1] = np.nan
+    check_auprc, base = auprc[:, 0].copy(), rng.random(units).astype(np.float32)
+    ci = np.stack([check_auprc - 0.1, check_auprc + 0.1], 1).astype(np.float32)
+    check_auprc[3], ci[3], base[3] = np.nan, np.nan, np.nan
+    auprc[3, 0] = np.nan
+    base[0] = np.nan
+    write_check(path, "tiny", layer, "labels", {
+        "concept": concept, "score": score, "match": match, "word": word, "auprc": auprc,
+        "check_auprc": check_auprc, "check_ci": ci, "check_base_rate": base},
+        {"config": {"top": top}, "vocab_source": "planted", "vocab_size": units * top, "vocab_sha256": "0" * 64,
+         "images": 200, "top": top, "left_out": [], "dead_units": 1, "unchecked_units": 1, "word_evidence": True})
+
+
+def test_labels_become_features_labels_and_explanations(small_store, tmp_path, monkeypatch):
+    path = tmp_path / "labelled.h5"
+    shutil.copy(small_store, path)
+    layer = "visual.layer4.0"
+    plant_labels(path, layer, 512)
+    spans = []
+    labels_rows = LayerData.labels_rows
+
+    def spy(self, start, stop):
+        spans.append((self.name, start, stop))
+        return labels_rows(self, start, stop)
+
+    monkeypatch.setattr(LayerData, "labels_rows", spy)
+    monkeypatch.setattr(LayerData, "labels", lambda self, unit=None: pytest.fail("whole-layer labels read"))
+    result = export_store(path, tmp_path / "out", ExportConfig(batch_size=100))
+    assert spans == [(layer, s, min(s + 100, 512)) for s in range(0, 512, 100)]  # one read per batch
+    expl: list[dict] = []
+    manifest, feats, _ = read_export(tmp_path / "out", expl)
+    # the layer's rows say which had labels; explanations/ batches pair with features/ batches of that layer only
+    rows = {L["name"]: L for L in manifest["layers"]}
+    assert rows["visual.layer3.0"]["labels"] is None
+    assert rows[layer]["labels"]["typeName"] == "atlas-clip-dissect+words"
+    assert rows[layer]["labels"]["vocab_source"] == "planted" and rows[layer]["labels"]["top"] == 3
+    by_folder = defaultdict(dict)
+    for f in manifest["files"]:
+        folder, name = f["path"].split("/")
+        by_folder[folder][name.split(".")[0]] = (f["layer"], f["units"])
+    assert by_folder["explanations"] == {b: v for b, v in by_folder["features"].items() if v[0] == layer}
+    assert len(by_folder["explanations"]) == 6
+    assert manifest["records"]["explanations"] == len(expl) == result.records["explanations"]
+    # every record against the file read directly with h5py
+    f = {r["id"]: r for r in feats}
+    e = defaultdict(list)
+    for r in expl:
+        e[r["feature"]].append(r)
+    num = lambda x: None if not np.isfinite(x) else x.item()
+    nulls: dict[str, int] = defaultdict(int)
+    with h5py.File(path, "r") as h:
+        g = h[f"neurons/tiny/{layer}/labels"]
+        concept = g["concept"].asstr()[()]
+        cols = {k: g[k][()] for k in ("score", "match", "word", "auprc", "check_ci", "check_base_rate")}
+        for u in range(512):
+            uid = f"tiny/{layer}/{u}"
+            want = []
+            for j in range(3):
+                if not concept[u, j]:
+                    continue
+                lab = {"rank": j + 1, "text": concept[u, j],
+                       **{k: num(cols[k][u, j]) for k in ("score", "match", "word", "auprc")},
+                       "auprc_ci": [num(x) for x in cols["check_ci"][u]] if j == 0 else None,
+                       "base_rate": num(cols["check_base_rate"][u]) if j == 0 else None}
+                for k in ("score", "match", "word", "auprc"):
+                    nulls[k] += lab[k] is None
+                if j == 0:
+                    nulls["auprc_ci"] += lab["auprc_ci"].count(None)
+                    nulls["base_rate"] += lab["base_rate"] is None
+                want.append(lab)
+            assert f[uid]["labels"] == want, u
+            assert [(r["modelId"], r["layer"], r["index"], r["rank"], r["description"], r["score"]) for r in e[uid]] \
+                == [("tiny", layer, u, x["rank"], x["text"], x["score"]) for x in want]
+            assert all(r["typeName"] == "atlas-clip-dissect+words" for r in e[uid])
+            assert [r["scores"] for r in e[uid]] == [{k: x[k] for k in ("match", "word", "auprc", "auprc_ci",
+                                                                        "base_rate")} for x in want]
+    assert f[f"tiny/{layer}/0"]["labels"] == [] and not e[f"tiny/{layer}/0"]  # the dead unit
+    assert f[f"tiny/{layer}/2"]["labels"][0]["text"] == 'ünïcode "quoted" label'
+    assert f[f"tiny/{layer}/1"]["labels"][1]["score"] is None  # the planted NaN score
+    assert e[f"tiny/{layer}/1"][1]["score"] is None
+    assert f[f"tiny/{layer}/3"]["labels"][0]["auprc_ci"] == [None, None]
+    assert all(r["labels"] == [] for r in feats if r["layer"] == "visual.layer3.0")
+    assert len(expl) == 3 * 512 - 3 - 2  # the dead unit's 3, unit 2's empty 2
+    # the planted NaNs (and the word scores missing on the last rank) are the only nulls, each counted
+    planted = {"score": 1, "word": 510, "auprc": 1, "auprc_ci": 2, "base_rate": 1}
+    assert {k: v for k, v in nulls.items() if v} == planted
+    assert manifest["nulls"] == result.nulls == {f"{where}.{k}": v for where in ("explanations", "features.labels")
+                                                 for k, v in sorted(planted.items())}
 
 
 def test_options_examples_maps_and_the_notebook(small_store, tmp_path):

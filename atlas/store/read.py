@@ -109,24 +109,35 @@ class LayerData:
         unit's dict with ``unit``, all units' list without; None when the layer was never labelled."""
         if "labels" not in self.group:
             return None
-        g = self.group["labels"]
-        units = range(self.units) if unit is None else [int(unit)]
-        if unit is not None and not 0 <= int(unit) < self.units:
+        if unit is None:
+            return self.labels_rows(0, self.units)
+        if not 0 <= int(unit) < self.units:
             raise IndexError(f"layer {self.name} has {self.units} units; no unit {unit}")
-        rows = np.array(list(units), np.int64)
-        cols = {k: g[k][rows] for k in ("concept", "score", "match", "word", "auprc")}
-        concept = g["concept"].asstr()[rows] if is_text(g["concept"]) else cols["concept"]
+        out = self.labels_rows(int(unit), int(unit) + 1)
+        assert out is not None
+        return out[0]
+
+    def labels_rows(self, start: int, stop: int) -> list[dict[str, Any]] | None:
+        """`labels` of units ``start:stop`` (one list entry per unit, as `labels` gives them), each dataset of
+        ``labels/`` read as one slice of rows, not the whole layer; None when the layer was never labelled."""
+        if "labels" not in self.group:
+            return None
+        g = self.group["labels"]
+        start, stop = max(0, int(start)), min(int(stop), self.units)
+        rows = slice(start, stop)
+        cols = {k: g[k][rows] for k in ("score", "match", "word", "auprc")}
+        concept = g["concept"].asstr()[rows] if is_text(g["concept"]) else g["concept"][rows]
         check = {k: g[k][rows] for k in ("check_auprc", "check_ci", "check_base_rate")}
         num = lambda x: None if not np.isfinite(x) else float(x)
         out = []
-        for i, u in enumerate(rows):
+        for i, u in enumerate(range(start, stop)):
             labels = [{"concept": str(concept[i][j]), "score": num(cols["score"][i][j]),
                        "match": num(cols["match"][i][j]), "word": num(cols["word"][i][j]),
                        "auprc": num(cols["auprc"][i][j])} for j in range(concept.shape[1]) if concept[i][j]]
-            out.append({"id": self.neuron_id(int(u)), "unit": int(u), "labels": labels,
+            out.append({"id": self.neuron_id(u), "unit": u, "labels": labels,
                         "auprc": num(check["check_auprc"][i]), "ci": [num(x) for x in check["check_ci"][i]],
                         "base_rate": num(check["check_base_rate"][i])})
-        return out[0] if unit is not None else out
+        return out
 
     def featurevis(self) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:
         """(config JSON, images [U, S, S, 3], objective [U], done [U]) of the layer's feature visualizations, or

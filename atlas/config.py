@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
@@ -217,6 +219,22 @@ class LabelConfig:
         _check(self.top >= 1, f"top must be >= 1, got {self.top}")
         _check(self.word_weight >= 0, f"word_weight must be >= 0, got {self.word_weight}")
         _check(self.bootstrap >= 10, f"bootstrap must be >= 10, got {self.bootstrap}")
+
+
+def read_word_file(path: str | os.PathLike, option: str) -> list[str]:
+    """The entries of a word-list file (one word or phrase per line, '#' starts a comment line), stripped,
+    duplicates dropped; ConfigError naming ``option`` and the file when it is missing or holds no entry."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{option} {p}: no such file; give a text file with one word or phrase per line")
+    try:
+        lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{option} {p} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from e
+    words = list(dict.fromkeys(w for w in lines if w and not w.startswith("#")))
+    if not words:
+        raise ConfigError(f"{option} {p} holds no words; write one word or phrase per line")
+    return words
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -188,3 +188,70 @@ def test_every_experiment_runner_returns_one_shape_of_result():
         assert dataclasses.is_dataclass(result), runner.__name__
         assert {"report", "left_out"} <= {f.name for f in dataclasses.fields(result)}, runner.__name__
 
+
+
+def test_audit_and_words_take_a_users_own_concepts_and_words(cw_store, tmp_path):
+    """`atlas audit --concepts FILE --sensitive ...` audits a user's folder against the file's concepts (saved as
+    given: names, classes, which are sensitive); `atlas attack words --words-file`; bad files are refused naming
+    the option, the file and what to do."""
+    from PIL import Image
+
+    from atlas.audit import read_concepts
+
+    path = _copy(cw_store, tmp_path)
+    run = CliRunner().invoke
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rows = []
+    for i in range(40):  # two groups of the user's own images: reddish and bluish squares with noise
+        rgb = np.clip(np.random.default_rng(i).normal((200, 40, 40) if i % 2 else (40, 40, 200), 30, (48, 48, 3)),
+                      0, 255).astype(np.uint8)
+        Image.fromarray(rgb).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{'warm' if i % 2 else 'cool'}")
+    (folder / "groups.csv").write_text("image,group\n" + "\n".join(rows) + "\n")
+    (tmp_path / "concepts.txt").write_text("# my concepts\nfire: fire, flame\nwater: water, sea\ntree\n"
+                                           "money: money, coin\nbird\nhouse\n")
+    assert read_concepts(tmp_path / "concepts.txt") == {"fire": ("fire", "flame"), "water": ("water", "sea"),
+                                                        "tree": ("tree",), "money": ("money", "coin"),
+                                                        "bird": ("bird",), "house": ("house",)}
+    r = run(main, ["audit", "--store", str(path), "--layer", LAYER, "--groups", str(folder / "groups.csv"),
+                   "--folder", str(folder), "--concepts", str(tmp_path / "concepts.txt"), "--sensitive", "fire",
+                   "--min-group", "20", "--name", "mine"])
+    assert r.exit_code == 0, r.output
+    assert "groups cool (20) vs warm (20)" in r.output
+    with store.Store(path) as st:
+        arrays, attrs = store.read_report(st, "audits", "mine")
+    names = ["fire", "water", "tree", "money", "bird", "house"]
+    assert [str(x) for x in arrays["concepts/name"]] == names
+    assert [str(x) for x in arrays["classes/name"]] == names  # the sensitive ones first: fire is first already
+    assert arrays["classes/sensitive"].tolist() == [True] + [False] * 5
+    assert arrays["concepts/ci"].shape == (6, 2) and np.isfinite(arrays["concepts/d"]).all()
+
+    def refused(args, *needles):
+        r = run(main, ["audit", "--store", str(path), "--layer", LAYER, "--groups", str(folder / "groups.csv"),
+                       "--folder", str(folder), *args])
+        assert r.exit_code != 0 and all(n in r.output for n in needles), r.output
+
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    refused(["--concepts", str(tmp_path / "empty.txt")], "--concepts", "empty.txt", "holds no words")
+    refused(["--concepts", str(tmp_path / "nope.txt")], "--concepts", "nope.txt", "no such file")
+    (tmp_path / "two.txt").write_text("fire\nwater\n")
+    refused(["--concepts", str(tmp_path / "two.txt")], "names 2 concept(s)", "at least 3")
+    (tmp_path / "dup.txt").write_text("fire\nwater\nfire: flame\n")
+    refused(["--concepts", str(tmp_path / "dup.txt")], "'fire' is given twice")
+    (tmp_path / "noword.txt").write_text("fire:\nwater\ntree\n")
+    refused(["--concepts", str(tmp_path / "noword.txt")], "needs a concept name and at least one word")
+    refused(["--concepts", str(tmp_path / "concepts.txt"), "--sensitive", "danger"],
+            "'danger' are not among the audit's concepts")
+    (tmp_path / "odd.txt").write_text("fire\nwater\ntree\n&nbsp;\n")
+    refused(["--concepts", str(tmp_path / "odd.txt")], "odd.txt", "empty once the tokenizer cleans it")
+
+    (tmp_path / "words.txt").write_text("cat\ndog\nhot dog\n")
+    r = run(main, ["attack", "words", "--store", str(path), "--layer", LAYER, "--words-file",
+                   str(tmp_path / "words.txt"), "--name", "mywords"])
+    assert r.exit_code == 0 and "3 words x 1024 units" in r.output, r.output
+    r = run(main, ["attack", "words", "--store", str(path), "--layer", LAYER, "--words-file", str(tmp_path / "empty.txt")])
+    assert r.exit_code != 0 and "--words-file" in r.output and "holds no words" in r.output
+    r = run(main, ["attack", "words", "--store", str(path), "--layer", LAYER, "--words", "a", "--words-file",
+                   str(tmp_path / "words.txt")])
+    assert r.exit_code != 0 and "not both" in r.output

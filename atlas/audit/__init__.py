@@ -5,7 +5,8 @@
 """
 
 from .bias import (CAVEAT, SENSITIVE, AuditConfig, AuditError, AuditResult, audit_images, conceptworld_group_set,
+                   read_concepts,
                    read_groups_csv, run_audit, save_audit)
 
 __all__ = ["CAVEAT", "SENSITIVE", "AuditConfig", "AuditError", "AuditResult", "audit_images",
-           "conceptworld_group_set", "read_groups_csv", "run_audit", "save_audit"]
+           "conceptworld_group_set", "read_concepts", "read_groups_csv", "run_audit", "save_audit"]

@@ -268,6 +268,29 @@ def save_audit(store_path: str | os.PathLike, name: str, r: AuditResult, layer: 
          "left_out": [list(x) for x in r.left_out], "config": to_json(config)})
 
 
+def read_concepts(path: str | os.PathLike, option: str = "--concepts") -> dict[str, tuple[str, ...]]:
+    """Concepts for an audit from a file: one per line, either ``word`` (the concept is that word) or
+    ``name: word, word, ...`` (a concept and the words that express it).  AuditError naming the file and line
+    for a line without a name or words, or a concept named twice."""
+    from ..config import read_word_file
+
+    concepts: dict[str, tuple[str, ...]] = {}
+    for line in read_word_file(path, option):
+        name, sep, rest = line.partition(":")
+        name = name.strip()
+        words = tuple(dict.fromkeys(w.strip() for w in rest.split(",") if w.strip())) if sep else (name,)
+        if not name or not words:
+            raise AuditError(f"{option} {path}: line {line!r} needs a concept name and at least one word "
+                             "('name: word, word' or a single word)")
+        if name in concepts:
+            raise AuditError(f"{option} {path}: concept {name!r} is given twice; merge its words into one line")
+        concepts[name] = words
+    if len(concepts) < 3:
+        raise AuditError(f"{option} {path} names {len(concepts)} concept(s); an audit judges each concept against "
+                         "the others' words, so give at least 3")
+    return concepts
+
+
 def conceptworld_group_set(folder: str | os.PathLike, per_group: int = 150, seed: int = 20_000,
                            bias_attribute: str | None = None) -> Path:
     """Write Concept World persons of both groups, alone on varied backgrounds, with groups.csv: the audit set."""
@@ -298,13 +321,19 @@ def conceptworld_group_set(folder: str | os.PathLike, per_group: int = 150, seed
 
 def audit_images(model: LoadedModel, store_path: str | os.PathLike, layer: str, csv_path: str | os.PathLike,
                  folder: str | os.PathLike, context: str = "{}", config=None, name: str = "audit",
-                 concepts: dict[str, tuple[str, ...]] | None = None, sensitive: tuple[str, ...] = SENSITIVE
-                 ) -> AuditResult:
+                 concepts: dict[str, tuple[str, ...]] | None = None, sensitive: tuple[str, ...] = SENSITIVE,
+                 concepts_from: str = "the concepts") -> AuditResult:
     """Audit the images a groups CSV names (relative to ``folder``) and save ``/audits/<name>``.  Concepts and
-    classes default to Concept World's 40 non-person concepts, ``sensitive`` marking the negative ones."""
+    classes default to Concept World's 40 non-person concepts, ``sensitive`` marking the negative ones; given
+    ``concepts`` (`read_concepts`; ``concepts_from`` names where they came from, for errors), each word must be
+    one the model's tokenizer can encode in ``context``."""
     from ..data.conceptworld.world import CONCEPTS
 
     config = config or AuditConfig()
+    if concepts:
+        from ..labels import check_vocabulary
+
+        check_vocabulary(model, [w for ws in concepts.values() for w in ws], (context,), concepts_from)
     paths, groups, left = read_groups_csv(csv_path, folder)
     images, kept, unreadable = [], [], 0
     for p, g in zip(paths, groups):
@@ -316,6 +345,11 @@ def audit_images(model: LoadedModel, store_path: str | os.PathLike, layer: str, 
     if unreadable:
         left.append(("unreadable images", unreadable, "could not be decoded"))
     concepts = concepts or {c.name: c.words for c in CONCEPTS if c.name != "person"}
+    unknown = [c for c in sensitive if c not in concepts]
+    if unknown and sensitive != SENSITIVE:
+        raise AuditError(f"sensitive concept(s) {', '.join(map(repr, unknown))} are not among the audit's concepts "
+                         f"({', '.join(list(concepts)[:8])}{', ...' if len(concepts) > 8 else ''}); name them in "
+                         "the concepts file or leave them out of --sensitive")
     neutral = [c for c in concepts if c not in sensitive]
     r = run_audit(model, images, kept, layer, [c for c in sensitive if c in concepts], neutral, concepts, config,
                   left, context=context)

@@ -117,15 +117,21 @@ def attack_stroop_command(model_spec, store_path, prompt, name, device, trust_ch
 @click.option("--layer", required=True, help="Layer whose units' favourite words are found.")
 @click.option("--words", default=None, help="Comma-separated words (default: Concept World's words and the "
               "paper's attack texts).")
+@click.option("--words-file", default=None, type=click.Path(dir_okay=False),
+              help="Instead of --words: a file with one word or phrase per line.")
 @click.option("--name", default="words", show_default=True)
 @device_opt
 @trust_opt
-def attack_words_command(model_spec, store_path, layer, words, name, device, trust_checkpoint):
+def attack_words_command(model_spec, store_path, layer, words, words_file, name, device, trust_checkpoint):
     """Per-neuron typographic sensitivity: which rendered words excite each unit most."""
     from ..attacks.experiments import run_word_sensitivity
+    from ..config import read_word_file
     from ..models import load_model
 
-    word_list = list(split_list(words)) if words else None
+    if words and words_file:
+        raise click.UsageError("give --words or --words-file, not both")
+    word_list = list(split_list(words)) if words else guarded(lambda: read_word_file(words_file, "--words-file")) \
+        if words_file else None
     r = guarded(lambda: run_word_sensitivity(load_model(model_spec, device=device, trust_checkpoint=trust_checkpoint),
                                           store_path, layer, word_list, name))
     click.echo(f"{store_path}: /{r.report}: {r.responses.shape[0]} words x {r.responses.shape[1]} units")
@@ -145,13 +151,18 @@ def attack_words_command(model_spec, store_path, layer, words, name, device, tru
               help="Template that puts class names and concept words in the subject's context, e.g. 'person, {}'.")
 @click.option("--fdr", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True))
 @click.option("--min-group", default=20, show_default=True, type=click.IntRange(2))
+@click.option("--concepts", "concepts_file", default=None, type=click.Path(dir_okay=False),
+              help="Concepts to audit, one per line: a word, or 'name: word, word' (default: Concept World's 40).")
+@click.option("--sensitive", default=None,
+              help="Comma-separated concepts of --concepts that are the negative ones (default: Concept World's "
+              "danger, trash, sad where present).")
 @click.option("--name", default="audit", show_default=True)
 @device_opt
 @trust_opt
-def audit(model_spec, store_path, groups_csv, folder, cw_folder, layer, context, fdr, min_group, name, device,
-          trust_checkpoint):
+def audit(model_spec, store_path, groups_csv, folder, cw_folder, layer, context, fdr, min_group, concepts_file,
+          sensitive, name, device, trust_checkpoint):
     """Bias audit: neurons, zero-shot classes and concepts that tie two groups of images differently."""
-    from ..audit import AuditConfig, audit_images, conceptworld_group_set
+    from ..audit import SENSITIVE, AuditConfig, audit_images, conceptworld_group_set, read_concepts
     from ..models import load_model
 
     if bool(groups_csv) == bool(cw_folder):
@@ -160,10 +171,13 @@ def audit(model_spec, store_path, groups_csv, folder, cw_folder, layer, context,
         raise click.UsageError("--groups needs --folder, the folder its image paths are relative to")
 
     def go():
+        concepts = read_concepts(concepts_file) if concepts_file else None  # bad files fail before the model loads
+        negative = tuple(split_list(sensitive)) if sensitive else SENSITIVE
         model = load_model(model_spec, device=device, trust_checkpoint=trust_checkpoint)
         csv_path, root = (groups_csv, folder) if groups_csv else (conceptworld_group_set(cw_folder), cw_folder)
         return audit_images(model, store_path, layer, csv_path, root, context,
-                            AuditConfig(fdr=fdr, min_group=min_group), name)
+                            AuditConfig(fdr=fdr, min_group=min_group), name, concepts, negative,
+                            f"--concepts {concepts_file}")
 
     r = guarded(go)
     k, c = r.concepts, r.classes

@@ -110,3 +110,14 @@ def test_site_index_holds_the_tokens_and_postings(searchable, tmp_path):
     manifest = (tmp_path / "site" / "search" / "index.js").read_text()
     assert f"search/{MODEL}/{BARE}.js" in manifest and "atlas label" in manifest
     assert np.allclose(query_index(shard, "red car")[[7, 11]], [1.0, 0.5])
+
+
+def test_search_without_a_model_imports_no_torch():
+    """The site's index and the label ranking read stores alone (the notebook's `Atlas.search` too)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, atlas.search, atlas.searchindex, atlas.site.search, atlas.notebook; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -13,6 +13,8 @@ from PIL import Image
 from .config import ExportConfig
 from .export import ExportResult, export_open
 from .names import parse_unit_id
+from .search import SearchResult
+from .search import search as search_units
 from .site.images import data_uri, overlay, png_bytes
 from .store import LayerData, Store, StoreError
 
@@ -159,6 +161,11 @@ class Atlas:
             n = self[unit_or_layer]
             return n._layer.labels(n.unit)
         return self.store.layer(self.model, unit_or_layer).labels()
+
+    def search(self, query: str, layer: str | None = None, top: int = 10, model: object = None) -> SearchResult:
+        """Units ranked by how well ``query`` matches their labels, top words or id, plus (with a loaded ``model``)
+        the text tower's similarity where the layer lives in the embedding space (`atlas.search.search`)."""
+        return search_units(self.store.path, query, layer, top, model)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"Atlas({str(self.store.path)!r}, model={self.model!r}, layers={self.layers})"

@@ -199,7 +199,7 @@ def test_click_through_and_heatmap_toggle(browser, small_site):
     page = browser.page
     browser.reset()
     page.goto(url_of(site / "index.html"))
-    page.click("text=visual.layer4.0")
+    page.click("table.layers >> text=visual.layer4.0")  # the layer table, not the search notes
     page.wait_for_load_state("load")
     assert path_of(page.url) == (site / MODEL / "visual.layer4.0" / "index.html").resolve()
     page.click("a#u3")

@@ -44,10 +44,11 @@ VOID = {"meta", "link", "img", "input", "br", "hr", "source", "area", "base", "c
 ALLOWED_TAGS = {"html", "head", "meta", "title", "link", "body", "header", "a", "nav", "main", "footer",
                 "script", "h1", "h2", "section", "dl", "dt", "dd", "code", "table", "thead", "tbody", "tr",
                 "th", "td", "span", "p", "label", "input", "div", "img", "figure", "figcaption", "svg",
-                "rect", "line", "text", "b"}
+                "rect", "line", "text", "b", "ol"}
 CSP = "default-src 'none'; img-src 'self' data:; style-src 'self'; script-src 'self'"
 SITE_FILE = re.compile(
-    r"index\.html|assets/(atlas\.js|style\.css)|(?P<m>[A-Za-z0-9_][A-Za-z0-9._-]*)/("
+    r"index\.html|assets/(atlas\.js|search\.js|style\.css)|search/index\.js|search/[A-Za-z0-9_][A-Za-z0-9._-]*/"
+    r"[A-Za-z0-9_][A-Za-z0-9._-]*\.js|(?P<m>[A-Za-z0-9_][A-Za-z0-9._-]*)/("
     r"skipped\.html|img/\d+\.jpg|[A-Za-z0-9_][A-Za-z0-9._-]*/(index\.html|\d+\.html|fv/\d+\.png))")
 IMG_SRC = re.compile(r"data:image/png;base64,[A-Za-z0-9+/=]+|(\.\./)?img/\d+\.jpg|fv/\d+\.png")
 
@@ -184,12 +185,14 @@ def test_every_relative_reference_resolves(small_site):
 
 
 def test_every_page_has_the_csp_and_one_script(small_site):
+    """One script, atlas.js; the index page adds the search: its manifest and search.js (docs/site.md)."""
     for path in html_files(small_site.out):
         page = Page(path)
         metas = [m for m in page.find("meta") if m.attrs.get("http-equiv") == "Content-Security-Policy"]
         assert [m.attrs["content"] for m in metas] == [CSP], path
         depth = len(path.relative_to(small_site.out).parts) - 1
-        assert [s.attrs.get("src") for s in page.find("script")] == ["../" * depth + "assets/atlas.js"]
+        search = ["search/index.js", "assets/search.js"] if path == small_site.out / "index.html" else []
+        assert [s.attrs.get("src") for s in page.find("script")] == ["../" * depth + "assets/atlas.js", *search]
 
 
 # ------------------------------------------------------------------------------------ hostile data
@@ -222,7 +225,10 @@ def test_hostile_site_writes_nothing_outside_its_folder(hostile, tmp_path, tmp_p
     assert not list(base.parent.rglob("evil.png"))
     resolved = out.resolve()
     files = all_files(out)
-    assert len(files) == result.pages + result.images + 2  # + the two assets
+    layers = sum(1 for f in files if f.parent.parent == out / "search")
+    assert layers >= 1
+    # + the three assets, the search manifest and one search index per layer
+    assert len(files) == result.pages + result.images + 3 + 1 + layers
     for p in files:
         assert resolved in p.resolve().parents
         assert SITE_FILE.fullmatch(p.relative_to(out).as_posix()), f"unexpected site file {p}"
@@ -266,7 +272,9 @@ def test_hostile_pages_have_only_expected_markup(hostile):
                 assert re.fullmatch(r"(\.\./)*index\.html|\d+\.html|[\w.-]+/(skipped|[\w.-]+/index)\.html",
                                     href), f"{path}: link {href!r}"
         scripts = page.find("script")
-        assert len(scripts) == 1 and scripts[0].text == "" and scripts[0].attrs["src"].endswith("assets/atlas.js")
+        search = ["search/index.js", "assets/search.js"] if path == out / "index.html" else []  # docs/site.md
+        assert all(x.text == "" for x in scripts) and scripts[0].attrs["src"].endswith("assets/atlas.js")
+        assert [x.attrs["src"] for x in scripts[1:]] == search
         title = page.find("title")[0]  # the page's; histograms hold <title>s too
         assert SITE_TITLE in title.text  # the title is text, all of it
 

@@ -246,6 +246,37 @@ def info(store_path):
     guarded(go)
 
 
+@main.command()
+@click.argument("store_path", metavar="STORE", type=click.Path(exists=True, dir_okay=False))
+@click.argument("query")
+@click.option("--layer", default=None, help="Search only this layer (default: every mined layer).")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(1), help="How many units to print.")
+@click.option("--model", "model_spec", default=None,
+              help="Also rank by the text tower's similarity of the query to each unit's direction, where the layer "
+                   "lives in the joint embedding space (docs/site.md); give the spec the store was mined from.")
+@device_opt
+@trust_opt
+def search(store_path, query, layer, top, model_spec, device, trust_checkpoint):
+    """Units whose labels, top words or id match QUERY (and, with --model, whose direction matches its text)."""
+    from ..search import search as search_units
+
+    def go():
+        model = None
+        if model_spec:
+            from ..models import load_model
+
+            model = load_model(model_spec, device=device, trust_checkpoint=trust_checkpoint)
+        return search_units(store_path, query, layer, top, model)
+
+    r = guarded(go)
+    for note in r.notes:
+        click.echo(f"note: {note}", err=True)
+    if not r.hits:
+        click.echo(f"no unit matches {r.query!r}")
+    for h in r.hits:
+        tower = "" if h.tower is None else f" tower {h.tower:+.3f}"
+        best = "" if h.label_score is None else f" (label score {h.label_score:.2f})"
+        click.echo(f"{h.id}  {h.score:.3f}  [match {h.label:.3f}{tower}]  {h.text or '(no labels or words)'}{best}")
 
 
 @main.command()

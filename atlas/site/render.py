@@ -21,6 +21,7 @@ from ..store import REPORTS, LayerData, Store, StoreError
 from .images import data_uri, heatmap_rgba, jpeg_bytes, png_bytes
 from .plots import histogram_svg
 from .reports import SiteUnits, backlinks, load_reports, render_reports
+from .search import write_search
 from .writer import SiteError, Writer, component, environment
 
 def thumbnail_parts(model: str, index: int) -> list[str]:
@@ -83,7 +84,8 @@ def build_site(stores: Sequence[str | Path], out: str | Path, config: SiteConfig
                 if progress:
                     progress(done, total)
         counts = render_reports(w, reports, site) if site else None
-        w.page("index.html", ["index.html"], models=summaries, reports=counts)
+        search = write_search(w, models)
+        w.page("index.html", ["index.html"], models=summaries, reports=counts, search=search)
     finally:
         for st in opened:
             st.close()

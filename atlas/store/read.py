@@ -182,6 +182,10 @@ class Store:
     def reports(self, kind: str) -> list[str]:
         return sorted(self.file[kind]) if kind in self.file else []
 
+    def report_attrs(self, kind: str, name: str) -> dict[str, Any]:
+        """The attributes of report ``/<kind>/<name>`` (JSON ones decoded), without reading its arrays."""
+        return _decoded_attrs(self.file[f"{kind}/{name}"])
+
     def models(self) -> list[str]:
         return list(self.file["neurons"]) if "neurons" in self.file else []
 

@@ -41,8 +41,10 @@ from .data.conceptworld import CONCEPT_NAMES, CONCEPTS
 from .errors import LabelError, StoreError
 from .models import LoadedModel
 from .resources import resource_dir
+from .search import embedding_directions
 
 WORD_TO_CONCEPT = {w: c.name for c in CONCEPTS for w in c.words}
+NEAREST = 10  # vocabulary entries kept per unit closest to its text-tower direction
 
 
 # ---- vocabulary ---------------------------------------------------------------------------------------------------
@@ -196,6 +198,8 @@ class LayerLabels:
     check_ci: np.ndarray
     check_base_rate: np.ndarray  # [U] share of probing images that show the top label (NaN: unknown)
     attrs: dict = field(default_factory=dict)
+    nearest_words: list[list[str]] | None = None  # [U][NEAREST] closest entries to the unit's direction, or None
+    nearest_cos: np.ndarray | None = None  # [U, NEAREST] their cosines, best first
 
     def top1(self) -> list[str]:
         return [c[0] if c else "" for c in self.concept]
@@ -273,6 +277,15 @@ def label_layer(layer: str, acts: np.ndarray, sims: torch.Tensor, vocab: Sequenc
     return LayerLabels(layer, concept, score, match, wz, auprc, check, ci, base, attrs)
 
 
+def nearest_entries(directions: np.ndarray, text: np.ndarray, vocab: Sequence[str], k: int = NEAREST
+                    ) -> tuple[list[list[str]], np.ndarray]:
+    """(entries [U][k], cosines [U, k] float32) of the ``k`` vocabulary entries whose unit-norm text embeddings
+    text [C, D] have the largest cosine with each unit-norm direction [U, D], best first (ties: vocabulary order)."""
+    cos = directions.astype(np.float64) @ text.astype(np.float64).T  # [U, C]
+    top = np.argsort(-cos, 1, kind="stable")[:, :min(k, len(vocab))]  # [U, k]
+    return [[vocab[j] for j in row] for row in top], np.take_along_axis(cos, top, 1).astype(np.float32)
+
+
 @dataclass
 class LabelResult:
     layers: list[LayerLabels]
@@ -331,20 +344,27 @@ def label_units(model: LoadedModel, store_path: str | os.PathLike, layers: Seque
         raise StoreError(f"store {store_path} has {len(rows)} usable images; labels need at least 2")
     if progress:
         progress(f"embedding {len(rows)} probing images and {len(vocab)} vocabulary entries")
-    sims = probe_images(model, store_path, rows) @ text_matrix(model, vocab, config.templates).t()  # [n, C]
+    text = text_matrix(model, vocab, config.templates)  # [C, D]
+    sims = probe_images(model, store_path, rows) @ text.t()  # [n, C]
     presence = Presence(labels[rows], captions[rows], cw)
     result = LabelResult([], vocab, source, len(rows), left)
     for x in layers:
         if progress:
             progress(f"labelling {x}")
-        result.layers.append(label_layer(x, acts[x][rows], sims, vocab, presence, config, words[x]))
+        lab = label_layer(x, acts[x][rows], sims, vocab, presence, config, words[x])
+        dirs = embedding_directions(model, x)  # [U, D] or None
+        if dirs is not None:
+            lab.nearest_words, lab.nearest_cos = nearest_entries(dirs, text.numpy(), vocab)
+        result.layers.append(lab)
     if write:
         vocab_sha = hashlib.sha256("\n".join(vocab).encode()).hexdigest()
         for lab in result.layers:
+            nearest = {} if lab.nearest_cos is None else {"nearest_words": lab.nearest_words,
+                                                           "nearest_cos": lab.nearest_cos}
             store.write_check(store_path, model.name, lab.layer, "labels", {
                 "concept": lab.concept, "score": lab.score, "match": lab.match,
                 "word": lab.word, "auprc": lab.auprc, "check_auprc": lab.check_auprc, "check_ci": lab.check_ci,
-                "check_base_rate": lab.check_base_rate}, {
+                "check_base_rate": lab.check_base_rate, **nearest}, {
                 "config": to_json(config), "vocab_source": source, "vocab_size": len(vocab),
                 "vocab_sha256": vocab_sha, "images": len(rows), "top": lab.score.shape[1],
                 "left_out": [list(x) for x in left], **lab.attrs})

@@ -127,6 +127,7 @@ def _layer_pages(w: Writer, st: Store, ld: LayerData, links: dict[int, list[dict
     fv_images = ld["featurevis/images"] if ld.has("featurevis/images") else None  # [U, S, S, 3], read once
     captions, labels = st.image_column("caption"), st.image_column("label")
     source_ids = st.image_column("source_id")
+    labelled = ld.labels() or []  # per unit; its ``nearest``: closest entries to the unit's text-tower direction
     gh, gw = ld.grid
     tiles = []
     for u in range(ld.units):
@@ -157,7 +158,8 @@ def _layer_pages(w: Writer, st: Store, ld: LayerData, links: dict[int, list[dict
                   "stats": {k2: float(v[u]) for k2, v in stats.items()},
                   "hist": histogram_svg(hist[u], float(hist_range[u]), float(stats["mean"][u]))}
         w.page("neuron.html", [model, layer, f"{u}.html"], model=model, layer=ld, neuron=neuron,
-               examples=examples, backlinks=links.get(u, []), prev=u - 1 if u > 0 else None,
+               examples=examples, backlinks=links.get(u, []), nearest=labelled[u]["nearest"] if labelled else [],
+               prev=u - 1 if u > 0 else None,
                next=u + 1 if u + 1 < ld.units else None)
 
 

@@ -105,8 +105,10 @@ class LayerData:
     def labels(self, unit: int | None = None) -> list[dict[str, Any]] | dict[str, Any] | None:
         """The layer's automatic labels (`atlas label`, docs/store.md) as plain Python data: per unit a dict with
         ``id``, ``unit``, ``labels`` (best first: ``concept``, ``score``, ``match``, ``word``, ``auprc``; NaN
-        floats become None), and the top label's check ``auprc``, ``ci`` ([low, high]) and ``base_rate``.  One
-        unit's dict with ``unit``, all units' list without; None when the layer was never labelled."""
+        floats become None), the top label's check ``auprc``, ``ci`` ([low, high]) and ``base_rate``, and
+        ``nearest``: the vocabulary entries closest to the unit's text-tower direction, best first (``word``,
+        ``cos``; ``[]`` for a layer without such directions).  One unit's dict with ``unit``, all units' list
+        without; None when the layer was never labelled."""
         if "labels" not in self.group:
             return None
         if unit is None:
@@ -129,6 +131,9 @@ class LayerData:
         concept = g["concept"].asstr()[rows] if is_text(g["concept"]) else g["concept"][rows]
         check = {k: g[k][rows] for k in ("check_auprc", "check_ci", "check_base_rate")}
         num = lambda x: None if not np.isfinite(x) else float(x)
+        near_words = near_cos = None
+        if "nearest_words" in g:
+            near_words, near_cos = g["nearest_words"].asstr()[rows], g["nearest_cos"][rows]  # [n, k] each
         out = []
         for i, u in enumerate(range(start, stop)):
             labels = [{"concept": str(concept[i][j]), "score": num(cols["score"][i][j]),
@@ -136,7 +141,9 @@ class LayerData:
                        "auprc": num(cols["auprc"][i][j])} for j in range(concept.shape[1]) if concept[i][j]]
             out.append({"id": self.neuron_id(u), "unit": u, "labels": labels,
                         "auprc": num(check["check_auprc"][i]), "ci": [num(x) for x in check["check_ci"][i]],
-                        "base_rate": num(check["check_base_rate"][i])})
+                        "base_rate": num(check["check_base_rate"][i]),
+                        "nearest": [] if near_words is None else
+                        [{"word": str(wd), "cos": num(c)} for wd, c in zip(near_words[i], near_cos[i])]})
         return out
 
     def featurevis(self) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:

@@ -114,3 +114,51 @@ def test_planted_concepts_get_their_labels(shipped, labelled):
     const = next(v for k, v in r.precision.items() if k.startswith("baseline: constant"))
     assert r.precision["labels (match + words)"][0] > const[0]
     assert r.causal[1] == 16 and r.causal[0] >= 10
+
+
+VOCAB = ["dog", "cat", "red", "blue", "car", "tree", "house", "river", "apple", "banana", "guitar", "piano",
+         "mountain", "ocean", "chair", "table", "bird", "fish", "cloud", "stone", "window", "lamp", "shoe", "book"]
+
+
+def test_nearest_words_are_the_closest_text_embeddings_to_the_unit_directions(tiny_model, small_store, tmp_path):
+    """On the random-weight tiny model: the stored nearest words of the last ResNet block equal a brute force (text
+    embeddings from encode_text, directions from the pooling run on one-hot inputs); the earlier block has none;
+    the neuron page lists them."""
+    path = tmp_path / "s.h5"
+    path.write_bytes(small_store.read_bytes())
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("\n".join(VOCAB))
+    config = LabelConfig(bootstrap=10)
+    result = label_units(tiny_model, path, vocab_file=vocab_file, config=config)
+    # brute force: per entry the mean of its normalized embeddings over the templates, normalized
+    with torch.no_grad():
+        embs = [tiny_model.encode_text([t.format(w) for w in VOCAB]).double() for t in config.templates]  # [C, D]
+        text = sum(e / e.norm(dim=1, keepdim=True) for e in embs)
+        text = text / text.norm(dim=1, keepdim=True)
+        pool = tiny_model.clip.visual.attnpool
+        units = pool.v_proj.in_features
+        eye = torch.eye(units)
+        dirs = (pool.c_proj(pool.v_proj(eye)) - pool.c_proj(pool.v_proj(torch.zeros(1, units)))).double()  # [U, D]
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    cos = (dirs @ text.t()).numpy()  # [U, C]
+    order = np.argsort(-cos, 1)[:, :10]
+    with store.Store(path) as st:
+        last, first = st.layer("tiny", "visual.layer4.0").labels(), st.layer("tiny", "visual.layer3.0").labels()
+    assert len(last) == units
+    for u in range(units):
+        assert [n["word"] for n in last[u]["nearest"]] == [VOCAB[j] for j in order[u]]
+        assert np.abs(np.array([n["cos"] for n in last[u]["nearest"]]) - cos[u, order[u]]).max() < 1e-5
+    assert all(row["nearest"] == [] for row in first)
+    by_layer = {lab.layer: lab for lab in result.layers}
+    assert by_layer["visual.layer3.0"].nearest_words is None
+    assert by_layer["visual.layer4.0"].nearest_words[7] == [VOCAB[j] for j in order[7]]
+    # the neuron page shows them, with their cosines; the earlier layer's page has no such section
+    from atlas.site.render import build_site
+
+    build_site([path], tmp_path / "site")
+    page = (tmp_path / "site" / "tiny" / "visual.layer4.0" / "7.html").read_text()
+    assert "Closest words to the unit's direction in the text tower" in page
+    for j in order[7]:
+        assert f'<span class="word">{VOCAB[j]} <small>{cos[7, j]:.4g}</small></span>' in page
+    other = (tmp_path / "site" / "tiny" / "visual.layer3.0" / "7.html").read_text()
+    assert "Closest words" not in other

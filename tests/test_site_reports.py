@@ -301,8 +301,9 @@ def test_every_reference_of_report_and_neuron_pages_resolves(reports):
                     assert ref.split("#", 1)[1] in ids[target], f"{path}: anchor {ref!r} is missing"
                     anchors += 1
         assert not [e for e in page.elements if "style" in e.attrs or e.tag == "style"], path
-        assert [s.attrs.get("src") for s in page.find("script")] == \
-            ["../" * (len(path.relative_to(out).parts) - 1) + "assets/atlas.js"]
+        up = "../" * (len(path.relative_to(out).parts) - 1)
+        search = ["search/index.js", "assets/search.js"] if path == out / "index.html" else []  # the search box
+        assert [s.attrs.get("src") for s in page.find("script")] == [up + "assets/atlas.js", *search]
     assert checked > 200 and anchors > 5
     images = {p.relative_to(out).as_posix() for p in (out / "reports").rglob("*.png")}
     assert images == {f"reports/attack-table/{i}-{k}.png" for i in range(2) for k in ("clean", "attacked")} | \

@@ -3,6 +3,8 @@ the shipped model against Concept World's planted concepts."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -162,3 +164,9 @@ def test_nearest_words_are_the_closest_text_embeddings_to_the_unit_directions(ti
         assert f'<span class="word">{VOCAB[j]} <small>{cos[7, j]:.4g}</small></span>' in page
     other = (tmp_path / "site" / "tiny" / "visual.layer3.0" / "7.html").read_text()
     assert "Closest words" not in other
+    # and both layers' pages show the unit's automatic labels, best first, with the stored scores
+    for layer, rows in (("visual.layer4.0", last), ("visual.layer3.0", first)):
+        page = (tmp_path / "site" / "tiny" / layer / "7.html").read_text()
+        cells = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td>", page.split('<table class="labels">')[1])
+        assert [c for c, _ in cells] == [lab["concept"] for lab in rows[7]["labels"]] and cells, layer
+        assert [float(v) for _, v in cells] == [float(f"{lab['score']:.4g}") for lab in rows[7]["labels"]]

@@ -159,6 +159,7 @@ def _layer_pages(w: Writer, st: Store, ld: LayerData, links: dict[int, list[dict
                   "hist": histogram_svg(hist[u], float(hist_range[u]), float(stats["mean"][u]))}
         w.page("neuron.html", [model, layer, f"{u}.html"], model=model, layer=ld, neuron=neuron,
                examples=examples, backlinks=links.get(u, []), nearest=labelled[u]["nearest"] if labelled else [],
+               unit_labels=labelled[u] if labelled and labelled[u]["labels"] else None,
                prev=u - 1 if u > 0 else None,
                next=u + 1 if u + 1 < ld.units else None)
 

@@ -226,7 +226,7 @@ def read_word_file(path: str | os.PathLike, option: str) -> list[str]:
     duplicates dropped; ConfigError naming ``option`` and the file when it is missing or holds no entry."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{option} {p}: no such file; give a text file with one word or phrase per line")
+        raise ConfigError(f"{option} {p} does not exist; give a text file with one word or phrase per line")
     try:
         lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError as e:

@@ -29,16 +29,15 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from . import store
-from .config import LabelConfig, to_json
+from .config import LabelConfig, read_word_file, to_json
 from .data.conceptworld import CONCEPT_NAMES, CONCEPTS
-from .errors import LabelError, StoreError
+from .errors import ConfigError, LabelError, StoreError
 from .models import LoadedModel
 from .resources import resource_dir
 from .search import embedding_directions
@@ -62,16 +61,12 @@ def common_words(n: int = 5000) -> tuple[list[str], str]:
 
 
 def read_vocabulary(path: str | os.PathLike) -> list[str]:
-    """One entry per line ('#' starts a comment line), stripped, duplicates dropped; LabelError when none."""
-    p = Path(path)
-    if not p.is_file():
-        raise LabelError(f"vocabulary file {p} does not exist; pass --vocab a text file with one word per line")
-    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
-    words = list(dict.fromkeys(w for w in lines if w and not w.startswith("#")))
-    if not words:
-        raise LabelError(f"vocabulary file {p} holds no words; write one word or phrase per line (or leave out "
-                         "--vocab for the default vocabulary)")
-    return words
+    """One entry per line ('#' starts a comment line), stripped, duplicates dropped (`read_word_file`); LabelError
+    when the file is missing or holds none."""
+    try:
+        return read_word_file(path, "--vocab")
+    except ConfigError as e:
+        raise LabelError(f"{e} (or leave out --vocab for the default vocabulary)") from e
 
 
 def class_names(labels: Sequence[str], conceptworld: bool) -> list[str]:

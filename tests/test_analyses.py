@@ -234,7 +234,7 @@ def test_audit_and_words_take_a_users_own_concepts_and_words(cw_store, tmp_path)
 
     (tmp_path / "empty.txt").write_text("# nothing\n\n")
     refused(["--concepts", str(tmp_path / "empty.txt")], "--concepts", "empty.txt", "holds no words")
-    refused(["--concepts", str(tmp_path / "nope.txt")], "--concepts", "nope.txt", "no such file")
+    refused(["--concepts", str(tmp_path / "nope.txt")], "--concepts", "nope.txt", "does not exist")
     (tmp_path / "two.txt").write_text("fire\nwater\n")
     refused(["--concepts", str(tmp_path / "two.txt")], "names 2 concept(s)", "at least 3")
     (tmp_path / "dup.txt").write_text("fire\nwater\nfire: flame\n")

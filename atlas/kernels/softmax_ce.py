@@ -42,6 +42,13 @@ def softmax_xent(logits: torch.Tensor, y: torch.Tensor, scale: float = 1.0, grad
     return softmax_xent_torch(logits, y, scale, grad_dtype, grad, split)
 
 
+def split_half(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (float32 or float64) as a half-precision ``dtype`` head and remainder: hi + lo = x to 16 significant bits
+    for bfloat16."""
+    hi = x.to(dtype)
+    return hi, (x - hi.to(x.dtype)).to(dtype)
+
+
 def softmax_xent_torch(logits: torch.Tensor, y: torch.Tensor, scale: float = 1.0,
                        grad_dtype: torch.dtype | None = None, grad: bool = True, split: bool = False
                        ) -> tuple[torch.Tensor, object]:
@@ -56,8 +63,7 @@ def softmax_xent_torch(logits: torch.Tensor, y: torch.Tensor, scale: float = 1.0
     R.scatter_add_(1, y[:, None], torch.full_like(loss[:, None], -1.0))
     R.mul_(scale)
     if split:
-        hi = R.to(grad_dtype)
-        return loss, (hi, (R - hi.to(R.dtype)).to(grad_dtype))
+        return loss, split_half(R, grad_dtype)
     return loss, R.to(grad_dtype or logits.dtype)
 
 

@@ -46,7 +46,7 @@ from typing import Callable
 
 import torch
 
-from ..kernels.softmax_ce import softmax_xent
+from ..kernels.softmax_ce import softmax_xent, split_half
 
 HALF = (torch.bfloat16, torch.float16)
 SHRINK = 0.9  # each step first tries 1/(0.9 L): the step grows back where the curvature has dropped
@@ -97,12 +97,6 @@ def _mm_acc(acc: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor
     return acc + _mm(A, B)
 
 
-def _split(W: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 W as a ``dtype`` head and remainder, hi + lo = W to 16 significant bits for bfloat16."""
-    hi = W.to(dtype)
-    return hi, (W - hi.to(W.dtype)).to(dtype)
-
-
 def logits(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """[n, C] = X W^T + b, in W's dtype (float32 for half-precision X).  For half-precision X the product
     rounds W to X's dtype; ``exact`` adds the product with the rounding's remainder, which leaves W with 16
@@ -112,7 +106,7 @@ def logits(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor, exact: bool = Fals
         return _mm(X, W.t()) + b
     if not exact:
         return _mm_acc(b, X, W.t())
-    hi, lo = _split(W, X.dtype)
+    hi, lo = split_half(W, X.dtype)
     return _mm_acc(_mm_acc(b, X, hi.t()), X, lo.t())
 
 

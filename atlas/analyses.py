@@ -7,7 +7,10 @@
   and that probe, on labelled images (Concept World: held-out pictograms);
 - ``/attacks/stroop`` and ``/attacks/words`` (which rendered words excite each unit of the probed layer);
 - ``/audits/audit``: the bias audit of two groups (Concept World: the planted colour family, persons drawn
-  for the purpose; else only with ``audit_groups``).
+  for the purpose; else only with ``audit_groups``);
+- the layer's automatic labels (``labels/`` of the probed layer, `atlas.labels.label_units` with the default
+  vocabulary; after the words report, whose responses are the labels' rendered-word evidence), so that the site's
+  neuron pages and search box show them.
 
 An analysis that cannot run (no labels, a class set without the targets, too few group images) is recorded as
 skipped with the reason; the others still run.  Each report is written to the store when it finishes, and a
@@ -42,6 +45,7 @@ def run_analyses(model: LoadedModel, source: ImageSource, store_path: str | os.P
                  progress: Callable[[str], None] | None = None) -> AnalysesResult:
     """Run the analyses of the module doc on ``layer`` of the mined store ``store_path``."""
     from .attacks.experiments import run_attack_table, run_stroop, run_word_sensitivity
+    from .labels import label_units
     from .probes.report import probe_layer
 
     store_path = Path(store_path)
@@ -54,9 +58,12 @@ def run_analyses(model: LoadedModel, source: ImageSource, store_path: str | os.P
     pattern = config.label_pattern if config.label_pattern is not None else (PICTOGRAM_LABELS if cw else None)
 
     def step(key: str, fn: Callable[[], object]) -> bool:
-        kind, name = key.split("/")
+        kind, name = key.split("/", 1)
         with store.Store(store_path) as st:
-            have = name in st.reports(kind)
+            if kind == "labels":  # a layer's group, not a report
+                have = model.name in st.models() and st.layer(model.name, name).has("labels")
+            else:
+                have = name in st.reports(kind)
         if have and ledger.get(key) == stamp:
             result.done.append(key)
             return True
@@ -65,7 +72,7 @@ def run_analyses(model: LoadedModel, source: ImageSource, store_path: str | os.P
         t = time.perf_counter()
         try:
             fn()
-        except (ValueError, store.StoreError) as e:  # each says what is missing; record it, go on
+        except (ValueError, store.StoreError) as e:  # LabelError is a ValueError  # each says what is missing; record it, go on
             result.skipped.append((key, str(e)))
             return False
         finally:
@@ -85,6 +92,8 @@ def run_analyses(model: LoadedModel, source: ImageSource, store_path: str | os.P
             layer=layer))
         step("attacks/stroop", lambda: run_stroop(model, store_path, "stroop"))
         step("attacks/words", lambda: run_word_sensitivity(model, store_path, layer, None, "words"))
+    if config.labels:
+        step(f"labels/{layer}", lambda: label_units(model, store_path, [layer]))
     if config.audit:
         if config.audit_groups or cw:
             step("audits/audit", lambda: _audit(model, store_path, layer, config, work))

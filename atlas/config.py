@@ -284,7 +284,8 @@ class ProbeConfig:
 @dataclass(frozen=True)
 class AnalysesConfig:
     """The reports `atlas build` adds after mining (atlas.analyses): a sparse probe of the last mined layer,
-    the typographic attack table, Stroop, per-neuron word sensitivity and, on Concept World, the bias audit.
+    the typographic attack table, Stroop, per-neuron word sensitivity, the layer's automatic labels and, on Concept
+    World, the bias audit.
 
     label_pattern: regex whose group 1 is the probe's and the attack's class (None: for Concept World data
     ``picto:(\\w+)``, the pictogram classes; else the labels as they are).  attack_images: labelled images the
@@ -301,6 +302,7 @@ class AnalysesConfig:
     audit_folder: str | None = None
     audit_per_group: int = 150
     audit_context: str = "person, {}"
+    labels: bool = True  # the probed layer's automatic labels (atlas.labels, default vocabulary)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attack_sizes", tuple(self.attack_sizes))

@@ -116,9 +116,14 @@ def test_run_analyses_writes_every_report_and_resumes(shipped, cw_store, tmp_pat
     path = _copy(cw_store, tmp_path)
     cfg = AnalysesConfig(attack_images=24, audit_per_group=25)
     r = run_analyses(shipped, open_source("conceptworld:240:1"), path, LAYER, cfg, work=tmp_path)
-    assert r.done == ["probes/probe", "attacks/table", "attacks/stroop", "attacks/words", "audits/audit"], r.skipped
+    assert r.done == ["probes/probe", "attacks/table", "attacks/stroop", "attacks/words", f"labels/{LAYER}",
+                      "audits/audit"], r.skipped
     assert list(r.seconds) == r.done and min(r.seconds.values()) > 0  # each report's time
     with store.Store(path) as st:
+        labels = st.layer(shipped.name, LAYER).labels()
+        assert len(labels) == st.layer(shipped.name, LAYER).units
+        # the labels use the words report just written: rendered-word evidence beside the image-text match
+        assert any(lab["labels"][0]["word"] is not None for lab in labels)
         _, attrs = store.read_report(st, "probes", "probe")
         assert attrs["layer"] == LAYER and attrs["label_pattern"] == r"picto:(\w+)"
         arrays, _ = store.read_report(st, "attacks", "table")
@@ -136,7 +141,7 @@ def test_analyses_say_what_they_skip(tiny_model, small_store, tmp_path):
     path = _copy(small_store, tmp_path)
     r = run_analyses(tiny_model, open_source("synthetic:200"), path, "visual.layer4.0",
                      AnalysesConfig(attack_images=16, attacks=False), work=tmp_path)
-    assert r.done == ["probes/probe"] and list(r.seconds) == ["probes/probe"]
+    assert r.done == ["probes/probe", "labels/visual.layer4.0"] and list(r.seconds) == r.done
     assert r.skipped == [("audits/audit", "no group labels: give audit_groups (a CSV of image,group)")]
     with pytest.raises(ValueError, match="go together"):
         AnalysesConfig(audit_groups="g.csv")

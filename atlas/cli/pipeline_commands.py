@@ -46,7 +46,7 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
         raise click.UsageError("--audit-groups and --audit-folder go together")
     fv = None if featurevis_layers is None else (() if featurevis_layers == "none" else split_list(featurevis_layers))
     on = not no_reports
-    analyses = AnalysesConfig(probe=on, attacks=on, audit=on, label_pattern=label_pattern,
+    analyses = AnalysesConfig(probe=on, attacks=on, audit=on, labels=on, label_pattern=label_pattern,
                               audit_groups=audit_groups, audit_folder=audit_folder)
     cfg = BuildConfig(model=model_spec, data=data,
                       mine=MineConfig(layers=split_list(layers), top_k=top_k, max_images=max_images),

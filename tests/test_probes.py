@@ -199,3 +199,20 @@ def test_non_convergence_is_reported_not_hidden():
     assert [not c for c in path.converged] == [k in path.unconverged for k in range(len(path.lambdas))]
     p = fit_probe(X.numpy(), [f"c{k}" for k in y.tolist()], ProbeConfig(n_lambdas=4, max_iter=2, patience=0))
     assert p.path.unconverged and len(p.path.converged) == 4
+
+
+def test_lambda_max_of_float16_features_over_many_rows():
+    """lam_max from float16 X over 1.3M rows equals float64's: the residual is cast to float16 unscaled (R / n is
+    about 5e-7 there, float16's subnormal range, whose rounding put lam_max 1.1e-3 off; now 5e-5)."""
+    from atlas.probes.solver import lambda_max
+
+    g = torch.Generator().manual_seed(0)
+    n = 1_300_000
+    X, y = torch.randn(n, 4, generator=g), torch.randint(0, 7, (n,), generator=g)
+    X[:, 0] += 0.01 * (y == 1)
+    l64 = lambda_max(X.double(), y, 7)
+    # brute force from the definition: max |(1/n) sum_i (p_c - [y_i = c]) x_if| at W = 0, b = log class frequencies
+    p = torch.bincount(y, minlength=7).double() / n
+    R = p[None, :] - torch.nn.functional.one_hot(y, 7).double()  # [n, 7]
+    assert abs(l64 - float((R.t() @ X.double() / n).abs().max())) < 1e-12
+    assert abs(lambda_max(X.half(), y, 7) - l64) < 2e-4 * l64

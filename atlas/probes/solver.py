@@ -110,17 +110,6 @@ def logits(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor, exact: bool = Fals
     return _mm_acc(_mm_acc(b, X, hi.t()), X, lo.t())
 
 
-def _smooth_grad(X: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cross-entropy value and gradients.  y: [n] class indices.  Returns (loss, dW [C, F], db [C]).
-
-    R = (softmax - onehot(y)) / n comes from one fused pass over the logits (atlas.kernels.softmax_ce), in
-    X's dtype, so that dW = R^T X runs in X's precision with float32 accumulation."""
-    n = X.shape[0]
-    loss, R = softmax_xent(logits(X, W, b), y, scale=1.0 / n, grad_dtype=X.dtype)  # [n], [n, C]
-    return loss.sum() / n, _mm(R.t(), X).to(W.dtype), R.sum(0, dtype=W.dtype)
-
-
 def _gradient(Z: torch.Tensor, X: torch.Tensor, y: torch.Tensor, dtype: torch.dtype
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss [n], dW [C, F], db [C]) of the mean cross-entropy at logits Z [n, C].  For half-precision X, R (in
@@ -270,7 +259,9 @@ def _at_zero(X: torch.Tensor, y: torch.Tensor, n_classes: int) -> tuple[torch.Te
     """The optimal intercepts b* [C] when W = 0, and the gradient [C, F] of f there."""
     counts = torch.bincount(y, minlength=n_classes).to(param_dtype(X))
     b = torch.log((counts / counts.sum()).clamp(min=1e-12))
-    _, gW, _ = _smooth_grad(X, y, torch.zeros(n_classes, X.shape[1], dtype=b.dtype, device=X.device), b)
+    # `_gradient`, not R / n cast to X's dtype: for float16 X and a million rows, R / n underflows
+    _, gW, _ = _gradient(logits(X, torch.zeros(n_classes, X.shape[1], dtype=b.dtype, device=X.device), b), X, y,
+                         b.dtype)
     return b, gW
 
 

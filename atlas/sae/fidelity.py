@@ -125,3 +125,29 @@ def concept_units(model: LoadedModel, layer: str, virtual_layer: str, sae: SaeTe
                         neurons_from_scores(virtual_layer, features, images.concept, images.is_word, threshold),
                         concepts_per_unit(neurons, images.concept, images.is_word),
                         concepts_per_unit(features, images.concept, images.is_word))
+
+
+def fidelity_report(store_path, virtual_layer: str, device: str = "cpu", per_concept: int = 40) -> str:
+    """Markdown: the SAE's held-out figures, zero-shot accuracy through its reconstruction, and its features
+    against the layer's neurons on Concept World (what `atlas sae eval` prints)."""
+    from ..models import resolve_device
+    from ..names import split_sae_layer
+    from .run import load_sae, store_model
+
+    model = store_model(store_path, str(resolve_device(device)))
+    parts = split_sae_layer(virtual_layer)
+    if parts is None:
+        raise KeyError(f"--layer {virtual_layer!r} is not an SAE's layer; they look like 'visual.layer4.0/sae16k'")
+    sae, meta = load_sae(store_path, model.name, virtual_layer, model.weights_sha256)
+    images = concept_test_images(model, per_concept=per_concept, size=model.image_size)
+    zs = zero_shot_through(model, parts[0], sae, images=images)
+    units = concept_units(model, parts[0], virtual_layer, sae, images=images)
+    m = meta.get("metrics", {})
+    lines = [f"SAE `{virtual_layer}` of `{model.name}`: {sae.width} features, k = {sae.k}; held-out fraction of "
+             f"variance explained {m.get('fve', float('nan')):.3f}, L0 {m.get('l0', float('nan')):.1f}, dead "
+             f"{m.get('dead_fraction', float('nan')):.1%} (never fire on the held-out inputs)", "",
+             "| images | prompts | model | layer through the SAE |", "|---|---|---|---|"]
+    for k, (a, b) in zs.items():
+        kind, prompts = k.split(", ")
+        lines.append(f"| {kind} | {prompts} | {100 * a:.1f}% | {100 * b:.1f}% |")
+    return "\n".join(lines) + "\n\n" + units.markdown

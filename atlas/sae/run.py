@@ -155,3 +155,24 @@ def feature_direction(store_path: str | os.PathLike, unit_id: str) -> torch.Tens
     if not 0 <= unit < sae.width:
         raise SaeError(f"{unit_id}: the SAE has features 0..{sae.width - 1}")
     return sae.w_dec[unit].clone()
+
+
+def store_model(store_path: str | os.PathLike, device: str = "cpu", trust_checkpoint: bool = False) -> LoadedModel:
+    """The model a store was mined from (its ``model_spec``)."""
+    from ..models import load_model
+
+    with store.Store(store_path) as st:
+        spec = st.meta.get("model_spec")
+    if not spec:
+        raise store.StoreError(f"store {store_path} does not say which model it was mined from; mine it again")
+    return load_model(str(spec), device=device, trust_checkpoint=trust_checkpoint)
+
+
+def train_from_store(store_path: str | os.PathLike, config: SaeConfig, *, device: str = "cpu",
+                     trust_checkpoint: bool = False, **kwargs) -> SaeTrainResult:
+    """`train_sae` with the model the store was mined from (what `atlas sae train` calls)."""
+    from ..models import resolve_device
+
+    device = str(resolve_device(device))
+    model = store_model(store_path, device, trust_checkpoint)
+    return train_sae(model, store_path, config, device=device, **kwargs)

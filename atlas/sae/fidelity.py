@@ -18,7 +18,7 @@ import torch
 
 from ..capture import find_modules
 from ..data.conceptworld import CONCEPT_NAMES
-from ..evaluate import ConceptNeurons, _aurocs, concept_test_images, layer_scores, neurons_from_scores, zero_shot
+from ..evaluate import ConceptNeurons, concept_aurocs, concept_test_images, layer_scores, neurons_from_scores, zero_shot
 from ..kernels.sae import SaeTensors, decode, encode, feature_maps
 from ..models import LoadedModel
 
@@ -83,7 +83,7 @@ def concepts_per_unit(scores: torch.Tensor, concept: np.ndarray, is_word: np.nda
     """[U] int: per unit, the concepts whose AUROC as a pictogram or as a word is >= threshold."""
     n = np.zeros(scores.shape[1], np.int64)
     for c in range(len(CONCEPT_NAMES)):
-        a_p, a_w = _aurocs(scores, concept, is_word, c)
+        a_p, a_w = concept_aurocs(scores, concept, is_word, c)
         n += (torch.maximum(a_p, a_w) >= threshold).numpy()
     return n
 

@@ -102,7 +102,7 @@ def fit(x: torch.Tensor, width: int, config: SaeConfig, device: torch.device | s
     scale = float(((x - mean).pow(2).sum(1).mean() / x.shape[1]).sqrt()) or 1.0
     xs = x / scale
     p = {k: v.requires_grad_() for k, v in init_params(xs, width, g).items()}
-    opt = torch.optim.Adam(list(p.values()), lr=config.lr, **({"fused": True} if device.type == "cuda" else {}))
+    opt = adam(list(p.values()), config.lr)
     since = torch.zeros(width, dtype=torch.int64, device=device)
     var = float((xs - xs.mean(0)).pow(2).sum(1).mean())
     losses: list[float] = []
@@ -132,6 +132,15 @@ def fit(x: torch.Tensor, width: int, config: SaeConfig, device: torch.device | s
                          p["b_pre"].detach().cpu() * scale, config.k)
     return FitResult(sae, losses, float((since >= config.dead_after).float().mean()), seconds,
                      config.steps * config.batch / max(seconds, 1e-9))
+
+
+def adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """Adam, fused into one kernel per parameter where this torch has it for the device (CUDA; CPU from torch 2.4:
+    7x faster than the default on a [4096, 1024] matrix on 2 cores); the same update either way."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused Adam for this device in this torch
+        return torch.optim.Adam(params, lr=lr)
 
 
 def _step(xb: torch.Tensor, p: dict[str, torch.Tensor], since: torch.Tensor, config: SaeConfig, var: float,

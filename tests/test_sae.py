@@ -257,3 +257,32 @@ def test_cli_train(sae_store, tmp_path):
     res = CliRunner().invoke(main, ["sae", "train", "--store", str(copy), "--layer", LAYER, "--width", "4",
                                     "--k", "8"])
     assert res.exit_code == 1 and "--k 8 is more than --width 4" in res.output
+
+
+def test_labels_and_search_cover_the_virtual_layer(sae_store, tiny_model, tmp_path):
+    """`atlas label` labels the features like neurons; their nearest words come from the decoder rows carried
+    through the neurons' embedding directions (checked here by brute force); `atlas search` finds a feature by id."""
+    from atlas.config import LabelConfig
+    from atlas.labels import label_units
+    from atlas.sae import load_sae
+    from atlas.search import embedding_directions, search, unit_directions
+
+    path, r = sae_store
+    copy = tmp_path / "s.h5"
+    shutil.copy(path, copy)
+    shutil.copytree(path.with_name(path.name + ".sae"), copy.with_name(copy.name + ".sae"))
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["dog", "cat", "red", "blue", "car", "tree", "house", "river", "apple", "bird",
+                                "fish", "cloud"]))
+    label_units(tiny_model, copy, layers=[r.layer], vocab_file=vocab, config=LabelConfig(bootstrap=10))
+    with store.Store(copy) as st:
+        labels = st.layer(tiny_model.name, r.layer).labels()
+    assert len(labels) == 96 and labels[0]["id"] == f"{tiny_model.name}/{r.layer}/0"
+    sae, _ = load_sae(copy, tiny_model.name, r.layer)
+    base = embedding_directions(tiny_model, LAYER)  # [d, D], unit rows
+    f = 5
+    expect = sum(float(sae.w_dec[f, u]) * base[u] for u in range(base.shape[0]))
+    got = unit_directions(tiny_model, copy, r.layer)[f]
+    assert np.allclose(got, expect / np.linalg.norm(expect), atol=1e-6)
+    hits = search(copy, f"{tiny_model.name}/{r.layer}/7", layer=r.layer).hits
+    assert hits and hits[0].unit == 7

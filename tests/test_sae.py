@@ -286,3 +286,33 @@ def test_labels_and_search_cover_the_virtual_layer(sae_store, tiny_model, tmp_pa
     assert np.allclose(got, expect / np.linalg.norm(expect), atol=1e-6)
     hits = search(copy, f"{tiny_model.name}/{r.layer}/7", layer=r.layer).hits
     assert hits and hits[0].unit == 7
+
+
+def test_concepts_per_unit_brute_force():
+    """The polysemanticity figure: per unit, concepts with AUROC >= 0.8 as a pictogram or as a word, against a
+    pairwise-count AUROC written here."""
+    from atlas.data.conceptworld import CONCEPT_NAMES
+    from atlas.sae.fidelity import best_single, concepts_per_unit
+
+    rng = np.random.default_rng(0)
+    c = len(CONCEPT_NAMES)
+    concept = np.repeat(np.arange(c), 4)
+    is_word = np.tile([False, True, False, True], c)
+    scores = torch.from_numpy(rng.normal(size=(len(concept), 3)))
+    scores[concept == 2, 0] += 5  # unit 0 detects concept 2 (both forms)
+    scores[(concept == 5) & is_word, 1] += 5  # unit 1 detects concept 5 as a word only
+    s = scores.numpy()
+
+    def auc(pos, neg):
+        return np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
+
+    expect, picto, word = np.zeros(3, int), set(), set()
+    for k in range(c):
+        for u in range(3):
+            a = [auc(s[(concept == k) & (is_word == w), u], s[(concept != k) & (is_word == w), u]) for w in (False, True)]
+            expect[u] += max(a) >= 0.8
+            picto |= {k} if a[0] >= 0.9 else set()
+            word |= {k} if a[1] >= 0.9 else set()
+    assert concepts_per_unit(scores, concept, is_word).tolist() == expect.tolist()
+    assert expect[0] >= 1 and expect[1] >= 1
+    assert best_single(scores, concept, is_word, 0.9) == (len(picto), len(word))

@@ -126,7 +126,9 @@ def train_sae(model: LoadedModel, store_path: str | os.PathLike, config: SaeConf
                "final_loss": result.losses[-1]}
     virtual = sae_layer(layer, width)
     zs = {}
-    if evaluate and str(store.Store(store_path).meta.get("data_source", "")).startswith("conceptworld:"):
+    with store.Store(store_path) as st:
+        conceptworld = str(st.meta.get("data_source", "")).startswith("conceptworld:")
+    if evaluate and conceptworld:
         from .fidelity import zero_shot_through
         zs = zero_shot_through(model, layer, result.sae)
     path = store.write_sae(store_path, model.name, virtual, to_arrays(result.sae), {

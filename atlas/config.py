@@ -310,3 +310,58 @@ class AnalysesConfig:
         _check(self.audit_per_group >= 2, f"audit_per_group must be >= 2, got {self.audit_per_group}")
         _check((self.audit_groups is None) == (self.audit_folder is None),
                "audit_groups and audit_folder go together: the CSV names images inside the folder")
+
+
+@dataclass(frozen=True)
+class SaeConfig:
+    """Training a TopK sparse autoencoder on one layer (atlas.sae; Gao et al. 2024).
+
+    layer: the canonical layer name whose activations are encoded (every spatial position or patch token of its
+        map is one input of d = the layer's units).
+    width: features, as a multiple of d ("16x") or a number ("4096"); k: features kept per input (TopK).
+    steps, batch, lr: Adam steps over batches of ``batch`` inputs, learning rate (Adam betas 0.9, 0.999).
+    aux_k, aux_coef: the auxiliary loss against dead latents: the residual's reconstruction from the ``aux_k``
+        largest pre-activations of the dead latents, weighted by ``aux_coef`` (Gao et al.: 512 and 1/32).
+    dead_after: a latent that has not fired on the last ``dead_after`` training inputs is dead.
+    max_images: images the activations come from (None: every image of the source).
+    eval_fraction: share of the images held out for the reported figures (fraction of variance explained, L0,
+        dead latents); seed: initialization and batch order."""
+
+    layer: str
+    width: str = "16x"
+    k: int = 32
+    steps: int = 2000
+    batch: int = 1024
+    lr: float = 4e-4
+    aux_k: int = 256
+    aux_coef: float = 1 / 32
+    dead_after: int = 200_000
+    max_images: int | None = None
+    eval_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        import re
+
+        object.__setattr__(self, "width", str(self.width))
+        m = re.fullmatch(r"(\d+)(x?)", self.width)
+        _check(bool(m) and int(m.group(1)) > 0,
+               f"--width must be a positive number of features ('4096') or a multiple of the layer's units ('16x'), "
+               f"got {self.width!r}")
+        _check(self.k >= 1, f"--k must be >= 1, got {self.k}")
+        _check(not m or m.group(2) or self.k <= int(m.group(1)),
+               f"--k {self.k} is more than --width {self.width} features: TopK keeps k of them; lower --k or widen")
+        _check(self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
+        _check(self.batch >= 1, f"--batch must be >= 1, got {self.batch}")
+        _check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        _check(self.aux_k >= 0 and self.aux_coef >= 0, "aux_k and aux_coef must be >= 0")
+        _check(self.dead_after >= 1, f"dead_after must be >= 1, got {self.dead_after}")
+        _check(self.max_images is None or self.max_images >= 1, f"--max-images must be >= 1, got {self.max_images}")
+        _check(0 < self.eval_fraction < 1, f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+
+    def features(self, d: int) -> int:
+        """The width in features for a layer of ``d`` units; ConfigError if k does not fit."""
+        n = int(self.width[:-1]) * d if self.width.endswith("x") else int(self.width)
+        _check(self.k <= n, f"--k {self.k} is more than the {n} features of --width {self.width} on a layer of {d} "
+                            "units: TopK keeps k of them; lower --k or widen")
+        return n

@@ -129,7 +129,7 @@ def selection_half(concept: np.ndarray, is_word: np.ndarray) -> np.ndarray:
     return rank % 2 == 0
 
 
-def _aurocs(s: torch.Tensor, concept: np.ndarray, is_word: np.ndarray, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+def concept_aurocs(s: torch.Tensor, concept: np.ndarray, is_word: np.ndarray, c: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per unit of scores s [N, U], AUROC for concept c as pictogram (against other pictograms) and as word."""
     pic, word = ~is_word, is_word
     return (auroc(s[pic & (concept == c)], s[pic & (concept != c)]),
@@ -151,14 +151,14 @@ def neurons_from_scores(layer: str, scores: torch.Tensor, concept: np.ndarray, i
     s_pick, s_held = scores[torch.from_numpy(pick)], scores[torch.from_numpy(~pick)]  # [N/2, U] each
     r = ConceptNeurons(layer, threshold)
     for c in range(len(CONCEPT_NAMES)):
-        a_p, a_w = _aurocs(scores, concept, is_word, c)
+        a_p, a_w = concept_aurocs(scores, concept, is_word, c)
         u = int(torch.minimum(a_p, a_w).argmax())
         r.best_unit.append(u)
         r.auroc_picto.append(float(a_p[u]))
         r.auroc_word.append(float(a_w[u]))
-        a_p, a_w = _aurocs(s_pick, concept[pick], is_word[pick], c)
+        a_p, a_w = concept_aurocs(s_pick, concept[pick], is_word[pick], c)
         u = int(torch.minimum(a_p, a_w).argmax())
-        a_p, a_w = _aurocs(s_held[:, u:u + 1], concept[~pick], is_word[~pick], c)
+        a_p, a_w = concept_aurocs(s_held[:, u:u + 1], concept[~pick], is_word[~pick], c)
         r.heldout_unit.append(u)
         r.heldout_picto.append(float(a_p[0]))
         r.heldout_word.append(float(a_w[0]))

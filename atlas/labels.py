@@ -40,7 +40,7 @@ from .data.conceptworld import CONCEPT_NAMES, CONCEPTS
 from .errors import ConfigError, LabelError, StoreError
 from .models import LoadedModel
 from .resources import resource_dir
-from .search import embedding_directions
+from .search import unit_directions
 
 WORD_TO_CONCEPT = {w: c.name for c in CONCEPTS for w in c.words}
 NEAREST = 10  # vocabulary entries kept per unit closest to its text-tower direction
@@ -347,7 +347,7 @@ def label_units(model: LoadedModel, store_path: str | os.PathLike, layers: Seque
         if progress:
             progress(f"labelling {x}")
         lab = label_layer(x, acts[x][rows], sims, vocab, presence, config, words[x])
-        dirs = embedding_directions(model, x)  # [U, D] or None
+        dirs = unit_directions(model, store_path, x)  # [U, D] or None (an SAE layer: its decoder rows through them)
         if dirs is not None:
             lab.nearest_words, lab.nearest_cos = nearest_entries(dirs, text.numpy(), vocab)
         result.layers.append(lab)

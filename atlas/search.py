@@ -87,6 +87,24 @@ def embedding_directions(model: "LoadedModel", layer: str) -> np.ndarray | None:
     return M.detach().cpu().numpy().astype(np.float64)
 
 
+def unit_directions(model: "LoadedModel", store_path: str | os.PathLike, layer: str) -> np.ndarray | None:
+    """`embedding_directions` of a layer; for an SAE's virtual layer on the tower layer, each feature's decoder row
+    carried through the neurons' directions (sum_u w_dec[f, u] * direction[u]), normalized; None where none."""
+    from .names import split_sae_layer
+
+    parts = split_sae_layer(layer)
+    if parts is None:
+        return embedding_directions(model, layer)
+    base = embedding_directions(model, parts[0])
+    if base is None:
+        return None
+    from .sae.run import load_sae
+
+    sae, _ = load_sae(store_path, model.name, layer, model.weights_sha256)
+    m = sae.w_dec.double().numpy() @ base  # [F, D]
+    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+
+
 def query_direction(model: "LoadedModel", query: str) -> np.ndarray:
     """[D] unit-norm text direction of ``query`` (module doc)."""
     from .data.conceptworld import CONCEPT_NAMES
@@ -122,7 +140,7 @@ def search(store_path: str | os.PathLike, query: str, layer: str | None = None, 
             notes += texts.missing
             match = query_index(build_index(texts), query)  # [U]
             tower = None
-            dirs = embedding_directions(model, lname) if model is not None else None
+            dirs = unit_directions(model, store_path, lname) if model is not None else None
             if dirs is not None:
                 tower = dirs @ query_direction(model, query)  # [U]
                 towered.append(lname)

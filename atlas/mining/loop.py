@@ -38,6 +38,7 @@ from .layerstate import MIN_RANGE_EXP, LayerState
 from .machine import MachineFit, machine_fit
 from ..models import LayerInfo, LoadedModel
 from .thumbs import PassThumbs, make_thumbnails
+from . import virtual as sae_layers
 
 if TYPE_CHECKING:
     from .early import Early
@@ -221,7 +222,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     """
     path = Path(store_path)
     t0 = time.perf_counter()
-    infos = [model.layer(n) for n in (config.layers or model.default_layers)]
+    infos, virtual = sae_layers.resolve_layers(model, path, config.layers or model.default_layers)  # SAEs: docs/sae.md
     layers = tuple(i.name for i in infos)  # canonical names, also for aliases
     fit = machine_fit(model.device)
     config = _resolved(replace(config, layers=tuple(layers)), model.device, fit)
@@ -249,13 +250,16 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
         seconds = dict.fromkeys(("setup", "first_batch", "wait", "forward", "checkpoint", "commit", "pooled",
                                  "thumbnails"), 0.0)
 
-        def consume(name: str, out: torch.Tensor) -> None:
+        def update(name: str, out: torch.Tensor) -> None:
             states[name].update(current["index"], out)
 
-        graphs = _use_graphs(cuda_graphs, model.device)
-        fused = _fusable_layers(model, todo, fuse_blocks)
+        consume = sae_layers.consumer(states, virtual, current, update) if virtual else update
+        graphs = _use_graphs(cuda_graphs, model.device) and not virtual
+        bases = {v.base.name for v in virtual.values()}
+        fused = {n: m for n, m in _fusable_layers(model, todo, fuse_blocks).items() if n not in bases}
+        hooks = sae_layers.hook_names([i.name for i in todo if i.name not in fused], virtual, [i.name for i in todo])
         on_device = torch.cuda.device(model.device) if model.device.type == "cuda" else nullcontext()
-        with on_device, torch.no_grad(), hooked(model.clip, [i.name for i in todo if i.name not in fused], consume), \
+        with on_device, torch.no_grad(), hooked(model.clip, hooks, consume), \
                 fused_tails(fused, states, current), _model_path(model, config.precision, graphs) as memory_format:
             def eager(x: torch.Tensor, index: torch.Tensor) -> None:
                 current["index"] = index
@@ -302,7 +306,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
             _sync(model.device)
             steady = (position - first_stop, time.time() - first_at if first_at else 0.0)
         parts = _commit(path, model, source, config, todo, states, image_state, meta, n_images, tuple(fused),
-                        num_workers, made)
+                        num_workers, made, virtual)
         store.remove_work(work)
         _lap(seconds, "commit", t)
         seconds["commit"] -= sum(parts.values())  # "commit" keeps the rest of the commit
@@ -372,8 +376,9 @@ def _open_states(work: Path, todo: list[LayerInfo], config: MineConfig, n_images
                                          shape=(n_images, info.units))
 
     for info in todo:
-        pooled = matrix(f"pooled-{info.name}.npy") if config.keep_pooled else None
-        cls = matrix(f"pooled_cls-{info.name}.npy") if config.keep_pooled and info.prefix_tokens else None
+        file = info.name.replace("/", "~")  # an SAE's layer, layer/saeN: one file
+        pooled = matrix(f"pooled-{file}.npy") if config.keep_pooled else None
+        cls = matrix(f"pooled_cls-{file}.npy") if config.keep_pooled and info.prefix_tokens else None
         states[info.name] = LayerState(info, config, device, pooled, cls)
     image_state: dict[str, object] = {"status": np.zeros(n_images, np.uint8),
                                       "sha256": np.zeros(n_images, "S64"), "messages": {}}
@@ -408,7 +413,8 @@ def _checkpoint(work: Path, states: dict[str, LayerState], image_state: dict, po
 def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineConfig,
             todo: list[LayerInfo], states: dict[str, LayerState], image_state: dict,
             meta: dict[str, object], n_images: int, fused: tuple[str, ...] = (),
-            num_workers: int = 0, made: PassThumbs | None = None) -> dict[str, float]:
+            num_workers: int = 0, made: PassThumbs | None = None,
+            virtual: dict | None = None) -> dict[str, float]:
     """Write the mined layers, their pooled matrices and the thumbnails of their top images into the store in one
     transaction.  Returns the seconds spent on the "pooled" matrices and the "thumbnails"."""
     parts = {"pooled": 0.0, "thumbnails": 0.0}
@@ -443,6 +449,8 @@ def _commit(path: Path, model: LoadedModel, source: ImageSource, config: MineCon
                 "stats/positive": st.positive.cpu().numpy(), "stats/nonfinite": st.nonfinite.cpu().numpy(),
                 "stats/nonfinite_maps": st.nonfinite_maps.cpu().numpy(), "stats/hist": st.hist.cpu().numpy(),
                 "stats/range": np.ldexp(1.0, st.range_exp.cpu().numpy())})
+            if virtual and info.name in virtual:
+                sae_layers.write_links(g, virtual[info.name], path)
             t = time.perf_counter()
             for key, m in (("pooled", st.pooled), ("pooled_cls", st.pooled_cls)):
                 if m is not None:  # skipped images have no activations: NaN rows

@@ -20,6 +20,7 @@ from ..resources import resource_dir
 from ..store import REPORTS, LayerData, Store, StoreError
 from .images import data_uri, heatmap_rgba, jpeg_bytes, png_bytes
 from .plots import histogram_svg
+from .sae import sae_links
 from .reports import SiteUnits, backlinks, load_reports, render_reports
 from .search import write_search
 from .writer import SiteError, Writer, component, environment
@@ -32,7 +33,7 @@ def thumbnail_parts(model: str, index: int) -> list[str]:
 
 def featurevis_parts(model: str, layer: str, unit: int) -> list[str]:
     """Where the site puts a unit's feature visualization: ``model/layer/fv/<unit>.png``."""
-    return [model, layer, "fv", f"{int(unit)}.png"]
+    return [model, *layer.split("/"), "fv", f"{int(unit)}.png"]
 
 
 @dataclass
@@ -110,7 +111,8 @@ def _model_pages(w: Writer, st: Store, model: str) -> dict[str, Any]:
     w.page("images.html", [model, "skipped.html"], model=model, bad=bad, meta=st.meta)
     layers = []
     for ld in st.layers(model):
-        component(ld.name)
+        for part in ld.name.split("/"):  # an SAE's layer, layer/saeN, is a folder inside its layer's
+            component(part)
         layers.append({"name": ld.name, "kind": ld.kind, "units": ld.units, "grid": ld.grid,
                        "featurevis": int(ld.featurevis_done().sum())})
     return {"name": model, "meta": st.meta, "layers": layers, "bad": len(bad), "n_images": st.n_images}
@@ -136,7 +138,9 @@ def _layer_pages(w: Writer, st: Store, ld: LayerData, links: dict[int, list[dict
         top = int(index[u, 0])
         tiles.append({"unit": u, "fv": bool(fv_done[u]), "top": top if top >= 0 else None,
                       "max": float(stats["max"][u])})
-    w.page("layer.html", [model, layer, "index.html"], model=model, layer=ld, tiles=tiles,
+    where = layer.split("/")  # an SAE's layer, layer/saeN: a folder inside its layer's folder
+    saes = sae_links(st, ld)
+    w.page("layer.html", [model, *where, "index.html"], model=model, layer=ld, tiles=tiles,
            config=ld.config, trust=_trust(ld))
     k = min(w.cfg.examples, values.shape[1])
     for u in range(ld.units):
@@ -157,7 +161,7 @@ def _layer_pages(w: Writer, st: Store, ld: LayerData, links: dict[int, list[dict
         neuron = {"id": ld.neuron_id(u), "unit": u, "fv": bool(fv_done[u]),
                   "stats": {k2: float(v[u]) for k2, v in stats.items()},
                   "hist": histogram_svg(hist[u], float(hist_range[u]), float(stats["mean"][u]))}
-        w.page("neuron.html", [model, layer, f"{u}.html"], model=model, layer=ld, neuron=neuron,
+        w.page("neuron.html", [model, *where, f"{u}.html"], sae=saes.get(u, []), model=model, layer=ld, neuron=neuron,
                examples=examples, backlinks=links.get(u, []), nearest=labelled[u]["nearest"] if labelled else [],
                unit_labels=labelled[u] if labelled and labelled[u]["labels"] else None,
                prev=u - 1 if u > 0 else None,

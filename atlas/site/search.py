@@ -35,7 +35,8 @@ def write_search(w: Writer, models: list[tuple[Store, str]]) -> dict[str, Any]:
         for ld in st.layers(model):
             texts = unit_texts(st, model, ld.name)
             missing += texts.missing
-            w.path("search", model, f"{ld.name}.js").write_text(shard_script(build_index(texts)), encoding="utf-8")
+            w.path("search", model, *f"{ld.name}.js".split("/")).write_text(  # an SAE's layer: a sub-folder
+                shard_script(build_index(texts)), encoding="utf-8")
             shards.append({"key": f"{model}/{ld.name}", "src": f"search/{model}/{ld.name}.js", "units": ld.units})
             units += ld.units
     w.path("search", "index.js").write_text(manifest_script(shards, missing), encoding="utf-8")

@@ -22,20 +22,23 @@ atomic rename, so a crash leaves either the old or the new store.  `lock` makes 
 once.  This package imports no torch and knows no model, site or CLI.
 
 Modules: `schema` (version, reason codes, paths, checks), `files` (work folder, lock, transactions, digest),
-`write` (every writer), `read` (`Store`, `LayerData`, `read_report`).  Callers use the package: ``store.X``.
+`write` (every writer), `read` (`Store`, `LayerData`, `read_report`), `sae` (sparse autoencoders' safetensors
+files beside the store).  Callers use the package: ``store.X``.
 """
 
 from ..errors import StoreBusy, StoreError
 from .files import (check_unlocked, contents_digest, lock, remove_work, save_checkpoint, transaction,
                     work_dir)
 from .read import LayerData, Store, read_report
+from .sae import SaeFileError, read_sae, read_sae_file, sae_layers, sae_path, write_sae
 from .schema import (CHECKS, REASON_CODES, REPORTS, SCHEMA_VERSION, check_compatible, check_schema, is_text,
                      layer_path)
 from .write import (File, fletcher32, image_column_of, put, put_rows, set_json, thumbnail_table, write_check,
                     write_featurevis, write_images, write_layer, write_report, write_run, write_thumbnails)
 
 __all__ = ["CHECKS", "File", "LayerData", "REASON_CODES", "REPORTS", "SCHEMA_VERSION", "Store", "StoreBusy",
-           "StoreError", "check_compatible", "check_schema", "check_unlocked", "contents_digest", "fletcher32",
-           "image_column_of", "is_text", "layer_path", "lock", "put", "put_rows", "read_report", "remove_work",
-           "save_checkpoint", "set_json", "thumbnail_table", "transaction", "work_dir", "write_check",
-           "write_featurevis", "write_images", "write_layer", "write_report", "write_run", "write_thumbnails"]
+           "SaeFileError", "StoreError", "check_compatible", "check_schema", "check_unlocked", "contents_digest", "fletcher32",
+           "image_column_of", "is_text", "layer_path", "lock", "put", "put_rows", "read_report", "read_sae", "read_sae_file", "remove_work",
+           "sae_layers", "sae_path", "save_checkpoint", "set_json", "thumbnail_table", "transaction", "work_dir", "write_check",
+           "write_featurevis", "write_images", "write_layer", "write_report", "write_run", "write_sae",
+           "write_thumbnails"]

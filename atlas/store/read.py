@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..names import unit_id
-from .schema import check_schema, is_text, layer_path
+from .schema import check_schema, is_text, layer_groups, layer_path
 
 
 def read_report(st: "Store", kind: str, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -197,16 +197,15 @@ class Store:
         return list(self.file["neurons"]) if "neurons" in self.file else []
 
     def layers(self, model: str) -> list[LayerData]:
-        g = self.file[f"neurons/{model}"]
-        names = sorted(g, key=lambda n: int(g[n].attrs.get("order", 0)))
-        return [LayerData(model, n, g[n]) for n in names]
+        return [LayerData(model, n, g) for n, g in layer_groups(self.file[f"neurons/{model}"])]
 
     def has_layer(self, model: str, layer: str) -> bool:
-        return layer_path(model, layer) in self.file
+        key = layer_path(model, layer)
+        return key in self.file and "kind" in self.file[key].attrs
 
     def layer(self, model: str, layer: str) -> LayerData:
         key = f"neurons/{model}/{layer}"
-        if key not in self.file:
+        if key not in self.file or "kind" not in self.file[key].attrs:
             known = [f"{m}/{ld.name}" for m in self.models() for ld in self.layers(m)]
             raise StoreError(f"store {self.path} has no layer {model}/{layer}; it has: {', '.join(known)}")
         return LayerData(model, layer, self.file[key])

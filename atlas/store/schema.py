@@ -9,6 +9,7 @@ from typing import Any
 import h5py
 
 from ..errors import StoreError
+from ..names import split_sae_layer
 
 
 SCHEMA_VERSION = 2  # 2: exact pixels, float32 pooled and maps, nonfinite_maps, verify/
@@ -24,9 +25,26 @@ CHECKS = ("verify", "labels")  # groups under a layer that `write_check` replace
 
 
 def layer_path(model: str, layer: str) -> str:
-    if "/" in model or "/" in layer or not model or not layer:
-        raise StoreError(f"model name {model!r} and layer name {layer!r} must be non-empty and hold no '/'")
+    """``neurons/<model>/<layer>``; an SAE's virtual layer ``<layer>/saeN`` is a group inside its layer's group."""
+    if "/" in model or ("/" in layer and split_sae_layer(layer) is None) or not model or not layer:
+        raise StoreError(f"model name {model!r} and layer name {layer!r} must be non-empty and hold no '/' (but "
+                         "for an SAE's virtual layer, 'layer/sae16k')")
     return f"neurons/{model}/{layer}"
+
+
+def layer_groups(models_group: h5py.Group) -> list[tuple[str, h5py.Group]]:
+    """(layer name, group) of every mined layer of one model's group, SAE virtual layers (groups with a ``kind``
+    inside a layer's group) after their layer, in mining order."""
+    found = []
+    for name, g in models_group.items():
+        if not isinstance(g, h5py.Group):
+            continue
+        if "kind" in g.attrs:
+            found.append((name, g))
+        for part, sub in g.items():
+            if isinstance(sub, h5py.Group) and "kind" in sub.attrs and split_sae_layer(f"{name}/{part}"):
+                found.append((f"{name}/{part}", sub))
+    return sorted(found, key=lambda t: int(t[1].attrs.get("order", 0)))
 
 
 def check_compatible(path: str | os.PathLike, meta: dict[str, Any]) -> None:

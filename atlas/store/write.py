@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import StoreError
 from .files import lock, transaction
-from .schema import CHECKS, REPORTS, layer_path
+from .schema import CHECKS, REPORTS, layer_groups, layer_path
 
 
 def put(group: h5py.Group, name: str, data: Any, **kwargs: Any) -> h5py.Dataset:
@@ -186,8 +186,11 @@ def write_layer(f: File, model: str, layer: str, attrs: dict[str, Any], arrays: 
     """A new mined layer group /neurons/<model>/<layer> with its attributes (``order`` is set to the number of
     layers of the model before it) and datasets (topk/*, stats/*)."""
     group = f.require_group(f"neurons/{model}")
-    g = group.create_group(layer_path(model, layer).rsplit("/", 1)[1])
-    g.attrs.update({**attrs, "order": len(group) - 1})
+    order = len(layer_groups(group))
+    g = f.require_group(layer_path(model, layer))  # a layer's group may exist already, holding its SAEs' layers
+    if "kind" in g.attrs:
+        raise StoreError(f"layer {model}/{layer} is in the store already; write to another store path")
+    g.attrs.update({**attrs, "order": order})
     for name, value in arrays.items():
         put(g, name, value)
     return g

@@ -1,0 +1,180 @@
+"""`atlas sae train`: a store's layer -> activations (every position or patch token, streamed from the images the
+store was mined from, or a saved buffer) -> a TopK SAE (`atlas.sae.train.fit`) -> weights beside the store
+(`atlas.store.write_sae`) with the held-out figures and the model's zero-shot accuracy through the reconstruction."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .. import store
+from ..capture import hooked
+from ..config import SaeConfig, to_dict
+from ..kernels.sae import SaeTensors
+from ..models import LoadedModel
+from ..names import sae_layer, split_sae_layer
+from ..version import __version__
+from .train import SaeError, fit, from_arrays, metrics, to_arrays
+
+
+@dataclass
+class SaeTrainResult:
+    path: Path  # the safetensors file
+    layer: str  # the virtual layer, e.g. visual.layer4.0/sae16k
+    width: int
+    d: int
+    metrics: dict[str, float] = field(default_factory=dict)  # held-out: fve, l0, dead_fraction, inputs; dead_training
+    zero_shot: dict[str, float] = field(default_factory=dict)  # Concept World only: {"<images>, <prompts>": (plain, sae)}
+    seconds: dict[str, float] = field(default_factory=dict)
+    inputs_per_s: float = 0.0
+
+
+def layer_activations(model: LoadedModel, source, layer: str, n_images: int, batch: int = 64,
+                      workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows [n_images * h * w, d] float32 on the CPU: the layer's canonical map at every position, image of each
+    row [rows] int64), streamed from the first ``n_images`` of ``source``."""
+    from ..mining.batches import batches
+
+    info = model.layer(layer)
+    rows, owner, current = [], [], {}
+
+    def keep(_name: str, out: torch.Tensor) -> None:
+        a = info.canonical(out).detach().float()  # [B, d, h, w]
+        rows.append(a.permute(0, 2, 3, 1).reshape(-1, a.shape[1]).cpu())
+        owner.append(current["index"].cpu().repeat_interleave(a.shape[2] * a.shape[3]))
+
+    with torch.no_grad(), hooked(model.clip, [info.name], keep):
+        for b in batches(model, source, 0, n_images, batch, workers):
+            if b.good:
+                current["index"] = b.index
+                model.clip.encode_image(b.pixels)
+    if not rows:
+        raise SaeError(f"no image of the source could be read for layer {layer}; check the store's images")
+    return torch.cat(rows), torch.cat(owner)
+
+
+def read_buffer(path: str | os.PathLike, d: int) -> torch.Tensor:
+    """A saved activation buffer: a .npy file [n, d] float32 (one input a row)."""
+    try:
+        a = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise SaeError(f"--buffer {path} is not a readable .npy file ({e}); save one with numpy.save") from e
+    if a.ndim != 2 or a.shape[1] != d:
+        raise SaeError(f"--buffer {path} holds an array of shape {a.shape}; the layer has {d} units: expected [n, {d}]")
+    return torch.from_numpy(np.asarray(a, np.float32))
+
+
+def _check_store(model: LoadedModel, store_path: str | os.PathLike, layer: str) -> str:
+    """The canonical name of ``layer``, checked to be mined in the store from ``model``."""
+    if split_sae_layer(layer):
+        raise SaeError(f"--layer {layer} is an SAE's layer; train on a real layer, e.g. {split_sae_layer(layer)[0]}")
+    with store.Store(store_path) as st:
+        meta = st.meta
+        names = [ld.name for ld in st.layers(model.name)] if model.name in st.models() else []
+    if meta.get("weights_sha256") != model.weights_sha256 or meta.get("model_name") != model.name:
+        raise store.StoreError(f"store {store_path} was mined from {meta.get('model_spec')}, not {model.spec}; "
+                               f"pass --model {meta.get('model_spec')}")
+    name = model.layer(layer).name  # ModelError naming the model's layers if it has none such
+    if name not in names:
+        raise SaeError(f"--layer {layer} is not mined in store {store_path} (it has: {', '.join(names) or 'none'}); "
+                       f"mine it first (`atlas mine --store {store_path} --layers {name}`) or pass one of those")
+    return name
+
+
+def train_sae(model: LoadedModel, store_path: str | os.PathLike, config: SaeConfig, *, device: str = "cpu",
+              buffer: str | os.PathLike | None = None, data: str | None = None, workers: int = 0,
+              evaluate: bool = True, log: Callable[[str], None] | None = None) -> SaeTrainResult:
+    """Train the SAE of ``config.layer`` of a store mined from ``model``; write it beside the store.
+
+    Activations: ``buffer`` (a .npy [n, d]) if given, else the images the store was mined from (``data``: another
+    image source), every position of the layer's map.  The held-out images (``eval_fraction``) give the figures.
+    ``evaluate``: on Concept World stores, also the zero-shot accuracy with the layer replaced by its reconstruction
+    (`atlas.sae.fidelity.zero_shot_through`)."""
+    import time
+
+    from ..data import open_source
+    from ..verify import source_of
+
+    t0 = time.perf_counter()
+    layer = _check_store(model, store_path, config.layer)
+    d = model.layer(layer).units
+    width = config.features(d)
+    if buffer is not None:
+        x = read_buffer(buffer, d)
+        owner = torch.arange(x.shape[0])
+    else:
+        source = open_source(data) if data else source_of(store_path)
+        n = min(len(source), config.max_images or len(source))
+        x, owner = layer_activations(model, source, layer, n, workers=workers)
+    if not torch.isfinite(x).all():
+        raise SaeError(f"{int((~torch.isfinite(x)).any(1).sum())} activation rows of layer {layer} hold NaN or inf; "
+                       "the model produces them on some images: train on other images (--data), or check the weights")
+    gen = torch.Generator().manual_seed(config.seed)
+    images = torch.unique(owner)
+    held = images[torch.randperm(len(images), generator=gen)[:max(1, int(len(images) * config.eval_fraction))]]
+    is_held = torch.isin(owner, held)
+    if is_held.all():
+        raise SaeError(f"too few images ({len(images)}) to hold some out; use more images")
+    t_act = time.perf_counter()
+    result = fit(x[~is_held], width, config, device, log)
+    figures = {**metrics(x[is_held], result.sae), "dead_training": result.dead_training,
+               "final_loss": result.losses[-1]}
+    virtual = sae_layer(layer, width)
+    zs = {}
+    with store.Store(store_path) as st:
+        conceptworld = str(st.meta.get("data_source", "")).startswith("conceptworld:")
+    if evaluate and conceptworld:
+        from .fidelity import zero_shot_through
+        zs = zero_shot_through(model, layer, result.sae)
+    path = store.write_sae(store_path, model.name, virtual, to_arrays(result.sae), {
+        "model_spec": str(model.spec), "weights_sha256": model.weights_sha256, "layer": layer, "k": config.k,
+        "width": width, "d": d, "config": to_dict(config), "metrics": figures, "zero_shot": zs,
+        "atlas_version": __version__, "device": torch.device(device).type})
+    return SaeTrainResult(path, virtual, width, d, figures, zs,
+                          {"activations": t_act - t0, "training": result.seconds,
+                           "total": time.perf_counter() - t0}, result.inputs_per_s)
+
+
+def load_sae(store_path: str | os.PathLike, model: str, virtual_layer: str,
+             weights_sha256: str | None = None) -> tuple[SaeTensors, dict]:
+    """The SAE of ``virtual_layer`` beside the store, as tensors on the CPU, and its metadata."""
+    arrays, meta = store.read_sae(store_path, model, virtual_layer, weights_sha256)
+    return from_arrays(arrays, int(meta["k"])), meta
+
+
+def feature_direction(store_path: str | os.PathLike, unit_id: str) -> torch.Tensor:
+    """[d] float32: the decoder row of an SAE feature (``model/layer/saeN/f``), its direction in the layer's unit
+    basis (unit norm): what feature visualization's ``direction`` objective takes for a feature."""
+    from ..names import parse_unit_id
+
+    model, layer, unit = parse_unit_id(unit_id)
+    sae, _ = load_sae(store_path, model, layer)
+    if not 0 <= unit < sae.width:
+        raise SaeError(f"{unit_id}: the SAE has features 0..{sae.width - 1}")
+    return sae.w_dec[unit].clone()
+
+
+def store_model(store_path: str | os.PathLike, device: str = "cpu", trust_checkpoint: bool = False) -> LoadedModel:
+    """The model a store was mined from (its ``model_spec``)."""
+    from ..models import load_model
+
+    with store.Store(store_path) as st:
+        spec = st.meta.get("model_spec")
+    if not spec:
+        raise store.StoreError(f"store {store_path} does not say which model it was mined from; mine it again")
+    return load_model(str(spec), device=device, trust_checkpoint=trust_checkpoint)
+
+
+def train_from_store(store_path: str | os.PathLike, config: SaeConfig, *, device: str = "cpu",
+                     trust_checkpoint: bool = False, **kwargs) -> SaeTrainResult:
+    """`train_sae` with the model the store was mined from (what `atlas sae train` calls)."""
+    from ..models import resolve_device
+
+    device = str(resolve_device(device))
+    model = store_model(store_path, device, trust_checkpoint)
+    return train_sae(model, store_path, config, device=device, **kwargs)

@@ -78,7 +78,18 @@ def _hash_entries(h: "hashlib._Hash", entries: list[Entry]) -> None:
         h.update(f"{e.source_id}\x1f{e.caption}\x1f{e.label}\x1e".encode())
 
 
-class FolderSource(ImageSource):
+class FileSource(ImageSource):
+    """A source whose images are files' bytes: ``path(i)`` is an object with ``read_bytes()`` (a `Path`, or a tar
+    member, `atlas.data.shards.Member`), which mining's decoding processes read (`atlas.data.loader.JpegLoader`).
+    Subclasses set ``max_pixels`` too."""
+
+    max_pixels: int | None = None
+
+    def path(self, index: int):  # -> Path | Member
+        raise NotImplementedError
+
+
+class FolderSource(FileSource):
     """Every regular, non-hidden file under ``root`` (recursively, sorted by relative path).
 
     Labels: the first sub-folder of a file (the class-folder convention); files at the top have none.

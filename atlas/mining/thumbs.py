@@ -25,7 +25,7 @@ import numpy as np
 from .. import store
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..data.loader import JpegLoader, pil_crop, thumbnail
-from ..data.sources import FolderSource, ImageSource
+from ..data.sources import FileSource, ImageSource
 from ..models import LoadedModel
 
 
@@ -49,7 +49,7 @@ class PassThumbs:
     def size_for(source: ImageSource, n_images: int, size: int) -> int:
         """The thumbnails' side T a pass over ``source`` makes while decoding, or 0: not files (their thumbnails are
         decoded at the commit), or more than PASS_BUDGET bytes of them."""
-        return size if isinstance(source, FolderSource) and n_images * size * size * 3 <= PASS_BUDGET else 0
+        return size if isinstance(source, FileSource) and n_images * size * size * 3 <= PASS_BUDGET else 0
 
     def put(self, index: Sequence[int], thumbs: np.ndarray) -> None:
         """Thumbnails [n, T, T, 3] of the images ``index``."""
@@ -80,7 +80,7 @@ def make_thumbnails(f: store.File, model: LoadedModel, source: ImageSource, need
         ready = [i for i, d in zip(missing, done) if d]
         missing = [i for i, d in zip(missing, done) if not d]
     view = (model.image_size, model.resize_mode, model.crop_rule)
-    if isinstance(source, FolderSource) and workers > 0 and missing:
+    if isinstance(source, FileSource) and workers > 0 and missing:
         new, hashes = _from_files(source, missing, size, *view, workers)
     else:
         new, hashes = _on_threads(source, missing, size, *view)
@@ -124,7 +124,7 @@ def _on_threads(source: ImageSource, missing: list[int], size: int, model_size: 
     return new, hashes
 
 
-def _from_files(source: FolderSource, missing: list[int], size: int, model_size: int, mode: str, crop: str,
+def _from_files(source: FileSource, missing: list[int], size: int, model_size: int, mode: str, crop: str,
                 workers: int) -> tuple[np.ndarray, list[str]]:
     """`_on_threads` for files, decoded in ``workers`` processes (as mining's decoding processes make them)."""
     names = [source.entries[i].source_id for i in missing]

@@ -31,7 +31,7 @@ from pathlib import Path
 from PIL import Image
 
 from .decode import BadImage, decode_image
-from .sources import DataError, Entry, FileSource, _hash_entries
+from .sources import DataError, Entry, FileSource, hash_entries
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "gif", "tif", "tiff")
 
@@ -174,7 +174,7 @@ class ShardSource(FileSource):
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(b"shards\0")
-        _hash_entries(h, self.entries)
+        hash_entries(h, self.entries)
         for m in self.members:
             h.update(f"{m.shard.name}:{m.offset}:{m.size}\0".encode())
         return h.hexdigest()

@@ -73,7 +73,7 @@ class ImageSource:
             yield self.sample(i)
 
 
-def _hash_entries(h: "hashlib._Hash", entries: list[Entry]) -> None:
+def hash_entries(h: "hashlib._Hash", entries: list[Entry]) -> None:
     for e in entries:
         h.update(f"{e.source_id}\x1f{e.caption}\x1f{e.label}\x1e".encode())
 
@@ -132,7 +132,7 @@ class FolderSource(FileSource):
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(b"folder\0")
-        _hash_entries(h, self.entries)
+        hash_entries(h, self.entries)
         for e in self.entries:
             h.update(str((self.root / self._paths[e.source_id]).stat().st_size).encode() + b"\0")
         return h.hexdigest()

@@ -194,3 +194,17 @@ def test_stitched_reads_rows_across_ranks():
     a, b = np.arange(12, dtype=np.float32).reshape(3, 4), np.arange(12, 20, dtype=np.float32).reshape(2, 4)
     m = Stitched([(0, 3, a), (3, 5, b)], 5, 4)
     assert np.array_equal(m[1:5], np.concatenate([a, b])[1:5]) and m[:1].nbytes == 16 and m.shape == (5, 4)
+
+
+def test_ranks_that_disagree_are_refused(monkeypatch):
+    """`Team.agree` (what every rank says, gathered): other settings on one rank, or a rank that failed (rank 0 not
+    getting the store's lock), stop every rank with a message naming the rank."""
+    from atlas.mining.distributed import Team
+
+    said = [("mine-abc ['visual.layer4.0'] 300", None), ("mine-def ['visual.layer4.0'] 300", None)]
+    monkeypatch.setattr(torch.distributed, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), said))
+    with pytest.raises(DistributedError, match=r"ranks \[1\] have other settings than rank 0 .*same command"):
+        Team(0, 2).agree("settings", said[0][0])
+    said[:] = [("", None), ("", "store x.h5 is being written by pid 7")]
+    with pytest.raises(DistributedError, match="rank 1 stopped: store x.h5 is being written by pid 7"):
+        Team(0, 2).agree("store lock")

@@ -88,11 +88,14 @@ def make_thumbnails(f: store.File, model: LoadedModel, source: ImageSource, need
     for i, h in zip(missing, hashes):
         if recorded is not None and recorded[i] and h != bytes(recorded[i]).decode():
             raise _changed(source.entries[i].source_id, "changed")
-    table = np.empty((len(thumbs) + len(ready) + len(missing), size, size, 3), np.uint8)  # [M, T, T, 3]: one
-    table[:len(thumbs)] = thumbs  # copy of the whole table in memory, not two (the commit's peak: docs/scale.md)
-    if ready:
-        np.take(made.thumbs, ready, axis=0, out=table[len(thumbs):len(thumbs) + len(ready)])
-    table[len(thumbs) + len(ready):] = new
+    if len(thumbs) or ready:  # [M, T, T, 3]: one table in memory, not two (the commit's peak: docs/scale.md)
+        table = np.empty((len(thumbs) + len(ready) + len(missing), size, size, 3), np.uint8)
+        table[:len(thumbs)] = thumbs
+        if ready:
+            np.take(made.thumbs, ready, axis=0, out=table[len(thumbs):len(thumbs) + len(ready)])
+        table[len(thumbs) + len(ready):] = new
+    else:
+        table = new  # a fresh store's thumbnails, all decoded now
     for j, i in enumerate(ready + missing):
         rows[i] = len(thumbs) + j
     store.write_thumbnails(f, table, rows)

@@ -134,3 +134,18 @@ def test_shards_mine_as_the_same_folder(tmp_path, tiny_model):
             y = sb.file[f"neurons/tiny/visual.layer3.0/{key}"][()]
             assert np.array_equal(x, y), key
         assert np.array_equal(sa.file["images/thumbs"][()], sb.file["images/thumbs"][()])
+
+
+def test_verify_finds_the_shards_from_the_store(tmp_path, tiny_model):
+    """`atlas verify` reopens the shards from the store's data_source (shards:<pattern>) and agrees with mining."""
+    from atlas.config import VerifyConfig
+    from atlas.verify import source_of, verify
+
+    make_shards(tmp_path / "s", shards=2, per=5, corrupt=(3,))
+    path = tmp_path / "v.h5"
+    mine(tiny_model, open_source(str(tmp_path / "s" / "{00000..00001}.tar")), path,
+         MineConfig(layers=("visual.layer4.0",), top_k=4, batch_size=4), num_workers=0)
+    src = source_of(path)
+    assert isinstance(src, ShardSource) and len(src) == 10
+    result = verify(tiny_model, src, path, VerifyConfig(units=16, images=9))
+    assert result.ok and result.layers[0].topk_match == 1.0

@@ -208,3 +208,21 @@ def test_ranks_that_disagree_are_refused(monkeypatch):
     said[:] = [("", None), ("", "store x.h5 is being written by pid 7")]
     with pytest.raises(DistributedError, match="rank 1 stopped: store x.h5 is being written by pid 7"):
         Team(0, 2).agree("store lock")
+
+
+def test_union_of_the_ranks_thumbnails(tmp_path):
+    """`UnionThumbs`: each image's thumbnail from the rank whose part holds it; what a rank did not make is not done."""
+    from atlas.mining.thumbs import PassThumbs, UnionThumbs
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = PassThumbs(tmp_path / "a", 10, 2), PassThumbs(tmp_path / "b", 10, 2)
+    pics = np.arange(10 * 12, dtype=np.uint8).reshape(10, 2, 2, 3)
+    a.put([0, 1, 3], pics[[0, 1, 3]])
+    b.put([5, 9], pics[[5, 9]])
+    b.put([2], pics[[7]])  # outside b's part [4, 10): ignored
+    u = UnionThumbs([(0, 4, a), (4, 10, b)], 10, 2)
+    assert u.done.tolist() == [1, 1, 0, 1, 0, 1, 0, 0, 0, 1]
+    out = np.zeros((4, 2, 2, 3), np.uint8)
+    u.take([9, 0, 5, 3], out)
+    assert np.array_equal(out, pics[[9, 0, 5, 3]])

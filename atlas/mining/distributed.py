@@ -22,7 +22,8 @@ How (`atlas.mining.loop.mine` calls into this module at four points: `join`, `Te
   partials folded in the order of the one-process run with the formula of `atlas.kernels.stats.score_stats_torch`,
   so on the CPU they are bit for bit the one-process numbers; where a rank replayed batches from CUDA graphs (no
   partials), ranks are merged by Chan et al.'s formula instead (equal to float64 rounding).  Pooled matrices are
-  read from the ranks' files in blocks (`Stitched`) by the commit's chunked, threaded writer.
+  read from the ranks' files in blocks (`Stitched`) by the commit's chunked, threaded writer, the thumbnails from
+  those the ranks' decoding processes made (`atlas.mining.thumbs.UnionThumbs`).
 - **One writer.**  Rank 0 holds the store's lock for the whole run and alone writes the store, which is one
   self-contained HDF5 file (docs/scale.md: why not shards of the store).
 
@@ -45,6 +46,7 @@ import torch
 from .. import store
 from ..errors import AtlasError
 from .layerstate import LayerState
+from .thumbs import PassThumbs, UnionThumbs
 
 __all__ = ["DistributedError", "Part", "RankLayerState", "Stitched", "Team", "is_leader", "join", "local_device",
            "merge"]
@@ -291,10 +293,11 @@ def _rank_parts(team: Team, work: Path, n_images: int, batch_size: int) -> list[
             for r in range(team.world)]
 
 
-def merge(team: Team, work: Path, todo: list, config, n_images: int,
-          log=None) -> tuple[dict[str, LayerState], dict[str, object]]:
+def merge(team: Team, work: Path, todo: list, config, n_images: int, log=None,
+          thumbs: int = 0) -> tuple[dict[str, LayerState], dict[str, object], UnionThumbs | None]:
     """Rank 0, after the barrier: every rank's final checkpoint merged into CPU `LayerState`s whose pooled matrices
-    read the ranks' files, and the image state (status, sha256, messages) of the whole index."""
+    read the ranks' files, the image state (status, sha256, messages) of the whole index, and the thumbnails the
+    ranks' decoding processes made (``thumbs``: their side T, 0 if none were made)."""
     parts = _rank_parts(team, work, n_images, config.batch_size)
     loaded = []
     for p in parts:
@@ -332,7 +335,9 @@ def merge(team: Team, work: Path, todo: list, config, n_images: int,
             merged["count"], merged["mean"], merged["m2"] = exact
         st.load_state_dict({k: v.numpy() for k, v in merged.items()})
         states[info.name] = st
-    return states, {"status": status, "sha256": sha, "messages": messages}
+    made = UnionThumbs([(p.start, p.stop, PassThumbs(p.work, n_images, thumbs)) for p in parts], n_images,
+                       thumbs) if thumbs else None
+    return states, {"status": status, "sha256": sha, "messages": messages}, made
 
 
 def _merge_layer(ranks: list[dict[str, torch.Tensor]], k: int) -> dict[str, torch.Tensor]:

@@ -254,7 +254,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
                 f"{num_workers} decoding workers ({fit.why}), {config.precision}, {config.pixels} pixels"
                 + (f"; rank {team.rank} of {team.world}: images [{part.start}, {part.stop})" if team.world > 1 else ""))
         states, image_state, position = _open_states(part.work, todo, config, n_images, model.device, part)
-        side = PassThumbs.size_for(source, n_images, config.thumb_size) if team.world == 1 else 0  # 0: at the commit
+        side = PassThumbs.size_for(source, n_images, config.thumb_size)  # 0: thumbnails decoded at the commit
         made = PassThumbs(part.work, n_images, side) if side else None
         resumed_from = position
         last_ckpt = time.monotonic()
@@ -322,7 +322,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
                 return MineResult(path, tuple(layers), n_images, int(np.count_nonzero(image_state["status"])),
                                   tuple(i.name for i in skipped), resumed_from, seconds, 0, tuple(fused), {}, first_at,
                                   steady, team.rank, team.world, (part.start, part.stop))
-            states, image_state = distributed.merge(team, work, todo, config, n_images, log)
+            states, image_state, made = distributed.merge(team, work, todo, config, n_images, log, side)
         parts = _commit(path, model, source, config, todo, states, image_state, meta, n_images, tuple(fused),
                         num_workers, made)
         store.remove_work(work)

@@ -60,9 +60,31 @@ class PassThumbs:
         self.thumbs.flush()
         self.done.flush()
 
+    def take(self, index: Sequence[int], out: np.ndarray) -> None:
+        """The thumbnails of the images ``index`` (all done) into ``out`` [len(index), T, T, 3]."""
+        np.take(self.thumbs, index, axis=0, out=out)
+
+
+class UnionThumbs:
+    """The `PassThumbs` of torchrun's ranks (atlas.mining.distributed) as one: each image's from the rank whose
+    images [start, stop) hold it."""
+
+    def __init__(self, parts: list[tuple[int, int, PassThumbs]], n_images: int, size: int):
+        self.parts, self.size = parts, size
+        self.done = np.zeros(n_images, np.uint8)
+        for start, stop, made in parts:
+            self.done[start:stop] = made.done[start:stop]
+
+    def take(self, index: Sequence[int], out: np.ndarray) -> None:
+        index = np.asarray(index, dtype=np.int64)
+        for start, stop, made in self.parts:
+            rows = np.nonzero((index >= start) & (index < stop))[0]
+            if len(rows):
+                out[rows] = made.thumbs[index[rows]]
+
 
 def make_thumbnails(f: store.File, model: LoadedModel, source: ImageSource, needed: Sequence[int],
-                    size: int, n_images: int, workers: int = 0, made: PassThumbs | None = None) -> int:
+                    size: int, n_images: int, workers: int = 0, made: PassThumbs | UnionThumbs | None = None) -> int:
     """Add thumbnails for the images in ``needed`` that the store lacks; return how many were added.
 
     /images/thumbs [M, size, size, 3] holds them and /images/thumb_row [N] maps image -> row (-1: none).  Those
@@ -92,7 +114,7 @@ def make_thumbnails(f: store.File, model: LoadedModel, source: ImageSource, need
         table = np.empty((len(thumbs) + len(ready) + len(missing), size, size, 3), np.uint8)
         table[:len(thumbs)] = thumbs
         if ready:
-            np.take(made.thumbs, ready, axis=0, out=table[len(thumbs):len(thumbs) + len(ready)])
+            made.take(ready, table[len(thumbs):len(thumbs) + len(ready)])
         table[len(thumbs) + len(ready):] = new
     else:
         table = new  # a fresh store's thumbnails, all decoded now

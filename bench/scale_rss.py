@@ -92,8 +92,8 @@ def main() -> None:
                   f"{mb(d['vmhwm']):>8} {mb(d['pooled']):>8} {mb(d['thumbs']):>8} {mb(d['store']):>8} {n / d['seconds']:>9.0f}")
     grew = rows[-1]["peak_anon"] - rows[0]["peak_anon"]
     thumbs = rows[-1]["thumbs"] - rows[0]["thumbs"]
-    print(f"from {sizes[0]} to {sizes[-1]} images: peak anon +{mb(grew).strip()} MiB, the thumbnail table "
-          f"+{mb(thumbs).strip()} MiB (bounded by units x k per layer), the rest "
+    print(f"from {sizes[0]} to {sizes[-1]} images: peak anon {grew / 2**20:+.1f} MiB, the thumbnail table "
+          f"{thumbs / 2**20:+.1f} MiB (bounded by units x k per layer), the rest "
           f"{(grew - thumbs) / (sizes[-1] - sizes[0]):.0f} bytes per image (the image index)")
 
 if __name__ == "__main__":

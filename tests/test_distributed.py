@@ -226,3 +226,12 @@ def test_union_of_the_ranks_thumbnails(tmp_path):
     out = np.zeros((4, 2, 2, 3), np.uint8)
     u.take([9, 0, 5, 3], out)
     assert np.array_equal(out, pics[[9, 0, 5, 3]])
+
+
+def test_decoding_processes_are_shared_among_a_hosts_ranks(monkeypatch):
+    from atlas.mining.distributed import local_share
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert (local_share(14), local_share(2), local_share(0)) == (3, 1, 0)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert local_share(14) == 14

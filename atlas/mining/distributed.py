@@ -49,7 +49,7 @@ from .layerstate import LayerState
 from .thumbs import PassThumbs, UnionThumbs
 
 __all__ = ["DistributedError", "Part", "RankLayerState", "Stitched", "Team", "is_leader", "join", "local_device",
-           "merge"]
+           "local_share", "merge"]
 
 TIMEOUT_S = float(os.environ.get("ATLAS_DIST_TIMEOUT", 4 * 3600))  # how long a rank waits for the others
 
@@ -79,6 +79,13 @@ def local_device(device: str) -> str:
     if _env_int("WORLD_SIZE", 1) > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{_env_int('LOCAL_RANK', 0) % torch.cuda.device_count()}"
     return device
+
+
+def local_share(workers: int) -> int:
+    """The decoding processes that fit the machine (``workers``) shared among torchrun's processes on this host
+    (LOCAL_WORLD_SIZE): each rank's own, at least one where there were any."""
+    local = _env_int("LOCAL_WORLD_SIZE", 1)
+    return workers if local <= 1 or workers <= 0 else max(1, workers // local)
 
 
 @dataclass(frozen=True)

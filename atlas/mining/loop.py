@@ -232,7 +232,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     layers = tuple(i.name for i in infos)  # canonical names, also for aliases
     fit = machine_fit(model.device)
     config = _resolved(replace(config, layers=tuple(layers)), model.device, fit)
-    num_workers = fit.workers if num_workers is None else num_workers
+    num_workers = distributed.local_share(fit.workers) if num_workers is None else num_workers
     resize = resize_on(resize, model.device)
     n_images = min(len(source), config.max_images or len(source))
     meta = _run_meta(model, source)

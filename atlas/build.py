@@ -14,6 +14,7 @@ from .config import BuildConfig, to_dict
 from .data import open_source
 from .featurevis import featurevis
 from .mining import mine
+from .mining.distributed import local_device
 from .models import load_model
 from .site import build_site
 from .verify import VerifyResult, already_verified, verify
@@ -33,6 +34,7 @@ class BuildResult:
     skipped_reports: list[tuple[str, str]] = field(default_factory=list)
     report_seconds: dict[str, float] = field(default_factory=dict)  # each report run now (part of "analyses")
     verified: VerifyResult | None = None  # the build's closing check (BuildConfig.verify)
+    rank: int = 0  # under torchrun: this process's rank; only rank 0 goes past mining
 
 
 def build(config: BuildConfig = BuildConfig(), out: str | Path = "atlas-out", *, captions: str | None = None,
@@ -51,6 +53,7 @@ def build(config: BuildConfig = BuildConfig(), out: str | Path = "atlas-out", *,
         return (lambda done, total: progress(name, done, total)) if progress else None
 
     t = time.perf_counter()
+    device = local_device(device)  # under torchrun: each process its own GPU
     model = load_model(config.model, device=device, trust_checkpoint=trust_checkpoint)
     source = open_source(config.data, captions=captions)
     seconds["load"] = time.perf_counter() - t
@@ -58,6 +61,8 @@ def build(config: BuildConfig = BuildConfig(), out: str | Path = "atlas-out", *,
     t = time.perf_counter()
     mined = mine(model, source, store_path, config.mine, num_workers=num_workers, progress=step("mine"), log=log)
     seconds["mine"] = time.perf_counter() - t
+    if mined.rank:  # torchrun: the other ranks mined their parts; rank 0 wrote the store and does the rest alone
+        return BuildResult(store_path, site_path, 0, mined.images, mined.bad, seconds, rank=mined.rank)
 
     t = time.perf_counter()
     fv_layers = config.featurevis_layers if config.featurevis_layers is not None else mined.layers[-1:]

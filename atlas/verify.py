@@ -74,7 +74,7 @@ def source_of(store_path: str | os.PathLike, data: str | None = None, captions: 
     if data is None:
         kind, _, rest = described.partition(":")
         fields = dict(part.split("=", 1) for part in rest.split(":") if "=" in part)
-        if kind == "folder":
+        if kind in ("folder", "shards"):
             data = rest
         elif kind == "conceptworld":
             data = f"conceptworld:{fields.get('count')}:{fields.get('seed')}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -56,6 +57,9 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
     r = guarded(lambda: run_build(cfg, out, captions=captions, device=device, num_workers=workers, progress=bars,
                                   trust_checkpoint=trust_checkpoint, log=lambda line: click.echo(line, err=True)))
     bars.close()
+    if r.rank:
+        click.echo(f"rank {r.rank}: mined its part of the images; rank 0 writes the store and builds the rest")
+        return
     parts = ", ".join(f"{k} {v:.1f}s" for k, v in r.report_seconds.items())
     times = ", ".join(f"{k} {v:.1f}s" + (f" ({parts})" if k == "analyses" and parts else "")
                       for k, v in r.seconds.items())
@@ -107,6 +111,7 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
     """Stream images through a model; keep exact top-k examples and statistics per neuron."""
     from ..data import open_source
     from ..mining import mine as run_mine
+    from ..mining.distributed import is_leader, local_device
     from ..mining.early import start_decoding
     from ..models import load_model
     from ..store import check_unlocked
@@ -116,11 +121,15 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
                      pixels=pixels)
     bars, where = Progress(), "cpu" if resize == "pil" else resize
 
+    alone, device = os.environ.get("WORLD_SIZE", "1") in ("", "1"), local_device(device)  # torchrun: a GPU each
+
     def go():
-        check_unlocked(store_path)  # fail at once, not after loading the model
+        if is_leader():  # (under torchrun rank 0 takes the lock: the others would find it taken)
+            check_unlocked(store_path)  # fail at once, not after loading the model
         source = open_source(data, captions)
-        # the files' decoding starts now and runs while the model is built (atlas.mining.early)
-        early = start_decoding(model_spec, source, store_path, cfg, workers, device, where)
+        # the files' decoding starts now and runs while the model is built (atlas.mining.early); alone only, as
+        # torchrun's ranks each decode a part
+        early = start_decoding(model_spec, source, store_path, cfg, workers, device, where) if alone else None
         try:
             model = load_model(model_spec, device=device, trust_checkpoint=trust_checkpoint)
             return run_mine(model, source, store_path, cfg, num_workers=workers, checkpoint_seconds=checkpoint_seconds,
@@ -132,6 +141,11 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
 
     r = guarded(go)
     bars.close()
+    if r.rank:
+        resumed = f", resumed at image {r.resumed_from}" if r.resumed_from > r.part[0] else ""
+        click.echo(f"rank {r.rank} of {r.world}: mined images [{r.part[0]}, {r.part[1]}) ({r.bad} bad files{resumed}); "
+                   "rank 0 writes the store")
+        return
     if r.skipped_layers and len(r.skipped_layers) == len(r.layers):
         click.echo(f"{store_path}: every layer was already mined with these settings; nothing to do")
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from .shards import ShardSource, is_shard_pattern
 from .conceptworld import ConceptWorldSource, WorldConfig
 from .sources import DataError, FolderSource, ImageSource
 from .synthetic import ShapesSource
@@ -24,7 +25,7 @@ def _numbers(text: str, names: str) -> list[int]:
 def open_source(data: str | os.PathLike = "default", captions: str | os.PathLike | None = None) -> ImageSource:
     """A folder of images, or a generated set: ``conceptworld[:N[:SEED]]`` (Concept World, the default:
     4096 images of seed 1, which the shipped model never saw; it trained on seed 0) or ``synthetic[:N]``
-    (coloured shapes)."""
+    (coloured shapes); a pattern ending in ``.tar`` names webdataset-style tar shards (`atlas.data.shards`)."""
     text = str(data)
     if text == "default":
         text = DEFAULT_DATA
@@ -34,4 +35,9 @@ def open_source(data: str | os.PathLike = "default", captions: str | os.PathLike
     if text.split(":")[0] == "synthetic":
         nums = _numbers(text, "N")
         return ShapesSource(nums[0] if nums else ShapesSource.DEFAULT_COUNT)
+    if is_shard_pattern(text):
+        if captions:
+            raise DataError(f"--captions does not apply to tar shards ({text}): their captions are the key.txt "
+                            "(or key.json) members; leave --captions out")
+        return ShardSource(text)
     return FolderSource(text, captions)

@@ -273,7 +273,7 @@ class JpegLoader:
             raise ValueError("approx=True resizes on the device (torch's bicubic); pass resize='device' or 'auto'")
         if resize_mode not in ("shortest", "squash"):
             raise ValueError(f"resize_mode must be 'shortest' or 'squash', got {resize_mode!r}")
-        paths = [Path(p) for p in paths]
+        paths = [p if hasattr(p, "read_bytes") else Path(p) for p in paths]  # files, or tar members (data.shards)
         stop = len(paths) if stop is None else min(stop, len(paths))
         self.slices = [range(i, min(i + batch_size, stop)) for i in range(start, stop, batch_size)]
         names = list(names) if names is not None else [str(p) for p in paths]

@@ -73,12 +73,23 @@ class ImageSource:
             yield self.sample(i)
 
 
-def _hash_entries(h: "hashlib._Hash", entries: list[Entry]) -> None:
+def hash_entries(h: "hashlib._Hash", entries: list[Entry]) -> None:
     for e in entries:
         h.update(f"{e.source_id}\x1f{e.caption}\x1f{e.label}\x1e".encode())
 
 
-class FolderSource(ImageSource):
+class FileSource(ImageSource):
+    """A source whose images are files' bytes: ``path(i)`` is an object with ``read_bytes()`` (a `Path`, or a tar
+    member, `atlas.data.shards.Member`), which mining's decoding processes read (`atlas.data.loader.JpegLoader`).
+    Subclasses set ``max_pixels`` too."""
+
+    max_pixels: int | None = None
+
+    def path(self, index: int):  # -> Path | Member
+        raise NotImplementedError
+
+
+class FolderSource(FileSource):
     """Every regular, non-hidden file under ``root`` (recursively, sorted by relative path).
 
     Labels: the first sub-folder of a file (the class-folder convention); files at the top have none.
@@ -121,7 +132,7 @@ class FolderSource(ImageSource):
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(b"folder\0")
-        _hash_entries(h, self.entries)
+        hash_entries(h, self.entries)
         for e in self.entries:
             h.update(str((self.root / self._paths[e.source_id]).stat().st_size).encode() + b"\0")
         return h.hexdigest()

@@ -10,7 +10,7 @@ import torch
 from ..config import RESIZES
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..data.loader import JpegLoader, normalize, to_device
-from ..data.sources import FolderSource, ImageSource
+from ..data.sources import FileSource, ImageSource
 from ..models import LoadedModel
 
 __all__ = ["Batch", "FilePlan", "batches", "file_batches", "resize_on"]
@@ -34,7 +34,7 @@ def batches(model: LoadedModel, source: ImageSource, start: int, stop: int, batc
              num_workers: int, pixels: str = "exact", resize: str = "cpu", thumbs: int = 0) -> Iterator[Batch]:
     """Fixed slices [i, i + batch_size) of [start, stop), in order, pixels already on the model's device.
 
-    Files (a `FolderSource`) go through `JpegLoader`: read, hashed, decoded and resized as ``pixels`` says
+    Files (a `FileSource`: a folder, tar shards) go through `JpegLoader`: read, hashed, decoded and resized as ``pixels`` says
     (MineConfig.pixels; the resize in ``num_workers`` processes, 0: in this process, or with ``resize="device"`` on
     the model's device), pinned, copied to the device without blocking and normalized there: for "exact", bit for
     bit `LoadedModel.preprocess` of the decoded image (tests/test_mine_loader.py); with ``thumbs`` = T > 0 each
@@ -42,7 +42,7 @@ def batches(model: LoadedModel, source: ImageSource, start: int, stop: int, batc
     they read.  Other sources (generated
     images): `ImageSource.sample` and `LoadedModel.preprocess` per image, in a DataLoader of
     ``num_workers`` processes if > 0."""
-    if isinstance(source, FolderSource):
+    if isinstance(source, FileSource):
         plan = FilePlan.of(model, start, stop, batch_size, num_workers, pixels, resize, thumbs)
         yield from file_batches(model, plan.loader(source))
         return
@@ -89,7 +89,7 @@ class FilePlan:
         return cls(model.image_size, model.resize_mode, model.crop_rule, model.device, start, stop, batch_size,
                    workers, pixels, resize, thumbs)
 
-    def loader(self, source: FolderSource) -> JpegLoader:
+    def loader(self, source: FileSource) -> JpegLoader:
         return JpegLoader([source.path(i) for i in range(len(source))], self.size, batch_size=self.batch_size,
                           device=self.device, decode="cpu",
                           resize="device" if self.pixels == "approx" else self.resize, workers=self.workers,

@@ -22,7 +22,7 @@ import torch
 from .. import store
 from ..config import MineConfig
 from ..data.loader import JpegLoader
-from ..data.sources import FolderSource, ImageSource
+from ..data.sources import FileSource, ImageSource
 from ..models import ATLAS_CONFIGS, ModelSpec, resolve_device
 from ..openclip import open_clip_config
 from .batches import FilePlan, resize_on
@@ -66,7 +66,7 @@ def start_decoding(spec: str | ModelSpec, source: ImageSource, store_path: str |
                    config: MineConfig, num_workers: int | None, device: str, resize: str = "auto") -> Early | None:
     """Start decoding ``source``'s files for `mine` before its model is built (module docstring); None where it
     cannot start early: not files, a resumed pass, decoding in this process (0 workers), an unknown geometry."""
-    if not isinstance(source, FolderSource):
+    if not isinstance(source, FileSource):
         return None
     work = store.work_dir(store_path)
     if work.is_dir() and any(work.glob("mine-*")):

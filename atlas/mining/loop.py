@@ -35,6 +35,7 @@ from .fused_tails import fused_tails
 from .cuda_graphs import GraphStep
 from ..kernels import choose, triton_available
 from .layerstate import MIN_RANGE_EXP, LayerState
+from . import distributed
 from .machine import MachineFit, machine_fit
 from ..models import LayerInfo, LoadedModel
 from .thumbs import PassThumbs, make_thumbnails
@@ -62,6 +63,9 @@ class MineResult:
     nonfinite: dict[str, int] = field(default_factory=dict)  # per mined layer: image x unit maps holding inf/NaN
     first_batch_at: float = 0.0  # time.time() when the first batch had gone through the model (0: none did)
     steady: tuple[int, float] = (0, 0.0)  # images after the first batch, seconds they took (to the last batch)
+    rank: int = 0  # this process among `world` torchrun processes (atlas.mining.distributed); rank 0 wrote the store
+    world: int = 1
+    part: tuple[int, int] = (0, 0)  # the images [start, stop) this process mined
 
 
 def _precision(precision: str, device: torch.device) -> str:
@@ -219,6 +223,9 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     stopped.
 
     In float32 (``config.precision``), TF32 is off for the whole run (`float32_matmuls`).
+
+    Started by torchrun (WORLD_SIZE > 1), each process mines its part of the images and rank 0 merges them and
+    writes the store, the one a single process writes (`atlas.mining.distributed`).
     """
     path = Path(store_path)
     t0 = time.perf_counter()
@@ -226,24 +233,30 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
     layers = tuple(i.name for i in infos)  # canonical names, also for aliases
     fit = machine_fit(model.device)
     config = _resolved(replace(config, layers=tuple(layers)), model.device, fit)
-    num_workers = fit.workers if num_workers is None else num_workers
+    num_workers = distributed.local_share(fit.workers) if num_workers is None else num_workers
     resize = resize_on(resize, model.device)
     n_images = min(len(source), config.max_images or len(source))
     meta = _run_meta(model, source)
-    with store.lock(path):
+    team = distributed.join()  # alone, or one of torchrun's processes
+    with team.lock(path):
         store.check_compatible(path, meta)
         todo, skipped = _layers_to_mine(path, model.name, infos, config)
         work = store.work_dir(path) / f"mine-{digest(meta['weights_sha256'], meta['data_fingerprint'], config)}"
+        team.agree("settings", f"{work.name} {[i.name for i in todo]} {n_images}")
         if not todo:
-            store.remove_work(work)  # left by a run killed after its commit, before its clean-up
-            return MineResult(path, tuple(layers), n_images, 0, tuple(i.name for i in skipped), 0)
+            if team.leader:
+                store.remove_work(work)  # left by a run killed after its commit, before its clean-up
+            return MineResult(path, tuple(layers), n_images, 0, tuple(i.name for i in skipped), 0,
+                              rank=team.rank, world=team.world)
         work.mkdir(parents=True, exist_ok=True)
+        part = team.part(work, n_images, config.batch_size)
         if log:
             log(f"mine: {len(todo)} layers x {n_images} images on {model.device}: batch {config.batch_size}, "
-                f"{num_workers} decoding workers ({fit.why}), {config.precision}, {config.pixels} pixels")
-        states, image_state, position = _open_states(work, todo, config, n_images, model.device)
+                f"{num_workers} decoding workers ({fit.why}), {config.precision}, {config.pixels} pixels"
+                + (f"; rank {team.rank} of {team.world}: images [{part.start}, {part.stop})" if team.world > 1 else ""))
+        states, image_state, position = _open_states(part.work, todo, config, n_images, model.device, part)
         side = PassThumbs.size_for(source, n_images, config.thumb_size)  # 0: thumbnails decoded at the commit
-        made = PassThumbs(work, n_images, side) if side else None
+        made = PassThumbs(part.work, n_images, side) if side else None
         resumed_from = position
         last_ckpt = time.monotonic()
         current: dict[str, torch.Tensor] = {}
@@ -267,7 +280,7 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
 
             step = GraphStep(model.clip.encode_image, current, list(states.values()), config.batch_size) \
                 if graphs else eager
-            plan = FilePlan.of(model, position, n_images, config.batch_size, num_workers, config.pixels, resize,
+            plan = FilePlan.of(model, position, part.stop, config.batch_size, num_workers, config.pixels, resize,
                                made.size if made else 0)
             if early is not None and early.plan == plan:
                 batches = file_batches(model, early.loader)  # decoding since before the model was built
@@ -277,11 +290,11 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
                     if log:
                         log(f"mine: the decoding started before the model was built does not fit this pass "
                             f"({early.plan} against {plan}); decoding again")
-                batches = mine_batches(model, source, position, n_images, config.batch_size, num_workers,
+                batches = mine_batches(model, source, position, part.stop, config.batch_size, num_workers,
                                        config.pixels, resize, plan.thumbs)
             seconds["setup"], t = time.perf_counter() - t0, time.perf_counter()
             if progress:
-                progress(position, n_images)  # the start (a resumed run starts past 0)
+                progress(position - part.start, part.stop - part.start)  # the start (a resumed run starts past 0)
             first_at, first_stop = 0.0, position
             for b in batches:
                 t = _lap(seconds, "wait" if seconds["first_batch"] else "first_batch", t)
@@ -295,16 +308,25 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
                     _sync(model.device)  # once: the first batch is through the model, not only queued
                     first_at, first_stop = time.time(), position
                 if progress:
-                    progress(position, n_images)
+                    progress(position - part.start, part.stop - part.start)
                 t = _lap(seconds, "forward", t)
-                if time.monotonic() - last_ckpt >= checkpoint_seconds or position >= n_images:
+                if time.monotonic() - last_ckpt >= checkpoint_seconds or position >= part.stop:
                     if made is not None:
                         made.flush()  # before the checkpoint that counts these images as done
-                    _checkpoint(work, states, image_state, position)
+                    _checkpoint(part.work, states, image_state, position)
                     last_ckpt = time.monotonic()
                 t = _lap(seconds, "checkpoint", t)
             _sync(model.device)
             steady = (position - first_stop, time.time() - first_at if first_at else 0.0)
+        if not (part.work / "checkpoint.npz").exists():  # a part without batches
+            _checkpoint(part.work, states, image_state, position)
+        if team.world > 1:
+            team.barrier()  # every rank's last checkpoint is written
+            if not team.leader:
+                return MineResult(path, tuple(layers), n_images, int(np.count_nonzero(image_state["status"])),
+                                  tuple(i.name for i in skipped), resumed_from, seconds, 0, tuple(fused), {}, first_at,
+                                  steady, team.rank, team.world, (part.start, part.stop))
+            states, image_state, made = distributed.merge(team, work, todo, config, n_images, log, side)
         parts = _commit(path, model, source, config, todo, states, image_state, meta, n_images, tuple(fused),
                         num_workers, made, virtual)
         store.remove_work(work)
@@ -314,7 +336,8 @@ def mine(model: LoadedModel, source: ImageSource, store_path: str | os.PathLike,
         bad = int(np.count_nonzero(image_state["status"]))
         nonfinite = {name: int(st.nonfinite_maps.sum()) for name, st in states.items()}
         return MineResult(path, tuple(layers), n_images, bad, tuple(i.name for i in skipped), resumed_from, seconds,
-                          step.replays if graphs else 0, tuple(fused), nonfinite, first_at, steady)
+                          step.replays if graphs else 0, tuple(fused), nonfinite, first_at, steady, team.rank,
+                          team.world, (part.start, part.stop))
 
 
 def _sync(device: torch.device) -> None:
@@ -367,22 +390,21 @@ def _layer_config_json(config: MineConfig) -> str:
     return to_json(replace(config, layers=()))
 
 
-def _open_states(work: Path, todo: list[LayerInfo], config: MineConfig, n_images: int,
-                 device: torch.device) -> tuple[dict[str, LayerState], dict[str, object], int]:
+def _open_states(work: Path, todo: list[LayerInfo], config: MineConfig, n_images: int, device: torch.device,
+                 part: distributed.Part | None = None) -> tuple[dict[str, LayerState], dict[str, object], int]:
+    """The layers' states, the image state and the position to start at: fresh, or from the work folder's last
+    checkpoint.  ``part``: this process's images (`atlas.mining.distributed`; default all of them)."""
+    part = part or distributed.Part(work, 0, n_images, batch_size=config.batch_size)
     states = {}
-    def matrix(name: str) -> np.ndarray:  # [N, U] float32, kept on disk between checkpoints
-        p = work / name
-        return np.lib.format.open_memmap(p, mode="r+" if p.exists() else "w+", dtype=np.float32,
-                                         shape=(n_images, info.units))
-
-    for info in todo:
+    for info in todo:  # pooled matrices: [N, U] float32 (a rank's rows only), kept on disk between checkpoints
         file = info.name.replace("/", "~")  # an SAE's layer, layer/saeN: one file
-        pooled = matrix(f"pooled-{file}.npy") if config.keep_pooled else None
-        cls = matrix(f"pooled_cls-{file}.npy") if config.keep_pooled and info.prefix_tokens else None
-        states[info.name] = LayerState(info, config, device, pooled, cls)
+        pooled = part.matrix(f"pooled-{file}.npy", info.units, n_images) if config.keep_pooled else None
+        cls = part.matrix(f"pooled_cls-{file}.npy", info.units, n_images) \
+            if config.keep_pooled and info.prefix_tokens else None
+        states[info.name] = part.layer_state(info, config, device, pooled, cls)
     image_state: dict[str, object] = {"status": np.zeros(n_images, np.uint8),
                                       "sha256": np.zeros(n_images, "S64"), "messages": {}}
-    position = 0
+    position = part.start
     ckpt = work / "checkpoint.npz"
     if ckpt.exists():
         with np.load(ckpt, allow_pickle=False) as z:

@@ -25,7 +25,7 @@ import numpy as np
 from .. import store
 from ..data.decode import DEFAULT_MAX_PIXELS
 from ..data.loader import JpegLoader, pil_crop, thumbnail
-from ..data.sources import FolderSource, ImageSource
+from ..data.sources import FileSource, ImageSource
 from ..models import LoadedModel
 
 
@@ -49,7 +49,7 @@ class PassThumbs:
     def size_for(source: ImageSource, n_images: int, size: int) -> int:
         """The thumbnails' side T a pass over ``source`` makes while decoding, or 0: not files (their thumbnails are
         decoded at the commit), or more than PASS_BUDGET bytes of them."""
-        return size if isinstance(source, FolderSource) and n_images * size * size * 3 <= PASS_BUDGET else 0
+        return size if isinstance(source, FileSource) and n_images * size * size * 3 <= PASS_BUDGET else 0
 
     def put(self, index: Sequence[int], thumbs: np.ndarray) -> None:
         """Thumbnails [n, T, T, 3] of the images ``index``."""
@@ -60,9 +60,31 @@ class PassThumbs:
         self.thumbs.flush()
         self.done.flush()
 
+    def take(self, index: Sequence[int], out: np.ndarray) -> None:
+        """The thumbnails of the images ``index`` (all done) into ``out`` [len(index), T, T, 3]."""
+        np.take(self.thumbs, index, axis=0, out=out)
+
+
+class UnionThumbs:
+    """The `PassThumbs` of torchrun's ranks (atlas.mining.distributed) as one: each image's from the rank whose
+    images [start, stop) hold it."""
+
+    def __init__(self, parts: list[tuple[int, int, PassThumbs]], n_images: int, size: int):
+        self.parts, self.size = parts, size
+        self.done = np.zeros(n_images, np.uint8)
+        for start, stop, made in parts:
+            self.done[start:stop] = made.done[start:stop]
+
+    def take(self, index: Sequence[int], out: np.ndarray) -> None:
+        index = np.asarray(index, dtype=np.int64)
+        for start, stop, made in self.parts:
+            rows = np.nonzero((index >= start) & (index < stop))[0]
+            if len(rows):
+                out[rows] = made.thumbs[index[rows]]
+
 
 def make_thumbnails(f: store.File, model: LoadedModel, source: ImageSource, needed: Sequence[int],
-                    size: int, n_images: int, workers: int = 0, made: PassThumbs | None = None) -> int:
+                    size: int, n_images: int, workers: int = 0, made: PassThumbs | UnionThumbs | None = None) -> int:
     """Add thumbnails for the images in ``needed`` that the store lacks; return how many were added.
 
     /images/thumbs [M, size, size, 3] holds them and /images/thumb_row [N] maps image -> row (-1: none).  Those
@@ -80,7 +102,7 @@ def make_thumbnails(f: store.File, model: LoadedModel, source: ImageSource, need
         ready = [i for i, d in zip(missing, done) if d]
         missing = [i for i, d in zip(missing, done) if not d]
     view = (model.image_size, model.resize_mode, model.crop_rule)
-    if isinstance(source, FolderSource) and workers > 0 and missing:
+    if isinstance(source, FileSource) and workers > 0 and missing:
         new, hashes = _from_files(source, missing, size, *view, workers)
     else:
         new, hashes = _on_threads(source, missing, size, *view)
@@ -88,10 +110,17 @@ def make_thumbnails(f: store.File, model: LoadedModel, source: ImageSource, need
     for i, h in zip(missing, hashes):
         if recorded is not None and recorded[i] and h != bytes(recorded[i]).decode():
             raise _changed(source.entries[i].source_id, "changed")
-    copied = made.thumbs[ready] if ready else np.zeros((0, size, size, 3), np.uint8)  # [R, T, T, 3]
+    if len(thumbs) or ready:  # [M, T, T, 3]: one table in memory, not two (the commit's peak: docs/scale.md)
+        table = np.empty((len(thumbs) + len(ready) + len(missing), size, size, 3), np.uint8)
+        table[:len(thumbs)] = thumbs
+        if ready:
+            made.take(ready, table[len(thumbs):len(thumbs) + len(ready)])
+        table[len(thumbs) + len(ready):] = new
+    else:
+        table = new  # a fresh store's thumbnails, all decoded now
     for j, i in enumerate(ready + missing):
         rows[i] = len(thumbs) + j
-    store.write_thumbnails(f, np.concatenate([thumbs, copied, new]), rows)
+    store.write_thumbnails(f, table, rows)
     return len(ready) + len(missing)
 
 
@@ -124,7 +153,7 @@ def _on_threads(source: ImageSource, missing: list[int], size: int, model_size: 
     return new, hashes
 
 
-def _from_files(source: FolderSource, missing: list[int], size: int, model_size: int, mode: str, crop: str,
+def _from_files(source: FileSource, missing: list[int], size: int, model_size: int, mode: str, crop: str,
                 workers: int) -> tuple[np.ndarray, list[str]]:
     """`_on_threads` for files, decoded in ``workers`` processes (as mining's decoding processes make them)."""
     names = [source.entries[i].source_id for i in missing]

@@ -24,7 +24,7 @@ Kinds (docs/featurevis.md), each summed over the batch, element ``i`` showing ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -81,6 +81,21 @@ class Goal:
                              f"in groups of {self.group}")
         if self.kind == "faceted" and (self.facet is None or not self.facet_layer):
             raise ValueError("a faceted goal needs the facet's layer and weights")
+
+    def pad(self, size: int) -> "Goal":
+        """The goal with its last group (unit, direction) repeated until it has ``size`` batch elements."""
+        extra = size - len(self.units)
+        if extra <= 0:
+            return self
+        reps = -(-extra // self.group)
+        units = self.units + self.units[-self.group:] * reps
+        dirs = None if self.directions is None else torch.cat([self.directions] + [self.directions[-self.group:]] * reps)
+        return replace(self, units=units[:size], directions=None if dirs is None else dirs[:size])
+
+    def to(self, device: torch.device) -> "Goal":
+        """The goal with its tensors on ``device``."""
+        return replace(self, directions=None if self.directions is None else self.directions.to(device),
+                       facet=None if self.facet is None else self.facet.to(device))
 
     @property
     def layers(self) -> list[str]:

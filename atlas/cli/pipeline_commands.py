@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from .progress import Progress, process_started
-from ..config import (EXPORT_FORMATS, PIXELS, PRECISIONS, RESIZES, AnalysesConfig, BuildConfig, ExportConfig,
-                      FeatureVisConfig, MineConfig, SiteConfig)
+from ..config import (EXPORT_FORMATS, FEATUREVIS_KINDS, PIXELS, PRECISIONS, RESIZES, AnalysesConfig, BuildConfig,
+                      ExportConfig, FeatureVisConfig, KindConfig, MineConfig, SiteConfig)
 from .common import (captions_opt, data_opt, device_opt, guarded, layers_opt, main, model_opt, parse_units,
                      split_list, trust_opt, workers_opt)
 
@@ -153,16 +153,31 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
 @main.command()
 @click.option("--store", "store_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--layer", "layer", required=True, help="Layer to visualize.")
-@click.option("--units", default=None, help="Units, e.g. 0-63,100 (default: all).")
+@click.option("--units", default=None, help="Units, e.g. 0-63,100 (default: all; --kind direction: one per "
+              "direction in the file, default 0..K-1).")
+@click.option("--kind", default="channel", show_default=True,
+              help="What to maximize: channel, neuron (the centre position), direction (--direction-file), "
+                   "diversity (several images per unit) or faceted (--facet); docs/featurevis.md.")
+@click.option("--facet", default=None, help="--kind faceted: the facet (see `atlas facet train`).")
+@click.option("--direction-file", default=None, type=click.Path(dir_okay=False),
+              help="--kind direction: a .npy of shape [C] or [K, C] (C: the layer's units); row i is rendered for "
+                   "the i-th unit of --units.")
+@click.option("--name", default=None, help="--kind direction: the direction set's name (default: the file's stem).")
+@click.option("--images", default=KindConfig.images, show_default=True, type=int,
+              help="--kind diversity: images per unit.")
+@click.option("--weight", default=None, type=float,
+              help=f"--kind diversity / faceted: the weight of the diversity term (default "
+                   f"{KindConfig.diversity_weight}) or of the facet (default {KindConfig.facet_weight}).")
 @click.option("--steps", default=FeatureVisConfig.steps, show_default=True, type=click.IntRange(1))
 @click.option("--batch", default=FeatureVisConfig.batch, show_default=True, type=click.IntRange(1),
-              help="Neurons rendered together, one per batch element.")
+              help="Images rendered together (one unit per batch element; diversity: --images per unit).")
 @click.option("--size", default=FeatureVisConfig.size, show_default=True, type=click.IntRange(8, 1024))
 @click.option("--lr", default=FeatureVisConfig.lr, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @device_opt
 @trust_opt
-def featurevis(store_path, layer, units, steps, batch, size, lr, device, trust_checkpoint):
-    """Render channel feature visualizations of a mined layer into its store."""
+def featurevis(store_path, layer, units, kind, facet, direction_file, name, images, weight, steps, batch, size, lr,
+               device, trust_checkpoint):
+    """Render feature visualizations of a mined layer into its store (default kind: channel)."""
     from ..featurevis import featurevis as run_fv
     from ..models import load_model
     from ..store import Store
@@ -172,15 +187,45 @@ def featurevis(store_path, layer, units, steps, batch, size, lr, device, trust_c
     bars, t0 = Progress(), time.perf_counter()
 
     def go():
+        kcfg, directions = kind_config(kind, facet, direction_file, name, images, weight)
         with Store(store_path) as st:
             spec = st.meta["model_spec"]
         model = load_model(spec, device=device, trust_checkpoint=trust_checkpoint)
-        return run_fv(model, store_path, layer, unit_list, cfg, progress=bars.step(f"featurevis {layer}"))
+        return run_fv(model, store_path, layer, unit_list, cfg, progress=bars.step(f"featurevis {layer}"),
+                      kind=kcfg, directions=directions)
 
     r = guarded(go)
     bars.close()
     click.echo(f"{store_path}: {layer}: rendered {r.rendered} neurons ({r.reused} already done) in "
                f"{time.perf_counter() - t0:.1f} s")
+
+
+def kind_config(kind, facet, direction_file, name, images, weight):
+    """--kind and its options -> (KindConfig, directions or None); ConfigError naming the option otherwise."""
+    import numpy as np
+
+    from ..errors import ConfigError
+
+    if kind not in FEATUREVIS_KINDS:
+        raise ConfigError(f"--kind: unknown kind {kind!r}; use one of {', '.join(FEATUREVIS_KINDS)}")
+    if (facet is not None) != (kind == "faceted"):
+        raise ConfigError("--facet NAME goes with --kind faceted (and --kind faceted needs it)")
+    if (direction_file is not None) != (kind == "direction"):
+        raise ConfigError("--direction-file goes with --kind direction (and --kind direction needs it)")
+    if name is not None and kind != "direction":
+        raise ConfigError("--name names a direction set: use it with --kind direction")
+    directions = None
+    if direction_file is not None:
+        try:
+            directions = np.load(direction_file, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--direction-file {direction_file}: not a readable .npy array ({e}); save one with "
+                              "numpy.save") from e
+        name = name or Path(direction_file).stem
+    extra = {}
+    if weight is not None:
+        extra = {"diversity_weight": weight} if kind == "diversity" else {"facet_weight": weight}
+    return KindConfig(kind=kind, name=facet or name or "", images=images, **extra), directions
 
 
 @main.command()

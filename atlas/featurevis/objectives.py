@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from lucent.optvis import objectives
 
+from ..errors import ConfigError
+
 KINDS = ("channel", "neuron", "direction", "diversity", "faceted")
 
 TFn = Callable[[str], torch.Tensor]  # lucent's ``T``: layer name -> [B, C, h, w]
@@ -161,10 +163,10 @@ def direction_rows(vectors: np.ndarray, channels: int, what: str = "--direction-
     if v.ndim == 1:
         v = v[None]
     if v.ndim != 2 or v.shape[1] != channels:
-        raise ValueError(f"{what}: a direction of this layer has {channels} values (shape [{channels}] or "
+        raise ConfigError(f"{what}: a direction of this layer has {channels} values (shape [{channels}] or "
                          f"[K, {channels}]); got shape {list(np.shape(vectors))}")
     if not np.isfinite(v).all() or (np.abs(v).sum(1) == 0).any():
-        raise ValueError(f"{what}: every direction must be finite and not all zero")
+        raise ConfigError(f"{what}: every direction must be finite and not all zero")
     return v
 
 

@@ -224,6 +224,10 @@ class BuildConfig:
     featurevis: FeatureVisConfig = field(default_factory=lambda: FeatureVisConfig(steps=64))
     site: SiteConfig = field(default_factory=SiteConfig)
     featurevis_layers: tuple[str, ...] | None = None  # None: the last mined layer
+    # Concept World's facets (text, pictogram, scene) trained on the layer before each visualized one, and the
+    # faceted visualizations of the visualized layers: off by default (docs/featurevis.md: it triples the
+    # feature-visualization time of a CPU build)
+    facets: bool = False
     analyses: AnalysesConfig = field(default_factory=lambda: AnalysesConfig())
     # the check at the end of a build: a small `atlas verify` of every mined layer (None: none)
     verify: VerifyConfig | None = field(default_factory=lambda: VerifyConfig(units=32, images=32))

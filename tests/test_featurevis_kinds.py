@@ -295,3 +295,25 @@ def test_facet_and_featurevis_cli(small_store, tmp_path):
     assert r.exit_code == 0 and "rendered 2 neurons" in r.output, r.output
     with store.Store(path) as st:
         assert st.layer("tiny", TINY).visualizations("faceted", "word").done[:2].all()
+
+
+def test_conceptworld_facets_are_trained_once(tiny_model, tmp_path):
+    from atlas import store
+    from atlas.config import MineConfig
+    from atlas.data import open_source
+    from atlas.featurevis.facets import conceptworld_facets
+    from atlas.mining import mine
+
+    path = tmp_path / "cw.h5"
+    mine(tiny_model, open_source("conceptworld:160:1"), path, MineConfig(layers=(TINY_LOW, TINY), top_k=4,
+                                                                          batch_size=32))
+    pairs = conceptworld_facets(path, [TINY], [TINY_LOW, TINY])
+    assert pairs == [(TINY, "text"), (TINY, "pictogram"), (TINY, "scene")]
+    with store.Store(path) as st:
+        facets = st.facets("tiny")
+    assert sorted(facets) == ["pictogram", "scene", "text"] and all(f.layer == TINY_LOW for f in facets.values())
+    before = path.stat().st_mtime_ns
+    assert conceptworld_facets(path, [TINY], [TINY_LOW, TINY]) == pairs
+    assert path.stat().st_mtime_ns == before  # the same configs: nothing trained or written again
+    with pytest.raises(store.StoreError, match="no mined layer before it"):
+        conceptworld_facets(path, [TINY_LOW], [TINY_LOW, TINY])

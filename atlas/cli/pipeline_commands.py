@@ -31,6 +31,9 @@ from .common import (captions_opt, data_opt, device_opt, guarded, layers_opt, ma
               help=r"Regex whose group 1 is the class for the probe and the attack table, e.g. 'picto:(\w+)' "
                    "(default on Concept World; else the labels as they are).")
 @click.option("--no-reports", is_flag=True, help="Skip the probe, attack and audit reports.")
+@click.option("--facets", is_flag=True, help="Also train Concept World's facets (text, pictogram, scene) on the layer "
+              "before each visualized one and render faceted visualizations (about 3x the featurevis time; "
+              "docs/featurevis.md).")
 @click.option("--audit-groups", default=None, type=click.Path(exists=True, dir_okay=False),
               help="CSV of image,group to audit (paths relative to --audit-folder).")
 @click.option("--audit-folder", default=None, type=click.Path(exists=True, file_okay=False))
@@ -38,7 +41,7 @@ from .common import (captions_opt, data_opt, device_opt, guarded, layers_opt, ma
 @workers_opt
 @trust_opt
 def build(model_spec, data, captions, out, layers, featurevis_layers, max_images, top_k, steps, label_pattern,
-          no_reports, audit_groups, audit_folder, device, workers, trust_checkpoint):
+          no_reports, facets, audit_groups, audit_folder, device, workers, trust_checkpoint):
     """Mine, visualize, analyse and render a whole atlas (defaults: the shipped model on the built-in data)."""
     from ..build import build as run_build
 
@@ -51,7 +54,7 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
     cfg = BuildConfig(model=model_spec, data=data,
                       mine=MineConfig(layers=split_list(layers), top_k=top_k, max_images=max_images),
                       featurevis=FeatureVisConfig(steps=steps), site=SiteConfig(), featurevis_layers=fv,
-                      analyses=analyses)
+                      analyses=analyses, facets=facets)
     bars, t0 = Progress(), time.perf_counter()
     r = guarded(lambda: run_build(cfg, out, captions=captions, device=device, num_workers=workers, progress=bars,
                                   trust_checkpoint=trust_checkpoint, log=lambda line: click.echo(line, err=True)))

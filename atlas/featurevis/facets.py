@@ -117,4 +117,25 @@ def train_facet(store_path: str | os.PathLike, config: FacetConfig) -> FacetResu
     return result
 
 
-__all__ = ["CONCEPTWORLD_FACETS", "FacetResult", "facet_labels", "fit_logistic", "train_facet"]
+def conceptworld_facets(store_path: str | os.PathLike, layers: list[str], mined: list[str]) -> list[tuple[str, str]]:
+    """`atlas build --facets`: train Concept World's facets (`CONCEPTWORLD_FACETS`) on the mined layer before each
+    of ``layers`` (skipping a facet already stored with the same config); returns (layer, facet) pairs to render.
+    A facet is named ``<name>`` on the layer before the last visualized layer, ``<name>@<layer>`` for others."""
+    out = []
+    with store.Store(store_path) as st:
+        have = st.facets(str(st.meta["model_name"]))
+    for k, layer in enumerate(layers):
+        i = mined.index(layer) if layer in mined else -1
+        if i < 1:
+            raise StoreError(f"--facets: layer {layer} has no mined layer before it to train a facet on; mine one "
+                             "(--layers) or leave --facets out")
+        for name, pattern in CONCEPTWORLD_FACETS:
+            full = name if k == len(layers) - 1 else f"{name}@{mined[i - 1]}"
+            cfg = FacetConfig(name=full, layer=mined[i - 1], positive=pattern)
+            if full not in have or have[full].config != to_json(cfg):
+                train_facet(store_path, cfg)
+            out.append((layer, full))
+    return out
+
+
+__all__ = ["CONCEPTWORLD_FACETS", "conceptworld_facets", "FacetResult", "facet_labels", "fit_logistic", "train_facet"]

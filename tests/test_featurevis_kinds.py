@@ -295,6 +295,8 @@ def test_facet_and_featurevis_cli(small_store, tmp_path):
     assert r.exit_code == 0 and "rendered 2 neurons" in r.output, r.output
     with store.Store(path) as st:
         assert st.layer("tiny", TINY).visualizations("faceted", "word").done[:2].all()
+    info = CliRunner().invoke(main, ["info", str(path)])
+    assert "feature vis 8/512, faceted:word 2" in info.output and "facet tiny/word: on visual.layer3.0" in info.output
 
 
 def test_conceptworld_facets_are_trained_once(tiny_model, tmp_path):

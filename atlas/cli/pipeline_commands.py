@@ -288,7 +288,13 @@ def info(store_path):
             for m in st.models():
                 for ld in st.layers(m):
                     fv = int(ld.featurevis_done().sum())
-                    click.echo(f"layer {m}/{ld.name}: {ld.kind}, {ld.units} units, feature vis {fv}/{ld.units}")
+                    others = [(k, n, int(ld.visualizations(k, n, images=False).done.sum()))
+                              for k, n in ld.visualization_kinds() if k != "channel"]
+                    more = "".join(f", {k}{':' + n if n else ''} {d}" for k, n, d in others)
+                    click.echo(f"layer {m}/{ld.name}: {ld.kind}, {ld.units} units, feature vis {fv}/{ld.units}{more}")
+                for name, f in sorted(st.facets(m).items()):
+                    click.echo(f"facet {m}/{name}: on {f.layer}, validation accuracy "
+                               f"{100 * f.figures.get('val_accuracy', float('nan')):.1f}%")
             click.echo(f"skipped images: {len(st.bad_images())}")
 
     guarded(go)

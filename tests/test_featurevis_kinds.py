@@ -56,8 +56,9 @@ def test_direction_equals_lucent():
           lo.Objective.sum([lo.direction(LAYER, d[i], batch=i) for i in range(6)]), [a, low])
 
 
-def test_diversity_equals_lucent_per_group():
-    a, low = _acts()
+@pytest.mark.parametrize("c,h", [(5, 4), (20, 2)])  # positions > channels (Gram form), < channels (P x P form)
+def test_diversity_equals_lucent_per_group(c, h):
+    a, low = _acts(c=c, h=h, w=h)
     units = (1, 1, 1, 4, 4, 4)
 
     def lucent_loss(T):  # lucent's diversity takes the whole batch: give it each unit's rows
@@ -127,8 +128,11 @@ def test_fast_path_follows_the_reference_for_every_kind(tiny_model, kind):
     fast = FastRenderer(tiny_model, TINY, FastOptions(dtype="float32"), extra_layers=goal.layers[1:]).render_goal(
         goal, cfg)
     scale = np.abs(ref.history).max()
-    assert np.abs(fast.history - ref.history).max() < 0.02 * scale
-    assert np.abs(fast.objective - ref.objective).max() < 0.02 * scale
+    # diversity: in float32 lucent's C x C Gram form loses digits where a unit's images have nearly equal Grams (its
+    # gradient is 4e-4 off the float64 value on this model, atlas's P x P form 1e-5), and 12 Adam steps carry it on
+    tol = 0.05 if kind == "diversity" else 0.02
+    assert np.abs(fast.history - ref.history).max() < tol * scale
+    assert np.abs(fast.objective - ref.objective).max() < tol * scale
     if kind in ("neuron", "direction"):  # diversity and facet terms trade some of the unit's own score for theirs
         assert (ref.objective > ref.history[0]).all()
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in tiny_model.clip.modules()) == 0

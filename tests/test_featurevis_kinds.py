@@ -323,3 +323,33 @@ def test_conceptworld_facets_are_trained_once(tiny_model, tmp_path):
     assert path.stat().st_mtime_ns == before  # the same configs: nothing trained or written again
     with pytest.raises(store.StoreError, match="no mined layer before it"):
         conceptworld_facets(path, [TINY_LOW], [TINY_LOW, TINY])
+
+
+def test_a_retrained_facet_renders_again(kinds_store, tiny_model, tmp_path):
+    import shutil
+
+    from atlas.config import FacetConfig, FeatureVisConfig, KindConfig
+    from atlas.featurevis import featurevis, train_facet
+
+    path = tmp_path / "copy.h5"
+    shutil.copy(kinds_store[0], path)
+    cfg, kind = FeatureVisConfig(steps=4, batch=8), KindConfig("faceted", name="word")
+    assert featurevis(tiny_model, path, TINY, units=range(2), config=cfg, kind=kind).reused == 2
+    train_facet(path, FacetConfig(name="word", layer=TINY_LOW, positive="^word$", l2=1.0))
+    r = featurevis(tiny_model, path, TINY, units=range(2), config=cfg, kind=kind)
+    assert (r.rendered, r.reused) == (2, 0)
+
+
+def test_cut_tower_with_a_facet_layer_returns_its_output(tiny_model):
+    from atlas.featurevis.fast import cut_tower
+    from atlas.featurevis.render import _Activations
+
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    acts = _Activations(tiny_model, [TINY, TINY_LOW], outputs=[TINY_LOW])
+    with torch.no_grad():
+        acts.forward(x)
+        top, low = cut_tower(tiny_model, tiny_model.layer(TINY), True, [tiny_model.layer(TINY_LOW)])(
+            tiny_model.normalize(x))
+    assert (top - acts(TINY)).abs().max() <= 1e-4 * acts(TINY).abs().max()
+    assert torch.equal(low, acts(TINY_LOW)) or (low - acts(TINY_LOW)).abs().max() <= 1e-5 * acts(TINY_LOW).abs().max()
+    assert (low >= 0).all() and (acts(TINY) < 0).any()  # the facet layer after its ReLU, the target before

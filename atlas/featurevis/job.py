@@ -10,6 +10,7 @@ batch in flight; the store itself is written once, in one transaction, when all 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,8 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
             stored = st.layer(model.name, layer).visualizations(kind.kind, kind.name)
         n = kind.images if kind.kind == "diversity" else 1
         shape = (info.units, n, config.size, config.size, 3) if n > 1 else (info.units, config.size, config.size, 3)
-        if stored is not None and stored.config == cfg_json and stored.kind_config == kind_json:
+        source = facet.fingerprint if facet is not None else ""
+        if stored is not None and (stored.config, stored.kind_config, stored.source) == (cfg_json, kind_json, source):
             images, objective, done, old = stored.images, stored.objective, stored.done, stored.vectors
         else:
             images, objective = np.zeros(shape, np.uint8), np.full(info.units, np.nan, np.float32)
@@ -71,7 +73,8 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
         reused = len(units) - len(todo)
         if not todo:
             return FeatureVisResult(layer, 0, reused)
-        key = digest(model.weights_sha256, layer, config, kind, "" if vectors is None else vectors.tobytes().hex())
+        key = digest(model.weights_sha256, layer, config, kind, source,
+                     "" if vectors is None else hashlib.sha256(vectors.tobytes()).hexdigest())
         work = store.work_dir(path) / f"featurevis-{key}"
         work.mkdir(parents=True, exist_ok=True)
         per = max(1, config.batch // n)
@@ -104,7 +107,8 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
             if progress:
                 progress(sum(len(x) for x in batches[:b + 1]), len(todo))  # units
         store.write_visualizations(path, model.name, layer, store.Visualizations(
-            kind.kind, kind.name, cfg_json, kind_json, images, objective, done, old if vectors is not None else None))
+            kind.kind, kind.name, cfg_json, kind_json, images, objective, done, old if vectors is not None else None,
+            source))
         store.remove_work(work)
     return FeatureVisResult(layer, rendered, reused)
 

@@ -9,7 +9,7 @@ names are shown as text) and fails on undefined variables.  No torch here: the s
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,6 @@ def featurevis_parts(model: str, layer: str, unit: int, kind: str = "channel", n
     return [model, layer, folder, f"{int(unit)}.png" if image is None else f"{int(unit)}-{int(image)}.png"]
 
 
-KIND_TITLES = {"channel": "channel", "neuron": "neuron", "diversity": "diversity", "faceted": "faceted",
-               "direction": "direction"}
 KIND_CAPTIONS = {  # what each kind maximized (docs/featurevis.md)
     "channel": "channel objective: the mean of the unit's map",
     "neuron": "neuron objective: the unit at the centre position of its map",
@@ -49,38 +47,38 @@ KIND_CAPTIONS = {  # what each kind maximized (docs/featurevis.md)
 }
 
 
-def _other_kinds(w: Writer, ld: LayerData) -> list[tuple[str, str, Any]]:
-    """Write the images of every kind but channel; return (kind, name, Visualizations without images) of each."""
+def _other_kinds(w: Writer, ld: LayerData) -> list[dict[str, Any]]:
+    """Write the images of every kind but channel; return each kind's kind, name, done [U], objective [U] and
+    images per unit (None: one, no index in the file name)."""
     out = []
     for kind, name in ld.visualization_kinds():
         if kind == "channel":
             continue
         vis = ld.visualizations(kind, name)
+        many = vis.images.shape[1] if vis.images.ndim == 5 else None  # diversity: [U, n, S, S, 3]
         for u in np.nonzero(vis.done)[0]:
-            if vis.images.ndim == 5:  # diversity: [U, n, S, S, 3]
-                for j in range(vis.images.shape[1]):
-                    w.binary(featurevis_parts(ld.model, ld.name, u, kind, name, j), png_bytes(vis.images[u, j]))
-            else:
-                w.binary(featurevis_parts(ld.model, ld.name, u, kind, name), png_bytes(vis.images[u]))
-        out.append((kind, name, replace(vis, images=np.zeros(vis.images.shape[:2], np.uint8))))
+            for j in range(many or 1):
+                w.binary(featurevis_parts(ld.model, ld.name, u, kind, name, j if many else None),
+                         png_bytes(vis.images[u, j] if many else vis.images[u]))
+        out.append({"kind": kind, "name": name, "done": vis.done, "objective": vis.objective, "many": many})
     return out
 
 
 def _kind_views(model: str, layer: str, u: int, channel_done: bool, objective: float | None,
-                others: list[tuple[str, str, Any]]) -> list[dict[str, Any]]:
+                others: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The neuron page's tabs: one per kind rendered for unit ``u`` (image paths relative to the page)."""
     views = []
     if channel_done:
         views.append({"kind": "channel", "name": "", "title": "channel", "caption": KIND_CAPTIONS["channel"],
                       "images": ["/".join(featurevis_parts(model, layer, u)[2:])], "objective": objective})
-    for kind, name, vis in others:
-        if not vis.done[u]:
+    for o in others:
+        if not o["done"][u]:
             continue
-        n = vis.images.shape[1] if kind == "diversity" else None
-        images = ["/".join(featurevis_parts(model, layer, u, kind, name, j)[2:]) for j in range(n)] if n else \
-            ["/".join(featurevis_parts(model, layer, u, kind, name)[2:])]
-        views.append({"kind": kind, "name": name, "title": KIND_TITLES[kind] + (f": {name}" if name else ""),
-                      "caption": KIND_CAPTIONS[kind], "images": images, "objective": float(vis.objective[u])})
+        kind, name = o["kind"], o["name"]
+        images = ["/".join(featurevis_parts(model, layer, u, kind, name, j)[2:]) for j in range(o["many"])] \
+            if o["many"] else ["/".join(featurevis_parts(model, layer, u, kind, name)[2:])]
+        views.append({"kind": kind, "name": name, "title": kind + (f": {name}" if name else ""),
+                      "caption": KIND_CAPTIONS[kind], "images": images, "objective": float(o["objective"][u])})
     return views
 
 

@@ -10,13 +10,14 @@ A layer's visualizations of one kind are one group under ``/neurons/<model>/<lay
     featurevis-direction/<name>/      direction, one group per direction set: also vectors [U, C]
 
 each with images [U, S, S, 3] (diversity [U, n, S, S, 3]) uint8, objective [U] float32, done [U] bool and the
-attributes ``config`` (FeatureVisConfig JSON) and, except in old channel groups, ``kind``, ``name`` and
-``kind_config`` (KindConfig JSON).  Facets live in ``/facets/<model>/<name>``: weights [C] float32 on the layer's
+attributes ``config`` (FeatureVisConfig JSON) and, except in old channel groups, ``kind``, ``name``,
+``kind_config`` (KindConfig JSON) and ``source`` (faceted: the facet's fingerprint).  Facets live in ``/facets/<model>/<name>``: weights [C] float32 on the layer's
 raw pooled activations, attributes ``layer``, ``bias``, ``config`` (FacetConfig JSON) and the fit's figures.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -60,6 +61,7 @@ class Visualizations:
     objective: np.ndarray  # [U] float32
     done: np.ndarray  # [U] bool
     vectors: np.ndarray | None = None  # direction: [U, C] float32 (NaN rows: none)
+    source: str = ""  # faceted: the facet's fingerprint (`Facet.fingerprint`); a retrained facet renders again
 
     @property
     def key(self) -> str:
@@ -91,7 +93,8 @@ def read_visualizations(layer: h5py.Group, kind: str = "channel", name: str = ""
     g = layer[key]
     return Visualizations(kind, name, str(g.attrs["config"]), str(g.attrs.get("kind_config", "")),
                           g["images"][()] if images else np.zeros((0,), np.uint8), g["objective"][()],
-                          g["done"][()].astype(bool), g["vectors"][()] if "vectors" in g else None)
+                          g["done"][()].astype(bool), g["vectors"][()] if "vectors" in g else None,
+                          str(g.attrs.get("source", "")))
 
 
 def write_visualizations(path: str | os.PathLike, model: str, layer: str, vis: Visualizations) -> None:
@@ -104,7 +107,7 @@ def write_visualizations(path: str | os.PathLike, model: str, layer: str, vis: V
         fv = g.create_group(key)
         fv.attrs["config"] = vis.config
         if vis.kind != "channel" or vis.kind_config:
-            fv.attrs.update({"kind": vis.kind, "name": vis.name, "kind_config": vis.kind_config})
+            fv.attrs.update({"kind": vis.kind, "name": vis.name, "kind_config": vis.kind_config, "source": vis.source})
         put(fv, "images", vis.images)
         put(fv, "objective", vis.objective)
         put(fv, "done", vis.done)
@@ -122,6 +125,13 @@ class Facet:
     bias: float
     config: str  # FacetConfig JSON
     figures: dict[str, Any]  # train/val accuracy, positives, negatives, ...
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the layer, weights and bias: what a faceted visualization depends on."""
+        h = hashlib.sha256(self.layer.encode() + b"\0" + np.asarray(self.weights, np.float32).tobytes())
+        h.update(np.float64(self.bias).tobytes())
+        return h.hexdigest()
 
 
 def facet_path(model: str, name: str) -> str:

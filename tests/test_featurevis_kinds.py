@@ -144,7 +144,7 @@ def test_diversity_term_pushes_a_units_images_apart(tiny_model):
     from atlas.featurevis.objectives import diversity_term
     from atlas.featurevis.render import _Activations
 
-    cfg = FeatureVisConfig(batch=4, steps=32)
+    cfg = FeatureVisConfig(batch=4, steps=16)
     r = FastRenderer(tiny_model, TINY, FastOptions(dtype="float32"))
     plain = r.render_goal(Goal("diversity", TINY, (7, 7, 7, 7), group=4, weight=0.0), cfg)
     pushed = r.render_goal(Goal("diversity", TINY, (7, 7, 7, 7), group=4, weight=50.0), cfg)

@@ -261,7 +261,7 @@ def test_route_guard_sees_network_attempts(browser):
     browser.offsite.clear()
 
 
-def test_featurevis_kind_tabs_switch_without_scripts(small_store, tmp_path):
+def test_featurevis_kind_tabs_switch_without_scripts(browser, small_store, tmp_path):
     """Neuron pages with several kinds: one panel shows at a time, a click on a tab shows its panel, with
     JavaScript off (the tabs are radio buttons and CSS), and every page still loads cleanly."""
     import shutil
@@ -283,23 +283,20 @@ def test_featurevis_kind_tabs_switch_without_scripts(small_store, tmp_path):
             kind, name, "{}", "{}", images, np.ones(512, np.float32), done))
     site = tmp_path / "site"
     build_site([path], site)
-    with sync_api.sync_playwright() as pw:
-        b = Browser(pw)
-        try:
-            check_page(b, site, site / MODEL / layer / "2.html")
-            ctx = b.browser.new_context(java_script_enabled=False)
-            page = ctx.new_page()
-            page.goto(url_of(site / MODEL / layer / "2.html"), wait_until="load")
+    check_page(browser, site, site / MODEL / layer / "2.html")
+    ctx = browser.browser.new_context(java_script_enabled=False)
+    try:
+        page = ctx.new_page()
+        page.goto(url_of(site / MODEL / layer / "2.html"), wait_until="load")
 
-            def shown():
-                return [p.get_attribute("data-kind") for p in page.query_selector_all(".fv-panel") if p.is_visible()]
+        def shown():
+            return [p.get_attribute("data-kind") for p in page.query_selector_all(".fv-panel") if p.is_visible()]
 
-            assert shown() == ["channel"]
-            page.click("label.fv-tab:text-is('diversity')")
-            assert shown() == ["diversity"]
-            assert sum(i.is_visible() for i in page.query_selector_all(".fv-diversity img")) == 3
-            page.click("label.fv-tab:text-is('faceted: text')")
-            assert shown() == ["faceted"]
-            ctx.close()
-        finally:
-            b.close()
+        assert shown() == ["channel"]
+        page.click("label.fv-tab:text-is('diversity')")
+        assert shown() == ["diversity"]
+        assert sum(i.is_visible() for i in page.query_selector_all(".fv-diversity img")) == 3
+        page.click("label.fv-tab:text-is('faceted: text')")
+        assert shown() == ["faceted"]
+    finally:
+        ctx.close()

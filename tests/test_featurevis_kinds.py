@@ -353,3 +353,25 @@ def test_cut_tower_with_a_facet_layer_returns_its_output(tiny_model):
     assert (top - acts(TINY)).abs().max() <= 1e-4 * acts(TINY).abs().max()
     assert torch.equal(low, acts(TINY_LOW)) or (low - acts(TINY_LOW)).abs().max() <= 1e-5 * acts(TINY_LOW).abs().max()
     assert (low >= 0).all() and (acts(TINY) < 0).any()  # the facet layer after its ReLU, the target before
+
+
+@pytest.mark.slow
+def test_build_with_facets_trains_them_and_renders_faceted_tabs(tmp_path):
+    """`atlas build --facets` on Concept World (tiny model, 1 step: about 20 s on 2 cores)."""
+    from atlas import store
+    from atlas.build import build
+    from atlas.config import AnalysesConfig, BuildConfig, FeatureVisConfig, MineConfig
+
+    cfg = BuildConfig(model="atlas:tiny@random:0", data="conceptworld:96:1",
+                      mine=MineConfig(layers=(TINY_LOW, TINY), top_k=4), featurevis=FeatureVisConfig(steps=1),
+                      analyses=AnalysesConfig(probe=False, attacks=False, audit=False), verify=None, facets=True)
+    r = build(cfg, tmp_path / "out", device="cpu")
+    assert "facets" in r.seconds
+    with store.Store(r.store) as st:
+        assert sorted(st.facets("tiny")) == ["pictogram", "scene", "text"]
+        ld = st.layer("tiny", TINY)
+        assert [k for k in ld.visualization_kinds() if k[0] == "faceted"] == [
+            ("faceted", "pictogram"), ("faceted", "scene"), ("faceted", "text")]
+        assert all(ld.visualizations("faceted", n, images=False).done.all() for n in ("pictogram", "scene", "text"))
+    page = (r.site / "tiny" / TINY / "7.html").read_text()
+    assert all(f'">{t}</label>' in page for t in ("channel", "faceted: pictogram", "faceted: scene", "faceted: text"))

@@ -264,6 +264,8 @@ def test_site_shows_a_tab_per_kind_and_none_without_kinds(kinds_store, small_sto
     (["--kind", "neuron", "--units", "512"], "--units: the layer has 512 units"),
     (["--kind", "direction", "--direction-file", "{tmp}/short.npy", "--units", "1,2"], "has 512 values"),
     (["--kind", "diversity", "--images", "1"], "diversity renders >= 2 images per unit"),
+    (["--kind", "neuron", "--weight", "2"], "--weight weighs the diversity or facet term"),
+    (["--images", "3"], "--images goes with --kind diversity, not --kind channel"),
 ])
 def test_featurevis_cli_bad_input_gives_a_clear_error(small_store, tmp_path, args, message):
     from click.testing import CliRunner

@@ -166,8 +166,7 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
               help="--kind direction: a .npy of shape [C] or [K, C] (C: the layer's units); row i is rendered for "
                    "the i-th unit of --units.")
 @click.option("--name", default=None, help="--kind direction: the direction set's name (default: the file's stem).")
-@click.option("--images", default=KindConfig.images, show_default=True, type=int,
-              help="--kind diversity: images per unit.")
+@click.option("--images", default=None, type=int, help=f"--kind diversity: images per unit (default {KindConfig.images}).")
 @click.option("--weight", default=None, type=float,
               help=f"--kind diversity / faceted: the weight of the diversity term (default "
                    f"{KindConfig.diversity_weight}) or of the facet (default {KindConfig.facet_weight}).")
@@ -227,8 +226,15 @@ def kind_config(kind, facet, direction_file, name, images, weight):
         name = name or Path(direction_file).stem
     extra = {}
     if weight is not None:
+        if kind not in ("diversity", "faceted"):
+            raise ConfigError(f"--weight weighs the diversity or facet term: use it with --kind diversity or faceted, "
+                              f"not --kind {kind}")
         extra = {"diversity_weight": weight} if kind == "diversity" else {"facet_weight": weight}
-    return KindConfig(kind=kind, name=facet or name or "", images=images, **extra), directions
+    if images is not None:
+        if kind != "diversity":
+            raise ConfigError(f"--images goes with --kind diversity, not --kind {kind}")
+        extra["images"] = images
+    return KindConfig(kind=kind, name=facet or name or "", **extra), directions
 
 
 @main.command()

@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Callable
 
 from .analyses import run_analyses
-from .config import BuildConfig, to_dict
+from .config import BuildConfig, KindConfig, to_dict
 from .data import open_source
+from .data.conceptworld import ConceptWorldSource
+from .errors import ConfigError
 from .featurevis import featurevis
+from .featurevis.facets import conceptworld_facets
 from .mining import mine
 from .mining.distributed import local_device
 from .models import load_model
@@ -69,6 +72,17 @@ def build(config: BuildConfig = BuildConfig(), out: str | Path = "atlas-out", *,
     for layer in fv_layers:
         featurevis(model, store_path, layer, config=config.featurevis, progress=step(f"featurevis {layer}"))
     seconds["featurevis"] = time.perf_counter() - t
+
+    if config.facets:
+        t = time.perf_counter()
+        if not isinstance(source, ConceptWorldSource):
+            raise ConfigError("--facets trains Concept World's facets (text, pictogram, scene) and needs Concept "
+                              "World data; on other data train facets with `atlas facet train` and render them with "
+                              "`atlas featurevis --kind faceted --facet NAME`")
+        for layer, name in conceptworld_facets(store_path, list(fv_layers), list(mined.layers)):
+            featurevis(model, store_path, layer, config=config.featurevis, kind=KindConfig("faceted", name=name),
+                       progress=step(f"featurevis {layer} faceted:{name}"))
+        seconds["facets"] = time.perf_counter() - t
 
     t = time.perf_counter()
     analysed = run_analyses(model, source, store_path, mined.layers[-1], config.analyses, work=out,

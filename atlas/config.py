@@ -114,6 +114,77 @@ class FeatureVisConfig:
         _check(len(self.scales) >= 1 and all(s > 0 for s in self.scales), "scales must be positive")
 
 
+FEATUREVIS_KINDS = ("channel", "neuron", "direction", "diversity", "faceted")  # atlas.featurevis.objectives.KINDS
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # a facet's or a direction set's name (an HDF5 group, a URL part)
+
+
+@dataclass(frozen=True)
+class KindConfig:
+    """Which feature visualization `atlas featurevis --kind` renders besides how (FeatureVisConfig); docs/featurevis.md.
+
+    kind: channel, neuron, direction, diversity or faceted;
+    name: the facet (faceted; trained by `atlas facet train`) or the direction set (direction; default: the
+        direction file's name);
+    images: images per unit (diversity); diversity_weight: the weight of lucent's diversity term;
+    facet_weight: the weight of the facet's logit at its layer (faceted).
+    """
+
+    kind: str = "channel"
+    name: str = ""
+    images: int = 4
+    diversity_weight: float = 3.0  # docs/featurevis.md: measured on the shipped model
+    facet_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        import re
+
+        _check(self.kind in FEATUREVIS_KINDS, f"--kind: unknown kind {self.kind!r}; use one of "
+               f"{', '.join(FEATUREVIS_KINDS)}")
+        named = self.kind in ("faceted", "direction")
+        _check(not named or re.fullmatch(NAME_PATTERN, self.name) is not None,
+               f"--kind {self.kind} needs a name (--facet NAME or the direction set's --name) of letters, digits, "
+               f"'_', '.' and '-', got {self.name!r}")
+        _check(named or not self.name, f"--kind {self.kind} takes no name (got {self.name!r})")
+        _check(self.images >= 2, f"diversity renders >= 2 images per unit, got {self.images}")
+        _check(self.diversity_weight >= 0 and self.facet_weight >= 0, "weights must be >= 0")
+
+
+@dataclass(frozen=True)
+class FacetConfig:
+    """`atlas facet train`: a facet is a logistic-regression probe on a layer's pooled activations (the store's
+    ``pooled``) separating the images whose label (or caption) matches ``positive`` from the others.
+
+    name: the facet's name in the store; layer: the (lower) layer it is trained on; positive: regex searched in
+    each image's ``field`` ("label" or "caption"); negative: regex for the negatives ("": every other image);
+    l2: ridge penalty on standardized features; steps: L-BFGS iterations; val_fraction: images held out; seed.
+    """
+
+    name: str
+    layer: str
+    positive: str
+    negative: str = ""
+    field: str = "label"
+    l2: float = 1e-2
+    steps: int = 100
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        import re
+
+        _check(re.fullmatch(NAME_PATTERN, self.name) is not None,
+               f"facet name {self.name!r}: use letters, digits, '_', '.' and '-'")
+        _check(self.field in ("label", "caption"), f"field must be 'label' or 'caption', got {self.field!r}")
+        for what, pattern in (("positive", self.positive), ("negative", self.negative)):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"--{what} {pattern!r} is not a regular expression ({e})") from e
+        _check(bool(self.positive), "--positive: give a regex that matches the facet's images")
+        _check(self.l2 >= 0 and self.steps >= 1, "l2 must be >= 0 and steps >= 1")
+        _check(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
 @dataclass(frozen=True)
 class VerifyConfig:
     """`atlas verify` (atlas.verify): units checked per layer, random images checked besides the units' top-k
@@ -153,6 +224,10 @@ class BuildConfig:
     featurevis: FeatureVisConfig = field(default_factory=lambda: FeatureVisConfig(steps=64))
     site: SiteConfig = field(default_factory=SiteConfig)
     featurevis_layers: tuple[str, ...] | None = None  # None: the last mined layer
+    # Concept World's facets (text, pictogram, scene) trained on the layer before each visualized one, and the
+    # faceted visualizations of the visualized layers: off by default (docs/featurevis.md: it triples the
+    # feature-visualization time of a CPU build)
+    facets: bool = False
     analyses: AnalysesConfig = field(default_factory=lambda: AnalysesConfig())
     # the check at the end of a build: a small `atlas verify` of every mined layer (None: none)
     verify: VerifyConfig | None = field(default_factory=lambda: VerifyConfig(units=32, images=32))

@@ -259,3 +259,44 @@ def test_route_guard_sees_network_attempts(browser):
     assert sorted(browser.offsite) == ["http://192.0.2.1/a.png", "https://example.invalid/b.png"]
     assert len(browser.failed) == 2
     browser.offsite.clear()
+
+
+def test_featurevis_kind_tabs_switch_without_scripts(browser, small_store, tmp_path):
+    """Neuron pages with several kinds: one panel shows at a time, a click on a tab shows its panel, with
+    JavaScript off (the tabs are radio buttons and CSS), and every page still loads cleanly."""
+    import shutil
+
+    import numpy as np
+
+    from atlas import store
+    from atlas.site import build_site
+
+    path = tmp_path / "kinds.h5"
+    shutil.copy(small_store, path)
+    layer = "visual.layer4.0"
+    done = np.zeros(512, bool)
+    done[:4] = True
+    for kind, name, shape in (("neuron", "", (512, 16, 16, 3)), ("diversity", "", (512, 3, 16, 16, 3)),
+                              ("faceted", "text", (512, 16, 16, 3))):
+        images = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+        store.write_visualizations(path, MODEL, layer, store.Visualizations(
+            kind, name, "{}", "{}", images, np.ones(512, np.float32), done))
+    site = tmp_path / "site"
+    build_site([path], site)
+    check_page(browser, site, site / MODEL / layer / "2.html")
+    ctx = browser.browser.new_context(java_script_enabled=False)
+    try:
+        page = ctx.new_page()
+        page.goto(url_of(site / MODEL / layer / "2.html"), wait_until="load")
+
+        def shown():
+            return [p.get_attribute("data-kind") for p in page.query_selector_all(".fv-panel") if p.is_visible()]
+
+        assert shown() == ["channel"]
+        page.click("label.fv-tab:text-is('diversity')")
+        assert shown() == ["diversity"]
+        assert sum(i.is_visible() for i in page.query_selector_all(".fv-diversity img")) == 3
+        page.click("label.fv-tab:text-is('faceted: text')")
+        assert shown() == ["faceted"]
+    finally:
+        ctx.close()

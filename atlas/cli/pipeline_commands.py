@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from .progress import Progress, process_started
-from ..config import (EXPORT_FORMATS, PIXELS, PRECISIONS, RESIZES, AnalysesConfig, BuildConfig, ExportConfig,
-                      FeatureVisConfig, MineConfig, SiteConfig)
+from ..config import (EXPORT_FORMATS, FEATUREVIS_KINDS, PIXELS, PRECISIONS, RESIZES, AnalysesConfig, BuildConfig,
+                      ExportConfig, FeatureVisConfig, KindConfig, MineConfig, SiteConfig)
 from .common import (captions_opt, data_opt, device_opt, guarded, layers_opt, main, model_opt, parse_units,
                      split_list, trust_opt, workers_opt)
 
@@ -32,6 +32,9 @@ from .common import (captions_opt, data_opt, device_opt, guarded, layers_opt, ma
               help=r"Regex whose group 1 is the class for the probe and the attack table, e.g. 'picto:(\w+)' "
                    "(default on Concept World; else the labels as they are).")
 @click.option("--no-reports", is_flag=True, help="Skip the probe, attack and audit reports.")
+@click.option("--facets", is_flag=True, help="Also train Concept World's facets (text, pictogram, scene) on the layer "
+              "before each visualized one and render faceted visualizations (about 3x the featurevis time; "
+              "docs/featurevis.md).")
 @click.option("--audit-groups", default=None, type=click.Path(exists=True, dir_okay=False),
               help="CSV of image,group to audit (paths relative to --audit-folder).")
 @click.option("--audit-folder", default=None, type=click.Path(exists=True, file_okay=False))
@@ -39,7 +42,7 @@ from .common import (captions_opt, data_opt, device_opt, guarded, layers_opt, ma
 @workers_opt
 @trust_opt
 def build(model_spec, data, captions, out, layers, featurevis_layers, max_images, top_k, steps, label_pattern,
-          no_reports, audit_groups, audit_folder, device, workers, trust_checkpoint):
+          no_reports, facets, audit_groups, audit_folder, device, workers, trust_checkpoint):
     """Mine, visualize, analyse and render a whole atlas (defaults: the shipped model on the built-in data)."""
     from ..build import build as run_build
 
@@ -52,7 +55,7 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
     cfg = BuildConfig(model=model_spec, data=data,
                       mine=MineConfig(layers=split_list(layers), top_k=top_k, max_images=max_images),
                       featurevis=FeatureVisConfig(steps=steps), site=SiteConfig(), featurevis_layers=fv,
-                      analyses=analyses)
+                      analyses=analyses, facets=facets)
     bars, t0 = Progress(), time.perf_counter()
     r = guarded(lambda: run_build(cfg, out, captions=captions, device=device, num_workers=workers, progress=bars,
                                   trust_checkpoint=trust_checkpoint, log=lambda line: click.echo(line, err=True)))
@@ -167,16 +170,30 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
 @main.command()
 @click.option("--store", "store_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--layer", "layer", required=True, help="Layer to visualize.")
-@click.option("--units", default=None, help="Units, e.g. 0-63,100 (default: all).")
+@click.option("--units", default=None, help="Units, e.g. 0-63,100 (default: all; --kind direction: one per "
+              "direction in the file, default 0..K-1).")
+@click.option("--kind", default="channel", show_default=True,
+              help="What to maximize: channel, neuron (the centre position), direction (--direction-file), "
+                   "diversity (several images per unit) or faceted (--facet); docs/featurevis.md.")
+@click.option("--facet", default=None, help="--kind faceted: the facet (see `atlas facet train`).")
+@click.option("--direction-file", default=None, type=click.Path(dir_okay=False),
+              help="--kind direction: a .npy of shape [C] or [K, C] (C: the layer's units); row i is rendered for "
+                   "the i-th unit of --units.")
+@click.option("--name", default=None, help="--kind direction: the direction set's name (default: the file's stem).")
+@click.option("--images", default=None, type=int, help=f"--kind diversity: images per unit (default {KindConfig.images}).")
+@click.option("--weight", default=None, type=float,
+              help=f"--kind diversity / faceted: the weight of the diversity term (default "
+                   f"{KindConfig.diversity_weight}) or of the facet (default {KindConfig.facet_weight}).")
 @click.option("--steps", default=FeatureVisConfig.steps, show_default=True, type=click.IntRange(1))
 @click.option("--batch", default=FeatureVisConfig.batch, show_default=True, type=click.IntRange(1),
-              help="Neurons rendered together, one per batch element.")
+              help="Images rendered together (one unit per batch element; diversity: --images per unit).")
 @click.option("--size", default=FeatureVisConfig.size, show_default=True, type=click.IntRange(8, 1024))
 @click.option("--lr", default=FeatureVisConfig.lr, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @device_opt
 @trust_opt
-def featurevis(store_path, layer, units, steps, batch, size, lr, device, trust_checkpoint):
-    """Render channel feature visualizations of a mined layer into its store."""
+def featurevis(store_path, layer, units, kind, facet, direction_file, name, images, weight, steps, batch, size, lr,
+               device, trust_checkpoint):
+    """Render feature visualizations of a mined layer into its store (default kind: channel)."""
     from ..featurevis import featurevis as run_fv
     from ..models import load_model
     from ..store import Store
@@ -186,15 +203,52 @@ def featurevis(store_path, layer, units, steps, batch, size, lr, device, trust_c
     bars, t0 = Progress(), time.perf_counter()
 
     def go():
+        kcfg, directions = kind_config(kind, facet, direction_file, name, images, weight)
         with Store(store_path) as st:
             spec = st.meta["model_spec"]
         model = load_model(spec, device=device, trust_checkpoint=trust_checkpoint)
-        return run_fv(model, store_path, layer, unit_list, cfg, progress=bars.step(f"featurevis {layer}"))
+        return run_fv(model, store_path, layer, unit_list, cfg, progress=bars.step(f"featurevis {layer}"),
+                      kind=kcfg, directions=directions)
 
     r = guarded(go)
     bars.close()
     click.echo(f"{store_path}: {layer}: rendered {r.rendered} neurons ({r.reused} already done) in "
                f"{time.perf_counter() - t0:.1f} s")
+
+
+def kind_config(kind, facet, direction_file, name, images, weight):
+    """--kind and its options -> (KindConfig, directions or None); ConfigError naming the option otherwise."""
+    import numpy as np
+
+    from ..errors import ConfigError
+
+    if kind not in FEATUREVIS_KINDS:
+        raise ConfigError(f"--kind: unknown kind {kind!r}; use one of {', '.join(FEATUREVIS_KINDS)}")
+    if (facet is not None) != (kind == "faceted"):
+        raise ConfigError("--facet NAME goes with --kind faceted (and --kind faceted needs it)")
+    if (direction_file is not None) != (kind == "direction"):
+        raise ConfigError("--direction-file goes with --kind direction (and --kind direction needs it)")
+    if name is not None and kind != "direction":
+        raise ConfigError("--name names a direction set: use it with --kind direction")
+    directions = None
+    if direction_file is not None:
+        try:
+            directions = np.load(direction_file, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--direction-file {direction_file}: not a readable .npy array ({e}); save one with "
+                              "numpy.save") from e
+        name = name or Path(direction_file).stem
+    extra = {}
+    if weight is not None:
+        if kind not in ("diversity", "faceted"):
+            raise ConfigError(f"--weight weighs the diversity or facet term: use it with --kind diversity or faceted, "
+                              f"not --kind {kind}")
+        extra = {"diversity_weight": weight} if kind == "diversity" else {"facet_weight": weight}
+    if images is not None:
+        if kind != "diversity":
+            raise ConfigError(f"--images goes with --kind diversity, not --kind {kind}")
+        extra["images"] = images
+    return KindConfig(kind=kind, name=facet or name or "", **extra), directions
 
 
 @main.command()
@@ -254,7 +308,13 @@ def info(store_path):
             for m in st.models():
                 for ld in st.layers(m):
                     fv = int(ld.featurevis_done().sum())
-                    click.echo(f"layer {m}/{ld.name}: {ld.kind}, {ld.units} units, feature vis {fv}/{ld.units}")
+                    others = [(k, n, int(ld.visualizations(k, n, images=False).done.sum()))
+                              for k, n in ld.visualization_kinds() if k != "channel"]
+                    more = "".join(f", {k}{':' + n if n else ''} {d}" for k, n, d in others)
+                    click.echo(f"layer {m}/{ld.name}: {ld.kind}, {ld.units} units, feature vis {fv}/{ld.units}{more}")
+                for name, f in sorted(st.facets(m).items()):
+                    click.echo(f"facet {m}/{name}: on {f.layer}, validation accuracy "
+                               f"{100 * f.figures.get('val_accuracy', float('nan')):.1f}%")
             click.echo(f"skipped images: {len(st.bad_images())}")
 
     guarded(go)

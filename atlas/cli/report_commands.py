@@ -223,3 +223,30 @@ def label(store_path, layers, vocab, model_spec, device, trust_checkpoint):
         click.echo(f"  {lab.layer}: {len(top)} units labelled ({lab.attrs['dead_units']} constant, none); {shown}, ...")
     for what, n, why in r.left_out:
         click.echo(f"  left out: {what} ({n}): {why}")
+
+
+@main.group()
+def facet():
+    """Facets for faceted feature visualization (`atlas featurevis --kind faceted --facet NAME`)."""
+
+
+@facet.command("train")
+@click.option("--store", "store_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--layer", required=True, help="A mined layer below the one to visualize (its pooled activations).")
+@click.option("--name", required=True, help="The facet's name: /facets/<model>/NAME in the store.")
+@click.option("--positive", required=True, help=r"Regex over each image's label (or caption) marking the facet's "
+              r"images, e.g. '^word:' on Concept World (written words).")
+@click.option("--negative", default="", help="Regex for the negatives (default: every other image).")
+@click.option("--field", type=click.Choice(["label", "caption"]), default="label", show_default=True)
+@click.option("--l2", default=1e-2, show_default=True, type=click.FloatRange(0))
+def facet_train(store_path, layer, name, positive, negative, field, l2):
+    """Train a facet: a logistic probe on a layer's pooled activations (no model needed)."""
+    from ..config import FacetConfig
+    from ..featurevis.facets import train_facet
+
+    t0 = time.perf_counter()
+    r = guarded(lambda: train_facet(store_path, FacetConfig(name=name, layer=layer, positive=positive,
+                                                            negative=negative, field=field, l2=l2)))
+    click.echo(f"{store_path}: facet {r.name} on {r.layer}: {r.positives} positives, {r.negatives} negatives, "
+               f"balanced accuracy {100 * r.train_accuracy:.1f}% (train), {100 * r.val_accuracy:.1f}% (validation) "
+               f"in {time.perf_counter() - t0:.1f} s")

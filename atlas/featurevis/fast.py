@@ -25,7 +25,7 @@ import copy
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +36,8 @@ from torch import nn
 from ..capture import hooked
 from ..config import FeatureVisConfig
 from ..models import LayerInfo, LoadedModel
-from .render import Rendered, StopRender, affine_params, image_param, warp
+from .objectives import Goal
+from .render import Rendered, StopRender, affine_params, check_goal, image_param, warp
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -90,41 +91,45 @@ def _fold_bn(gm: fx.GraphModule) -> None:
 
 
 class _LeafTracer(fx.Tracer):
-    def __init__(self, leaf: str):
+    def __init__(self, leaves: Sequence[str]):
         super().__init__()
-        self.leaf = leaf
+        self.leaves = set(leaves)
 
     def is_leaf_module(self, m: nn.Module, name: str) -> bool:
-        return name == self.leaf or super().is_leaf_module(m, name)
+        return name in self.leaves or super().is_leaf_module(m, name)
 
 
-def cut_tower(model: LoadedModel, info: LayerInfo, fold_bn: bool = True) -> fx.GraphModule:
+def cut_tower(model: LoadedModel, info: LayerInfo, fold_bn: bool = True,
+              extra: Sequence[LayerInfo] = ()) -> fx.GraphModule:
     """A traced copy of the image tower that returns ``info``'s hooked tensor (its pre-activation where it
     has one, else its output) and computes nothing after it.  Input: normalized pixels [B, 3, S, S].
-    Raises `_Cut` where the tower cannot be traced or the layer is not found in the trace."""
-    hook = info.pre_activation or info.name
-    if not hook.startswith("visual."):
-        raise _Cut(f"layer {info.name} is not inside model.clip.visual")
-    target = hook[len("visual."):]
+    With ``extra`` layers (earlier ones: a facet's layer) it returns a tuple, the target's tensor first, then each
+    extra layer's *output*.  Raises `_Cut` where the tower cannot be traced or a layer is not found in the trace."""
+    hooks = [(info.pre_activation or info.name, bool(info.pre_activation))] + [(e.name, False) for e in extra]
+    if not all(h.startswith("visual.") for h, _ in hooks):
+        raise _Cut(f"layer {info.name} or a facet layer is not inside model.clip.visual")
+    targets = [h[len("visual."):] for h, _ in hooks]
     visual = copy.deepcopy(model.clip.visual).eval()
     for p in visual.parameters():
         p.requires_grad_(False)
     try:
-        tracer = _LeafTracer(target)
+        tracer = _LeafTracer(targets)
         gm = fx.GraphModule(visual, tracer.trace(visual))
     except Exception as e:  # any tracing failure: the caller falls back to the hook cut
         raise _Cut(f"torch.fx cannot trace {type(visual).__name__} ({type(e).__name__}: {e})") from e
     graph = gm.graph
-    found = [n for n in graph.nodes if n.op == "call_module" and n.target == target]
-    if len(found) != 1:
-        raise _Cut(f"module {target} is called {len(found)} times in the traced tower (need exactly once)")
-    node = found[0]
-    out = node.args[0] if info.pre_activation else node
-    if not isinstance(out, fx.Node):
-        raise _Cut(f"the input of {target} is not a traced tensor")
+    outs = []
+    for target, (_, pre) in zip(targets, hooks):
+        found = [n for n in graph.nodes if n.op == "call_module" and n.target == target]
+        if len(found) != 1:
+            raise _Cut(f"module {target} is called {len(found)} times in the traced tower (need exactly once)")
+        out = found[0].args[0] if pre else found[0]
+        if not isinstance(out, fx.Node):
+            raise _Cut(f"the input of {target} is not a traced tensor")
+        outs.append(out)
     for old in [n for n in graph.nodes if n.op == "output"]:
         graph.erase_node(old)
-    graph.output(out)
+    graph.output(outs[0] if len(outs) == 1 else tuple(outs))
     for n in reversed(list(graph.nodes)):  # drop everything the new output does not need
         if n.op not in ("placeholder", "output") and not n.users:
             graph.erase_node(n)
@@ -139,24 +144,29 @@ def cut_tower(model: LoadedModel, info: LayerInfo, fold_bn: bool = True) -> fx.G
 class _HookTower(nn.Module):
     """The untraceable fallback: the full tower's forward, stopped by a hook once the layer has run."""
 
-    def __init__(self, model: LoadedModel, info: LayerInfo):
+    def __init__(self, model: LoadedModel, info: LayerInfo, extra: Sequence[LayerInfo] = ()):
         super().__init__()
-        self.model, self.info = model, info
+        self.model, self.info, self.extra = model, info, list(extra)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         got: list[torch.Tensor] = []
+        low: dict[str, torch.Tensor] = {}
 
         def stop(_name: str, out: torch.Tensor) -> None:
             got.append(out)  # nothing runs after the raise, so no in-place op can overwrite it
             raise StopRender
 
+        def keep(name: str, out: torch.Tensor) -> None:
+            low[name] = out.clone()  # later in-place ops must not change it
+
         hook = self.info.pre_activation or self.info.name
-        with hooked(self.model.clip, [hook], stop, inputs=bool(self.info.pre_activation)):
+        with hooked(self.model.clip, [e.name for e in self.extra], keep), \
+                hooked(self.model.clip, [hook], stop, inputs=bool(self.info.pre_activation)):
             try:
                 self.model.clip.encode_image(x)
             except StopRender:
                 pass
-        return got[0]
+        return (got[0], *(low[e.name] for e in self.extra)) if self.extra else got[0]
 
 
 @contextmanager
@@ -180,18 +190,21 @@ class FastRenderer:
     Build once per (model, layer) and call `render` for each batch; the cut tower is a copy, so the
     model's weights must not change between calls (build a new renderer if they do)."""
 
-    def __init__(self, model: LoadedModel, layer: str, options: FastOptions = FastOptions()):
+    def __init__(self, model: LoadedModel, layer: str, options: FastOptions = FastOptions(),
+                 extra_layers: Sequence[str] = ()):
+        """``extra_layers``: earlier layers also returned, at their output (a facet's layer: `render_goal`)."""
         self.model, self.info, self.options = model, model.layer(layer), options
+        self.extra = [model.layer(n) for n in extra_layers]
         self.device = model.device
         cuda = self.device.type == "cuda"
         self.dtype = DTYPES.get(options.dtype, torch.bfloat16 if cuda else torch.float32)
         self.traced = True
         try:
-            tower: nn.Module = cut_tower(model, self.info, options.fold_bn)
+            tower: nn.Module = cut_tower(model, self.info, options.fold_bn, self.extra)
         except _Cut as e:
             warnings.warn(f"featurevis fast path: {e}; cutting the forward with a hook instead "
                           "(correct, somewhat slower)", stacklevel=2)
-            tower, self.traced = _HookTower(model, self.info), False
+            tower, self.traced = _HookTower(model, self.info, self.extra), False
         if options.channels_last:
             tower = tower.to(memory_format=torch.channels_last)
         self.tower = tower
@@ -202,7 +215,8 @@ class FastRenderer:
         self._checked: set[int] = set()  # batch sizes the compiled tower has run forward and backward
 
     def activations(self, x01: torch.Tensor, compiled: bool = True) -> torch.Tensor:
-        """x01: [B, 3, S, S] in [0, 1] at the model's input size -> the layer's map [B, U, h, w] (float32).
+        """x01: [B, 3, S, S] in [0, 1] at the model's input size -> the layer's map [B, U, h, w] (float32); with
+        extra layers a list: the layer's map, then each extra layer's.
         ``compiled=False`` runs the uncompiled tower (a single no-grad forward is not worth a compile)."""
         x = self.model.normalize(x01)
         if self.options.channels_last:
@@ -210,7 +224,10 @@ class FastRenderer:
         use = compiled and self.compiled is not None and x.shape[0] in self._checked
         fn = self.compiled if use else self.tower
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            return self.info.canonical(fn(x)).float()
+            out = fn(x)
+            if self.extra:  # (target, extra layers' outputs): see `maps`
+                return [i.canonical(o).float() for i, o in zip([self.info, *self.extra], out)]
+            return self.info.canonical(out).float()
 
     def _check_compiled(self, batch: int) -> None:
         """Compile for this batch size by running one forward and backward; on failure warn and go eager."""
@@ -220,7 +237,8 @@ class FastRenderer:
         x = torch.full((batch, 3, s, s), 0.5, device=self.device, requires_grad=True)
         try:
             self._checked.add(batch)
-            self.activations(x).sum().backward()
+            out = self.activations(x)
+            (sum(o.sum() for o in out) if isinstance(out, list) else out.sum()).backward()
         except Exception as e:  # noqa: BLE001 -- compile failures come in many types
             self._checked.discard(batch)
             self.compiled = None
@@ -263,6 +281,53 @@ class FastRenderer:
             final = image_fn()  # [B, 3, size, size] in [0, 1]
             x = final if cfg.size == s else F.interpolate(final, size=(s, s), mode="bilinear", align_corners=False)
             score = self.activations(x, compiled=False)[rows, idx].mean((1, 2))
+        images = (final.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        return Rendered(images, score.cpu().numpy(), history.cpu().numpy().astype(np.float32))
+
+
+    def render_goal(self, goal: Goal, cfg: FeatureVisConfig = FeatureVisConfig()) -> Rendered:
+        """Render any kind (objectives.py) on the fast path; `render.render_goal` is its reference.  The renderer
+        must have been built for ``goal.layer`` with the goal's facet layer as its extra layer.  When compiled,
+        the batch is padded (with copies of the last unit's group) to the largest multiple of the group in
+        ``cfg.batch``."""
+        if goal.layer != self.info.name or goal.layers[1:] != [e.name for e in self.extra]:
+            raise ValueError(f"this renderer cuts {self.info.name} (extra {[e.name for e in self.extra]}); the goal "
+                             f"needs {goal.layers}")
+        check_goal(self.model, goal)
+        n = len(goal.units)
+        size = max(goal.group, cfg.batch // goal.group * goal.group)
+        padded = goal.pad(size) if self.compiled is not None and n < size else goal
+        cudnn = torch.backends.cudnn
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=True, deterministic=cudnn.deterministic,
+                         allow_tf32=cudnn.allow_tf32):
+            self._check_compiled(len(padded.units))
+            with _frozen(self.model.clip if not self.traced else None):
+                r = self._optimize_goal(padded, cfg)
+        return Rendered(r.images[:n], r.objective[:n], r.history[:, :n])
+
+    def _maps(self, x01: torch.Tensor, compiled: bool = True) -> Callable[[str], torch.Tensor]:
+        out = self.activations(x01, compiled)
+        named = dict(zip([self.info.name, *(e.name for e in self.extra)], out if isinstance(out, list) else [out]))
+        return named.__getitem__
+
+    def _optimize_goal(self, goal: Goal, cfg: FeatureVisConfig) -> Rendered:
+        b, dev, s = len(goal.units), self.device, self.model.image_size
+        params, image_fn = image_param(b, cfg.size, cfg, dev)
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+        gen = torch.Generator().manual_seed(cfg.seed + 1)  # the reference's draws, in the same order
+        theta = torch.stack([affine_params(cfg, b, gen) for _ in range(cfg.steps)]).to(dev)  # [steps, B, 2, 3]
+        goal = goal.to(dev)
+        history = torch.zeros(cfg.steps, b, device=dev)
+        for step in range(cfg.steps):
+            opt.zero_grad(set_to_none=True)
+            total, own = goal.scores(self._maps(warp(image_fn(), theta[step], s)))
+            (-total).backward()
+            opt.step()
+            history[step] = own.detach()
+        with torch.no_grad():
+            final = image_fn()  # [B, 3, size, size] in [0, 1]
+            x = final if cfg.size == s else F.interpolate(final, size=(s, s), mode="bilinear", align_corners=False)
+            score = goal.scores(self._maps(x, compiled=False))[1]
         images = (final.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         return Rendered(images, score.cpu().numpy(), history.cpu().numpy().astype(np.float32))
 

@@ -27,6 +27,7 @@ from lucent.optvis.param import spatial as lucent_spatial
 from ..capture import hooked
 from ..config import FeatureVisConfig
 from ..models import LoadedModel
+from .objectives import Goal
 
 
 class StopRender(Exception):
@@ -111,10 +112,13 @@ class _Activations:
     node): a unit that is off on the starting noise still has a gradient to follow, and the image that
     maximizes the pre-activation also maximizes the output once it is positive."""
 
-    def __init__(self, model: LoadedModel, layers: Sequence[str]):
+    def __init__(self, model: LoadedModel, layers: Sequence[str], outputs: Sequence[str] = ()):
+        """``outputs``: layers of ``layers`` read at their module output even where they end in a ReLU (a facet's
+        layer: its probe was trained on the output)."""
         self.model = model
         self.infos = {n: model.layer(n) for n in layers}
-        self.hook_names = {(i.pre_activation or n): n for n, i in self.infos.items()}
+        self.hook_names = {(n if n in outputs else i.pre_activation or n): n for n, i in self.infos.items()}
+        self.pre = {h for h, n in self.hook_names.items() if h != n}
         self.acts: dict[str, torch.Tensor] = {}
 
     def __call__(self, name: str) -> torch.Tensor:
@@ -133,8 +137,8 @@ class _Activations:
             if len(self.acts) == len(self.infos):
                 raise StopRender
 
-        pre = [h for h, n in self.hook_names.items() if self.infos[n].pre_activation]
-        post = [h for h, n in self.hook_names.items() if not self.infos[n].pre_activation]
+        pre = [h for h in self.hook_names if h in self.pre]
+        post = [h for h in self.hook_names if h not in self.pre]
         with hooked(self.model.clip, pre, keep, inputs=True), hooked(self.model.clip, post, keep):
             try:
                 self.model.clip.encode_image(self.model.normalize(x01))
@@ -144,16 +148,18 @@ class _Activations:
 
 def render(model: LoadedModel, objective: objectives.Objective, layers: Sequence[str], batch: int,
            cfg: FeatureVisConfig = FeatureVisConfig(),
-           score: Callable[[Callable[[str], torch.Tensor]], torch.Tensor] | None = None) -> Rendered:
+           score: Callable[[Callable[[str], torch.Tensor]], torch.Tensor] | None = None,
+           outputs: Sequence[str] = ()) -> Rendered:
     """Optimize ``batch`` images to minimize a lucent ``objective`` over ``layers``.
 
     ``score(T) -> [batch]`` reports what each image achieves (default: zeros); it is recorded per step
-    and on the final untransformed images.  The model's parameters are not changed (nor their grads).
+    and on the final untransformed images.  ``outputs``: layers read at their output, not their pre-activation.
+    The model's parameters are not changed (nor their grads).
     """
     device = model.device
     params, image_fn = image_param(batch, cfg.size, cfg, device)
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    acts = _Activations(model, layers)
+    acts = _Activations(model, layers, outputs)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     history = np.zeros((cfg.steps, batch), np.float32)
     requires = [p.requires_grad for p in model.clip.parameters()]
@@ -204,3 +210,28 @@ def render_channels(model: LoadedModel, layer: str, units: Sequence[int],
         raise ValueError(f"layer {layer} has {model.layer(layer).units} units; no unit {bad[0]}")
     return render(model, channel_objective(layer, units), [layer], len(units), cfg,
                   channel_score(layer, units))
+
+
+def render_goal(model: LoadedModel, goal: Goal, cfg: FeatureVisConfig = FeatureVisConfig()) -> Rendered:
+    """The reference render of any kind (objectives.py): lucent's objectives (`Goal.lucent`) over hooked layers."""
+    check_goal(model, goal)
+    return render(model, goal.lucent(), goal.layers, len(goal.units), cfg, lambda T: goal.scores(T)[1],
+                  outputs=goal.layers[1:])
+
+
+def check_goal(model: LoadedModel, goal: Goal) -> None:
+    """Units in range, directions and facet weights of the layers' widths, the facet's layer before the target."""
+    info = model.layer(goal.layer)
+    bad = [u for u in goal.units if not 0 <= int(u) < info.units]
+    if bad:
+        raise ValueError(f"layer {goal.layer} has {info.units} units; no unit {bad[0]}")
+    if goal.directions is not None and goal.directions.shape[-1] != info.units:
+        raise ValueError(f"a direction of layer {goal.layer} has {info.units} values, not {goal.directions.shape[-1]}")
+    if goal.kind == "faceted":
+        low = model.layer(goal.facet_layer)
+        if goal.facet.shape[-1] != low.units:
+            raise ValueError(f"the facet has {goal.facet.shape[-1]} weights; its layer {low.name} has {low.units} units")
+        names = [n for n, _ in model.clip.named_modules()]
+        if low.name == info.name or names.index(low.name) > names.index(info.name):
+            raise ValueError(f"a facet's layer must come before the visualized layer; {low.name} does not come "
+                             f"before {info.name}: train the facet on a lower layer")

@@ -31,9 +31,57 @@ def thumbnail_parts(model: str, index: int) -> list[str]:
     return [model, "img", f"{int(index)}.jpg"]
 
 
-def featurevis_parts(model: str, layer: str, unit: int) -> list[str]:
-    """Where the site puts a unit's feature visualization: ``model/layer/fv/<unit>.png``."""
-    return [model, *layer.split("/"), "fv", f"{int(unit)}.png"]
+def featurevis_parts(model: str, layer: str, unit: int, kind: str = "channel", name: str = "",
+                     image: int | None = None) -> list[str]:
+    """Where the site puts a unit's feature visualization: ``model/layer/fv/<unit>.png`` (channel; an SAE's layer
+    ``layer/saeN`` is two folders); other kinds
+    ``fv-<kind>[-<name>]/<unit>.png``, the diversity kind's images ``fv-diversity/<unit>-<image>.png``."""
+    folder = "fv" if kind == "channel" else "-".join(["fv", kind] + ([name] if name else []))
+    return [model, *layer.split("/"), folder, f"{int(unit)}.png" if image is None else f"{int(unit)}-{int(image)}.png"]
+
+
+KIND_CAPTIONS = {  # what each kind maximized (docs/featurevis.md)
+    "channel": "channel objective: the mean of the unit's map",
+    "neuron": "neuron objective: the unit at the centre position of its map",
+    "diversity": "channel objective plus lucent's diversity term: images of one unit pushed apart",
+    "faceted": "channel objective plus the facet's logit at a lower layer",
+    "direction": "direction objective: cosine of the layer's activations with a stored direction",
+}
+
+
+def _other_kinds(w: Writer, ld: LayerData) -> list[dict[str, Any]]:
+    """Write the images of every kind but channel; return each kind's kind, name, done [U], objective [U] and
+    images per unit (None: one, no index in the file name)."""
+    out = []
+    for kind, name in ld.visualization_kinds():
+        if kind == "channel":
+            continue
+        vis = ld.visualizations(kind, name)
+        many = vis.images.shape[1] if vis.images.ndim == 5 else None  # diversity: [U, n, S, S, 3]
+        for u in np.nonzero(vis.done)[0]:
+            for j in range(many or 1):
+                w.binary(featurevis_parts(ld.model, ld.name, u, kind, name, j if many else None),
+                         png_bytes(vis.images[u, j] if many else vis.images[u]))
+        out.append({"kind": kind, "name": name, "done": vis.done, "objective": vis.objective, "many": many})
+    return out
+
+
+def _kind_views(model: str, layer: str, u: int, channel_done: bool, objective: float | None,
+                others: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The neuron page's tabs: one per kind rendered for unit ``u`` (image paths relative to the page)."""
+    views, rel = [], 2 + layer.count("/")  # image paths relative to the page, in model/layer[/saeN]/
+    if channel_done:
+        views.append({"kind": "channel", "name": "", "title": "channel", "caption": KIND_CAPTIONS["channel"],
+                      "images": ["/".join(featurevis_parts(model, layer, u)[rel:])], "objective": objective})
+    for o in others:
+        if not o["done"][u]:
+            continue
+        kind, name = o["kind"], o["name"]
+        images = ["/".join(featurevis_parts(model, layer, u, kind, name, j)[rel:]) for j in range(o["many"])] \
+            if o["many"] else ["/".join(featurevis_parts(model, layer, u, kind, name)[rel:])]
+        views.append({"kind": kind, "name": name, "title": kind + (f": {name}" if name else ""),
+                      "caption": KIND_CAPTIONS[kind], "images": images, "objective": float(o["objective"][u])})
+    return views
 
 
 @dataclass
@@ -127,6 +175,8 @@ def _layer_pages(w: Writer, st: Store, ld: LayerData, links: dict[int, list[dict
     hist, hist_range = ld["stats/hist"], ld["stats/range"]
     fv_done = ld.featurevis_done()
     fv_images = ld["featurevis/images"] if ld.has("featurevis/images") else None  # [U, S, S, 3], read once
+    fv_objective = ld["featurevis/objective"] if ld.has("featurevis/objective") else None
+    others = _other_kinds(w, ld)  # neuron, diversity, faceted, direction: written here, shown as tabs
     captions, labels = st.image_column("caption"), st.image_column("label")
     source_ids = st.image_column("source_id")
     labelled = ld.labels() or []  # per unit; its ``nearest``: closest entries to the unit's text-tower direction
@@ -158,7 +208,9 @@ def _layer_pages(w: Writer, st: Store, ld: LayerData, links: dict[int, list[dict
                 "heat": data_uri(png_bytes(heat[r])),
                 "cell": {"x": cell % gw, "y": cell // gw, "w": gw, "h": gh},
             })
+        objective = float(fv_objective[u]) if fv_objective is not None else None
         neuron = {"id": ld.neuron_id(u), "unit": u, "fv": bool(fv_done[u]),
+                  "kinds": _kind_views(model, layer, u, bool(fv_done[u]), objective, others) if others else [],
                   "stats": {k2: float(v[u]) for k2, v in stats.items()},
                   "hist": histogram_svg(hist[u], float(hist_range[u]), float(stats["mean"][u]))}
         w.page("neuron.html", [model, *where, f"{u}.html"], sae=saes.get(u, []), model=model, layer=ld, neuron=neuron,

@@ -13,7 +13,10 @@ Layout (schema version 2)::
               int64, hist [U, bins] int64 over [-range, range], stats/range [U] float64
         pooled [N, U] float32 (optional): spatial mean per image and unit (NaN rows: skipped images)
         verify/ (optional): `atlas verify`'s last check of the layer against an independent recomputation
-        featurevis/images [U, S, S, 3] uint8, objective [U] float32, done [U] bool; attrs config
+        featurevis/images [U, S, S, 3] uint8, objective [U] float32, done [U] bool; attrs config (channel kind)
+        featurevis-neuron/, featurevis-diversity/, featurevis-faceted/<facet>/, featurevis-direction/<name>/: the
+                    other kinds (store/featurevis.py)
+    /facets/<model>/<name>/   weights [C] float32; attrs layer, bias, config (FacetConfig JSON), figures
 
 The neuron ``model/layer/unit`` lives in group ``/neurons/model/layer``, row ``unit``.
 
@@ -22,11 +25,13 @@ atomic rename, so a crash leaves either the old or the new store.  `lock` makes 
 once.  This package imports no torch and knows no model, site or CLI.
 
 Modules: `schema` (version, reason codes, paths, checks), `files` (work folder, lock, transactions, digest),
-`write` (every writer), `read` (`Store`, `LayerData`, `read_report`), `sae` (sparse autoencoders' safetensors
-files beside the store).  Callers use the package: ``store.X``.
+`write` (every writer), `featurevis` (visualizations of every kind and facets), `read` (`Store`, `LayerData`,
+`read_report`), `sae` (sparse autoencoders' safetensors files beside the store).  Callers use the package: ``store.X``.
 """
 
 from ..errors import StoreBusy, StoreError
+from .featurevis import (Facet, Visualizations, group_name, read_visualizations, write_facet,
+                         write_visualizations)
 from .files import (check_unlocked, contents_digest, lock, remove_work, save_checkpoint, transaction,
                     work_dir)
 from .read import LayerData, Store, read_report
@@ -36,9 +41,10 @@ from .schema import (CHECKS, REASON_CODES, REPORTS, SCHEMA_VERSION, check_compat
 from .write import (File, fletcher32, image_column_of, put, put_rows, set_json, thumbnail_table, write_check,
                     write_featurevis, write_images, write_layer, write_report, write_run, write_thumbnails)
 
-__all__ = ["CHECKS", "File", "LayerData", "REASON_CODES", "REPORTS", "SCHEMA_VERSION", "Store", "StoreBusy",
-           "SaeFileError", "StoreError", "check_compatible", "check_schema", "check_unlocked", "contents_digest", "fletcher32",
-           "image_column_of", "is_text", "layer_path", "lock", "put", "put_rows", "read_report", "read_sae", "read_sae_file", "remove_work",
-           "sae_layers", "sae_path", "save_checkpoint", "set_json", "thumbnail_table", "transaction", "work_dir", "write_check",
-           "write_featurevis", "write_images", "write_layer", "write_report", "write_run", "write_sae",
-           "write_thumbnails"]
+__all__ = ["check_compatible", "check_schema", "check_unlocked", "CHECKS", "contents_digest", "Facet", "File",
+           "fletcher32", "group_name", "image_column_of", "is_text", "layer_path", "LayerData", "lock", "put",
+           "put_rows", "read_report", "read_sae", "read_sae_file", "read_visualizations", "REASON_CODES",
+           "remove_work", "REPORTS", "sae_layers", "sae_path", "SaeFileError", "save_checkpoint", "SCHEMA_VERSION",
+           "set_json", "Store", "StoreBusy", "StoreError", "thumbnail_table", "transaction", "Visualizations",
+           "work_dir", "write_check", "write_facet", "write_featurevis", "write_images", "write_layer",
+           "write_report", "write_run", "write_sae", "write_thumbnails", "write_visualizations"]

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..names import unit_id
+from .featurevis import Facet, Visualizations, list_visualizations, read_facets, read_visualizations
 from .schema import check_schema, is_text, layer_groups, layer_path
 
 
@@ -154,6 +155,14 @@ class LayerData:
         fv = self.group["featurevis"]
         return str(fv.attrs["config"]), fv["images"][()], fv["objective"][()], fv["done"][()]
 
+    def visualizations(self, kind: str = "channel", name: str = "", images: bool = True) -> Visualizations | None:
+        """The layer's visualizations of one kind (``name``: the facet or direction set), or None."""
+        return read_visualizations(self.group, kind, name, images)
+
+    def visualization_kinds(self) -> list[tuple[str, str]]:
+        """(kind, name) of every kind of visualization the layer holds, channel first."""
+        return list_visualizations(self.group)
+
     def featurevis_done(self) -> np.ndarray:
         if "featurevis/done" not in self.group:
             return np.zeros(self.units, bool)
@@ -209,6 +218,10 @@ class Store:
             known = [f"{m}/{ld.name}" for m in self.models() for ld in self.layers(m)]
             raise StoreError(f"store {self.path} has no layer {model}/{layer}; it has: {', '.join(known)}")
         return LayerData(model, layer, self.file[key])
+
+    def facets(self, model: str) -> dict[str, Facet]:
+        """The facets trained for ``model`` (`atlas facet train`), by name."""
+        return read_facets(self.file, model)
 
     # images
     @property

@@ -219,17 +219,11 @@ def image_column_of(f: File, name: str) -> np.ndarray | None:
 
 def write_featurevis(path: str | os.PathLike, model: str, layer: str, config_json: str, images: np.ndarray,
                      objective: np.ndarray, done: np.ndarray) -> None:
-    """Replace the layer's featurevis/ group (images [U, S, S, 3] uint8, objective [U], done [U]) in one
-    transaction (the caller holds the store's `lock`)."""
-    with transaction(path) as f:
-        g = f[layer_path(model, layer)]
-        if "featurevis" in g:
-            del g["featurevis"]
-        fv = g.create_group("featurevis")
-        fv.attrs["config"] = config_json
-        put(fv, "images", images)
-        put(fv, "objective", objective)
-        put(fv, "done", done)
+    """Replace the layer's channel visualizations, featurevis/ (images [U, S, S, 3] uint8, objective [U], done [U]),
+    in one transaction (the caller holds the store's `lock`).  Other kinds: `featurevis.write_visualizations`."""
+    from .featurevis import Visualizations, write_visualizations  # featurevis.py imports this module
+
+    write_visualizations(path, model, layer, Visualizations("channel", "", config_json, "", images, objective, done))
 
 
 def write_check(path: str | os.PathLike, model: str, layer: str, kind: str, arrays: dict[str, Any],

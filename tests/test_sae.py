@@ -316,3 +316,57 @@ def test_concepts_per_unit_brute_force():
     assert concepts_per_unit(scores, concept, is_word).tolist() == expect.tolist()
     assert expect[0] >= 1 and expect[1] >= 1
     assert best_single(scores, concept, is_word, 0.9) == (len(picto), len(word))
+
+
+def test_features_rendered_with_their_decoder_rows(sae_store, tiny_model, tmp_path):
+    """`featurevis` of an SAE's layer renders each feature with the direction objective of its decoder row at the
+    SAE's layer; checked independently: lucent's direction objective (mean over positions of the cosine between the
+    decoder row and the activations, at the layer's pre-activation as atlas's channel objective reads it),
+    recomputed here with a plain forward pre-hook on the stored uint8 image, and rising above a grey image's."""
+    from atlas.config import FeatureVisConfig
+    from atlas.featurevis import featurevis
+    from atlas.site.render import build_site
+
+    path, r = sae_store
+    copy = tmp_path / "f.h5"
+    shutil.copy(path, copy)
+    shutil.copytree(store.sae_path(path, tiny_model.name, r.layer).parents[2],
+                    store.sae_path(copy, tiny_model.name, r.layer).parents[2])
+    cfg = FeatureVisConfig(steps=64, batch=2, size=48, lr=0.1)
+    out = featurevis(tiny_model, copy, r.layer, units=[3, 5], config=cfg, fast=None)
+    assert (out.layer, out.rendered, out.reused) == (r.layer, 2, 0)
+    with store.Store(copy) as st:
+        vis = st.layer(tiny_model.name, r.layer).visualizations("direction", "decoder")
+        assert np.nonzero(vis.done)[0].tolist() == [3, 5]
+    w_dec = store.read_sae(copy, tiny_model.name, r.layer)[0]["w_dec"][[3, 5]]  # [2, d]
+    info = tiny_model.layer(LAYER)
+    seen = {}
+    module = dict(tiny_model.clip.named_modules())[info.pre_activation or LAYER]
+    handle = module.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0].detach().clone()))  # ReLU in place
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])[None, :, None, None]
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711])[None, :, None, None]
+
+    def lucent_direction(img: torch.Tensor) -> torch.Tensor:  # img [B, 3, s, s] in [0, 1]
+        x = torch.nn.functional.interpolate(img, size=(tiny_model.image_size,) * 2, mode="bilinear",
+                                            align_corners=False)
+        with torch.no_grad():
+            tiny_model.clip.encode_image((x - mean) / std)
+        cos = torch.nn.functional.cosine_similarity(seen["x"], torch.from_numpy(w_dec)[:, :, None, None], dim=1)
+        return cos.mean((1, 2))  # [B]
+
+    try:
+        img = torch.from_numpy(vis.images[[3, 5]]).permute(0, 3, 1, 2).float() / 255
+        got, grey = lucent_direction(img), lucent_direction(torch.full_like(img, 0.5))
+    finally:
+        handle.remove()
+    assert np.allclose(got.numpy(), vis.objective[[3, 5]], atol=0.03), (got, vis.objective[[3, 5]])
+    assert (got > grey + 0.01).all(), (got, grey)  # the render raised it (tiny random model: +0.02 to +0.04)
+    with pytest.raises(ConfigError, match="decoder rows"):
+        featurevis(tiny_model, copy, r.layer, units=[3], config=cfg, kind=__import__(
+            "atlas.config", fromlist=["KindConfig"]).KindConfig(kind="neuron"))
+    with pytest.raises(ConfigError, match="has 96 features"):
+        featurevis(tiny_model, copy, r.layer, units=[96], config=cfg)
+    build_site([copy], tmp_path / "site")
+    page = (tmp_path / "site" / tiny_model.name / LAYER / "sae96" / "3.html").read_text()
+    assert "fv-direction-decoder/3.png" in page
+    assert (tmp_path / "site" / tiny_model.name / LAYER / "sae96" / "fv-direction-decoder" / "3.png").is_file()

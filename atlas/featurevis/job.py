@@ -23,6 +23,7 @@ from .. import store
 from ..config import FeatureVisConfig, KindConfig, digest, to_json
 from ..errors import ConfigError
 from ..models import LoadedModel
+from ..names import split_sae_layer
 from .fast import FastOptions, FastRenderer
 from .objectives import Goal, direction_rows
 from .render import render_channels, render_goal
@@ -44,11 +45,24 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
     into the store, of the kind ``kind`` (default: channel; docs/featurevis.md).
 
     ``directions`` ([C] or [K, C]; kind direction): row i is rendered for ``units[i]`` (default: units 0..K-1).
-    ``fast``: how the fast path runs (`FastOptions`); None renders with the reference loop."""
+    ``fast``: how the fast path runs (`FastOptions`); None renders with the reference loop.
+
+    An SAE's virtual layer (``layer/saeN``, docs/sae.md): each feature is rendered with the direction objective
+    of its decoder row at the SAE's layer (kind ``direction``, name ``decoder``), stored under the virtual layer."""
     path = Path(store_path)
-    info = model.layer(layer)
-    layer = info.name  # canonical, also when an alias was given
-    units, vectors = _units_and_vectors(info.units, units, kind, directions)
+    target, rows, vectors_all = _sae_target(model, path, layer, kind, directions)
+    if target is not None:  # an SAE's features: direction objectives at the base layer, stored under the SAE's layer
+        kind = KindConfig(kind="direction", name="decoder")
+        units = list(range(rows)) if units is None else sorted({int(u) for u in units})
+        bad = [u for u in units if not 0 <= u < rows]
+        if bad:
+            raise ConfigError(f"--units: {target} has {rows} features (0..{rows - 1}); no feature {bad[0]}")
+        directions = vectors_all[units]
+    info = model.layer(split_sae_layer(layer)[0] if target is not None else layer)
+    layer = info.name  # canonical, also when an alias was given: the layer rendered at
+    target = target or layer  # the layer whose group keeps the images
+    rows = rows or info.units
+    units, vectors = _units_and_vectors(rows, info.units, units, kind, directions)
     cfg_json, kind_json = to_json(config), to_json(kind) if kind.kind != "channel" else ""
     with store.lock(path):
         with store.Store(path) as st:
@@ -56,24 +70,24 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
                 raise store.StoreError(f"store {path} was mined with other weights than {model.spec}; "
                                        "render with the model the store was built with")
             facet = _facet(st, model, layer, kind)
-            stored = st.layer(model.name, layer).visualizations(kind.kind, kind.name)
+            stored = st.layer(model.name, target).visualizations(kind.kind, kind.name)
         n = kind.images if kind.kind == "diversity" else 1
-        shape = (info.units, n, config.size, config.size, 3) if n > 1 else (info.units, config.size, config.size, 3)
+        shape = (rows, n, config.size, config.size, 3) if n > 1 else (rows, config.size, config.size, 3)
         source = facet.fingerprint if facet is not None else ""
         if stored is not None and (stored.config, stored.kind_config, stored.source) == (cfg_json, kind_json, source):
             images, objective, done, old = stored.images, stored.objective, stored.done, stored.vectors
         else:
-            images, objective = np.zeros(shape, np.uint8), np.full(info.units, np.nan, np.float32)
-            done, old = np.zeros(info.units, bool), None
+            images, objective = np.zeros(shape, np.uint8), np.full(rows, np.nan, np.float32)
+            done, old = np.zeros(rows, bool), None
         if vectors is not None:  # a direction already rendered for a unit is reused only if it is the same vector
-            old = np.full((info.units, info.units), np.nan, np.float32) if old is None else old
+            old = np.full((rows, vectors.shape[1]), np.nan, np.float32) if old is None else old
             done[units] &= (old[units] == vectors).all(1)
             old[units] = vectors
         todo = [u for u in units if not done[u]]
         reused = len(units) - len(todo)
         if not todo:
-            return FeatureVisResult(layer, 0, reused)
-        key = digest(model.weights_sha256, layer, config, kind, source,
+            return FeatureVisResult(target, 0, reused)
+        key = digest(model.weights_sha256, target, config, kind, source,
                      "" if vectors is None else hashlib.sha256(vectors.tobytes()).hexdigest())
         work = store.work_dir(path) / f"featurevis-{key}"
         work.mkdir(parents=True, exist_ok=True)
@@ -106,16 +120,30 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
             done[batch] = True
             if progress:
                 progress(sum(len(x) for x in batches[:b + 1]), len(todo))  # units
-        store.write_visualizations(path, model.name, layer, store.Visualizations(
+        store.write_visualizations(path, model.name, target, store.Visualizations(
             kind.kind, kind.name, cfg_json, kind_json, images, objective, done, old if vectors is not None else None,
             source))
         store.remove_work(work)
-    return FeatureVisResult(layer, rendered, reused)
+    return FeatureVisResult(target, rendered, reused)
 
 
-def _units_and_vectors(width: int, units: Sequence[int] | None, kind: KindConfig,
+def _sae_target(model: LoadedModel, path: Path, layer: str, kind: KindConfig, directions: np.ndarray | None
+                ) -> tuple[str | None, int, np.ndarray | None]:
+    """For an SAE's virtual layer: (the layer, its width, the decoder rows [F, d] float32); else (None, 0, None)."""
+    if split_sae_layer(layer) is None:
+        return None, 0, None
+    if kind.kind != "channel" or directions is not None:
+        raise ConfigError(f"{layer} is a sparse autoencoder's layer: its features are rendered with their decoder "
+                          "rows (the direction objective); leave out --kind and --direction-file")
+    tensors, _ = store.read_sae(path, model.name, layer, model.weights_sha256)
+    w_dec = np.ascontiguousarray(tensors["w_dec"], dtype=np.float32)  # [F, d]
+    return layer, int(w_dec.shape[0]), w_dec
+
+
+def _units_and_vectors(width: int, channels: int, units: Sequence[int] | None, kind: KindConfig,
                        directions: np.ndarray | None) -> tuple[list[int], np.ndarray | None]:
-    """The units to render (sorted, checked) and, for a direction set, each one's direction [len(units), C]."""
+    """The units to render (sorted, checked; ``width`` of them) and, for a direction set, each one's direction
+    [len(units), channels]."""
     if kind.kind != "direction":
         if directions is not None:
             raise ConfigError(f"--direction-file goes with --kind direction, not --kind {kind.kind}")
@@ -124,7 +152,7 @@ def _units_and_vectors(width: int, units: Sequence[int] | None, kind: KindConfig
     else:
         if directions is None:
             raise ConfigError("--kind direction needs --direction-file: a .npy of shape [C] or [K, C]")
-        vectors = direction_rows(directions, width)
+        vectors = direction_rows(directions, channels)
         units = list(range(len(vectors))) if units is None else [int(u) for u in units]
         if len(units) != len(vectors) or len(set(units)) != len(units):
             raise ConfigError(f"--units: give one distinct unit per direction ({len(vectors)} in the file), got "
@@ -150,8 +178,8 @@ def _facet(st: store.Store, model: LoadedModel, layer: str, kind: KindConfig) ->
 def _goal(kind: KindConfig, layer: str, batch: list[int], n: int, vectors: np.ndarray | None,
           facet: store.Facet | None) -> Goal:
     units = tuple(u for u in batch for _ in range(n))
-    if kind.kind == "direction":
-        return Goal("direction", layer, units, directions=torch.from_numpy(vectors[batch]))
+    if kind.kind == "direction":  # the units only name the directions (an SAE's features may outnumber channels)
+        return Goal("direction", layer, tuple(range(len(batch))), directions=torch.from_numpy(vectors[batch]))
     if kind.kind == "faceted":
         return Goal("faceted", layer, units, weight=kind.facet_weight, facet_layer=facet.layer,
                     facet=torch.from_numpy(facet.weights))

@@ -4,11 +4,14 @@
 #   bash bench/gpu_session.sh 1   # GPU tests, then RN50x4 at 16,384 JPEGs (all rows, 2 runs each)
 #   bash bench/gpu_session.sh 2   # RN50x4 at 2,048; ViT-B/32 and ViT-L/14 at 16,384 (bf16 rows)
 #   bash bench/gpu_session.sh 3   # ViT-L/14 at 65,536 (hard links of the 16k files), atlas defaults and naive bf16
+#   bash bench/gpu_session.sh 4   # issue 18: the probe path at ImageNet scale (1.28M x 2,560 x 1,000, bf16)
+#   bash bench/gpu_session.sh 5   # issues 19/20: GPU tests of the SAE and featurevis kinds; SAE trainer vs a plain loop
+#   bash bench/gpu_session.sh 6   # issue 21, on a 2-GPU kind: RN50x4 on 1 and 2 GPUs (torchrun), store check
 #
 # Wheels the device lacks go in .whl/ (see /work/.library/device/README.md); logs go to $OUT (or ./gpu-logs).
 # Each part writes the JPEGs it needs (16k mixed sizes: about 70 s on 16 cores).
 set -o pipefail
-case "$1" in 1|2|3) ;; *) echo "usage: bash bench/gpu_session.sh 1|2|3" >&2; exit 2 ;; esac
+case "$1" in 1|2|3|4|5|6) ;; *) echo "usage: bash bench/gpu_session.sh 1|2|3|4|5|6" >&2; exit 2 ;; esac
 OUT=${OUT:-gpu-logs}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -16,7 +19,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
-python3 - <<'PY'
+[ "$1" = 4 ] || [ "$1" = 5 ] || python3 - <<'PY'
 import os, sys
 from pathlib import Path
 sys.path.insert(0, "bench")
@@ -44,4 +47,13 @@ case "$1" in
 2)  $B --n 2048 --models RN50x4 --folder /tmp/j2k --rows "$R" --repeat 2 2>&1 | tee "$OUT/rn50x4_2k.log"
     $B --n 16384 --models ViT-B-32,ViT-L-14 --folder /tmp/j16k --rows "$R" 2>&1 | tee "$OUT/vit_16k.log" ;;
 3)  $B --n 65536 --models ViT-L-14 --folder /tmp/j64k --rows "$R" 2>&1 | tee "$OUT/vitl_64k.log" ;;
+4)  timeout 80 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels.py tests/test_probes.py \
+        -k "softmax or solver or half or fista or probe or kernel" 2>&1 | tail -4 | tee "$OUT/gpu_tests.log"
+    timeout 480 python3 bench/probe_path.py --no-peer 2>&1 | tee "$OUT/probe_path.log" ;;
+5)  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_sae.py tests/test_featurevis_kinds.py \
+        tests/test_featurevis_speed.py 2>&1 | tail -6 | tee "$OUT/gpu_tests.log"
+    timeout 300 python3 bench/sae_vs_naive.py --device cuda --n 1000000 --d 2560 --width 40960 --k 32 --batch 4096 \
+        --steps 200 2>&1 | tee "$OUT/sae_vs_naive.log" ;;
+6)  timeout 560 python3 bench/scale_gpus.py --nproc 2 --device auto --data /tmp/j16k --model open_clip:RN50x4@random:0 \
+        --precision bfloat16 2>&1 | tee "$OUT/scale_gpus.log" ;;
 esac

@@ -254,6 +254,18 @@ def test_cli_train(sae_store, tmp_path):
                                     "--k", "3", "--steps", "5", "--batch", "32", "--no-eval"])
     assert res.exit_code == 0, res.output
     assert "visual.layer4.0/sae64" in res.output and "fraction of variance explained" in res.output
+    # a wide SAE's layer mined with --map-size 1: per example (value, image, peak position) and a 1 x 1 map, which
+    # is the example's spatial mean: the same number as its row of the pooled matrix
+    res = CliRunner().invoke(main, ["mine", "--model", "atlas:tiny@random:0", "--data", "synthetic:64", "--store",
+                                    str(copy), "--layers", "visual.layer4.0/sae64", "--top-k", "4", "--map-size", "1",
+                                    "--workers", "0", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    with store.Store(copy) as st:
+        ld = st.layer("tiny", "visual.layer4.0/sae64")
+        maps, index, values, pooled = ld["topk/maps"], ld["topk/index"], ld["topk/values"], ld["pooled"]
+        assert maps.shape == (64, 4, 1, 1) and ld["topk/argmax"].shape == (64, 4)
+        live = values > 0
+        assert np.allclose(maps[..., 0, 0][live], pooled[index[live], np.nonzero(live)[0]], atol=1e-5)
     res = CliRunner().invoke(main, ["sae", "train", "--store", str(copy), "--layer", LAYER, "--width", "4",
                                     "--k", "8"])
     assert res.exit_code == 1 and "--k 8 is more than --width 4" in res.output

@@ -95,6 +95,9 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
               help="Per-image score of a neuron: max or mean over its spatial map.")
 @click.option("--max-images", type=click.IntRange(1), default=None)
 @click.option("--no-pooled", is_flag=True, help="Do not store the images x units matrix of spatial means.")
+@click.option("--map-size", default=MineConfig.map_size, show_default=True, type=click.IntRange(1, 64),
+              help="Each top example's map is average-pooled to at most this many cells a side; 1 keeps only "
+                   "(value, image, peak position) per example: units x top-k x 1 float, for wide SAE layers.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=MineConfig.precision, show_default=True,
               help="The image tower's arithmetic; auto: bfloat16 autocast on a CUDA GPU, float32 elsewhere.")
 @click.option("--pixels", type=click.Choice(PIXELS), default=MineConfig.pixels, show_default=True,
@@ -110,7 +113,7 @@ def build(model_spec, data, captions, out, layers, featurevis_layers, max_images
 @workers_opt
 @trust_opt
 def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank_by, max_images, no_pooled,
-         precision, pixels, resize, checkpoint_seconds, device, workers, trust_checkpoint):
+         map_size, precision, pixels, resize, checkpoint_seconds, device, workers, trust_checkpoint):
     """Stream images through a model; keep exact top-k examples and statistics per neuron."""
     from ..data import open_source
     from ..mining import mine as run_mine
@@ -120,7 +123,7 @@ def mine(model_spec, data, captions, store_path, layers, top_k, batch_size, rank
     from ..store import check_unlocked
 
     cfg = MineConfig(layers=split_list(layers), top_k=top_k, batch_size=batch_size, rank_by=rank_by,
-                     max_images=max_images, keep_pooled=not no_pooled, precision=precision,
+                     max_images=max_images, keep_pooled=not no_pooled, map_size=map_size, precision=precision,
                      pixels=pixels)
     bars, where = Progress(), "cpu" if resize == "pil" else resize
 

@@ -88,22 +88,34 @@ def pooled_activations(model, pixels: torch.Tensor, layers: Sequence[str], reduc
 
 
 @contextmanager
-def ablated(model: nn.Module, module_name: str, unit: int, layout: str) -> Iterator[None]:
-    """Forwards inside the block see unit ``unit`` of ``module_name``'s output set to zero (a copy is returned,
-    nothing is changed in place).  ``layout``: "nchw" (units are channels, dim 1) or "nlc" (units last)."""
+def replaced_output(model: nn.Module, module_name: str,
+                    fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Forwards inside the block see ``module_name``'s output (its first element, for a tuple) replaced by
+    ``fn(output)``, a new tensor (nothing is changed in place)."""
     (module,) = find_modules(model, [module_name]).values()
 
     def hook(_module, _inputs, output):
-        first = output[0] if isinstance(output, tuple) else output
-        out = first.clone()
-        if layout == "nchw":
-            out[:, unit] = 0
-        else:
-            out[..., unit] = 0
-        return (out, *output[1:]) if isinstance(output, tuple) else out
+        if isinstance(output, tuple):
+            return (fn(output[0]), *output[1:])
+        return fn(output)
 
     handle = module.register_forward_hook(hook)
     try:
         yield
     finally:
         handle.remove()
+
+
+def ablated(model: nn.Module, module_name: str, unit: int, layout: str):
+    """Forwards inside the block see unit ``unit`` of ``module_name``'s output set to zero (a copy is returned,
+    nothing is changed in place).  ``layout``: "nchw" (units are channels, dim 1) or "nlc" (units last)."""
+
+    def zeroed(first: torch.Tensor) -> torch.Tensor:
+        out = first.clone()
+        if layout == "nchw":
+            out[:, unit] = 0
+        else:
+            out[..., unit] = 0
+        return out
+
+    return replaced_output(model, module_name, zeroed)

@@ -60,19 +60,30 @@ def score_stats(score: torch.Tensor, count: torch.Tensor, mean: torch.Tensor, m2
     return st if out is None else copy_into(out, st, "score_stats")
 
 
+def batch_moments(s: torch.Tensor, finite: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(n_b [U] int64, mean_b, m2_b [U] float64) of one batch's scores s [U, B] float64 where ``finite``."""
+    n_b = finite.sum(1)
+    mean_b = torch.where(finite, s, 0.0).sum(1) / n_b.clamp(min=1).double()
+    m2_b = (torch.where(finite, s - mean_b[:, None], 0.0) ** 2).sum(1)
+    return n_b, mean_b, m2_b
+
+
+def fold_moments(count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, n_b: torch.Tensor, mean_b: torch.Tensor,
+                 m2_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Chan et al.'s merge of running (count, mean, M2) [U] with a batch's (`batch_moments`)."""
+    n = count + n_b
+    delta = mean_b - mean
+    frac = n_b.double() / n.clamp(min=1).double()  # float64: int / int would give float32
+    return n, mean + delta * frac, m2 + m2_b + delta**2 * count * frac
+
+
 def score_stats_torch(score, count, mean, m2, nonfinite, positive, vmin, vmax, hist, range_exp,
                       min_range_exp) -> Stats:
     """The reference (what atlas.mining has always computed)."""
     s = score.t().double()  # [U, B]
     finite = torch.isfinite(s)
-    n_b = finite.sum(1)
-    mean_b = torch.where(finite, s, 0.0).sum(1) / n_b.clamp(min=1).double()
-    m2_b = (torch.where(finite, s - mean_b[:, None], 0.0) ** 2).sum(1)
-    n = count + n_b
-    delta = mean_b - mean
-    frac = n_b.double() / n.clamp(min=1).double()  # float64: int / int would give float32
-    mean = mean + delta * frac
-    m2 = m2 + m2_b + delta**2 * count * frac
+    n_b, mean_b, m2_b = batch_moments(s, finite)
+    n, mean, m2 = fold_moments(count, mean, m2, n_b, mean_b, m2_b)
     sf = score.t().float()
     vmin = torch.minimum(vmin, torch.where(finite, sf, float("inf")).amin(1))
     vmax = torch.maximum(vmax, torch.where(finite, sf, float("-inf")).amax(1))

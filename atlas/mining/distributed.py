@@ -45,6 +45,7 @@ import torch
 
 from .. import store
 from ..errors import AtlasError
+from ..kernels import stats
 from .layerstate import LayerState
 from .thumbs import PassThumbs, UnionThumbs
 
@@ -133,24 +134,11 @@ class _Offset:
 
 
 def batch_moments(score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(n_b [U] int64, mean_b, m2_b [U] float64) of a batch's finite scores [B, U]: the first lines of
-    `atlas.kernels.stats.score_stats_torch`, the same operations (tests/test_distributed.py: merged stores are
-    bit for bit the one-process store)."""
+    """(n_b [U] int64, mean_b, m2_b [U] float64) of a batch's finite scores [B, U], by the operations of
+    `atlas.kernels.stats.score_stats_torch` (tests/test_distributed.py: merged stores are bit for bit the
+    one-process store)."""
     s = score.t().double()  # [U, B]
-    finite = torch.isfinite(s)
-    n_b = finite.sum(1)
-    mean_b = torch.where(finite, s, 0.0).sum(1) / n_b.clamp(min=1).double()
-    m2_b = (torch.where(finite, s - mean_b[:, None], 0.0) ** 2).sum(1)
-    return n_b, mean_b, m2_b
-
-
-def _fold(count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, n_b: torch.Tensor, mean_b: torch.Tensor,
-          m2_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Chan et al.'s merge exactly as `score_stats_torch` writes it."""
-    n = count + n_b
-    delta = mean_b - mean
-    frac = n_b.double() / n.clamp(min=1).double()
-    return n, mean + delta * frac, m2 + m2_b + delta**2 * count * frac
+    return stats.batch_moments(s, torch.isfinite(s))
 
 
 class RankLayerState(LayerState):
@@ -367,7 +355,7 @@ def _merge_layer(ranks: list[dict[str, torch.Tensor]], k: int) -> dict[str, torc
     count, mean, m2 = (torch.zeros_like(ranks[0]["count"]), torch.zeros_like(ranks[0]["mean"]),
                        torch.zeros_like(ranks[0]["m2"]))
     for r in ranks:  # Chan over ranks: used where the batches' moments are incomplete (CUDA graphs)
-        count, mean, m2 = _fold(count, mean, m2, r["count"], r["mean"], r["m2"])
+        count, mean, m2 = stats.fold_moments(count, mean, m2, r["count"], r["mean"], r["m2"])
     out["count"], out["mean"], out["m2"] = count, mean, m2
     return out
 
@@ -400,5 +388,5 @@ def _replay_moments(parts: list[Part], info, status: np.ndarray,
                     continue  # every image bad: mining never updated the statistics with this batch
                 return None
             n_b, mean_b, m2_b = torch.from_numpy(np.array(partials[j]))  # [3, U] float64
-            count, mean, m2 = _fold(count, mean, m2, n_b.long(), mean_b, m2_b)
+            count, mean, m2 = stats.fold_moments(count, mean, m2, n_b.long(), mean_b, m2_b)
     return count, mean, m2

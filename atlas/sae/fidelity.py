@@ -9,46 +9,36 @@ figure for both: per unit, the number of concepts it detects (AUROC >= 0.8 as a 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from ..capture import find_modules
+from ..capture import replaced_output
 from ..data.conceptworld import CONCEPT_NAMES
 from ..evaluate import ConceptNeurons, concept_aurocs, concept_test_images, layer_scores, neurons_from_scores, zero_shot
 from ..kernels.sae import SaeTensors, decode, encode, feature_maps
 from ..models import LoadedModel
 
 
-@contextmanager
-def reconstructed(model: LoadedModel, layer: str, sae: SaeTensors) -> Iterator[None]:
+def reconstructed(model: LoadedModel, layer: str, sae: SaeTensors):
     """Forwards inside the block see ``layer``'s output (its canonical map; a token layer's prefix tokens kept)
     replaced by the SAE's reconstruction of every position."""
     info = model.layer(layer)
     p = sae.to(model.device)
-    (module,) = find_modules(model.clip, [info.name]).values()
 
-    def hook(_module, _inputs, output):
-        first = output[0] if isinstance(output, tuple) else output
+    def reconstruct(first: torch.Tensor) -> torch.Tensor:
         a = info.canonical(first).float()  # [B, d, h, w]
         b, d, h, w = a.shape
         rows = a.permute(0, 2, 3, 1).reshape(-1, d)
         rec = decode(*encode(rows, p), p).reshape(b, h, w, d)
         if info.layout == "nchw":
-            new = rec.permute(0, 3, 1, 2).to(first.dtype).contiguous()
-        else:
-            new = first.clone()
-            new[:, info.prefix_tokens:, :] = rec.reshape(b, h * w, d).to(first.dtype)
-        return (new, *output[1:]) if isinstance(output, tuple) else new
+            return rec.permute(0, 3, 1, 2).to(first.dtype).contiguous()
+        new = first.clone()
+        new[:, info.prefix_tokens:, :] = rec.reshape(b, h * w, d).to(first.dtype)
+        return new
 
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return replaced_output(model.clip, info.name, reconstruct)
 
 
 def zero_shot_through(model: LoadedModel, layer: str, sae: SaeTensors, per_concept: int = 40,

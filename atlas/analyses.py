@@ -57,13 +57,12 @@ def run_analyses(model: LoadedModel, source: ImageSource, store_path: str | os.P
     cw = source.description.startswith("conceptworld:")
     pattern = config.label_pattern if config.label_pattern is not None else (PICTOGRAM_LABELS if cw else None)
 
-    def step(key: str, fn: Callable[[], object]) -> bool:
+    def step(key: str, fn: Callable[[], object], written: Callable[[store.Store], bool] | None = None) -> bool:
+        """Run ``fn`` unless ``written`` (default: the report ``key`` is in the store) and the ledger says it ran
+        with this configuration."""
         kind, name = key.split("/", 1)
         with store.Store(store_path) as st:
-            if kind == "labels":  # a layer's group, not a report
-                have = model.name in st.models() and st.layer(model.name, name).has("labels")
-            else:
-                have = name in st.reports(kind)
+            have = written(st) if written else name in st.reports(kind)
         if have and ledger.get(key) == stamp:
             result.done.append(key)
             return True
@@ -93,7 +92,8 @@ def run_analyses(model: LoadedModel, source: ImageSource, store_path: str | os.P
         step("attacks/stroop", lambda: run_stroop(model, store_path, "stroop"))
         step("attacks/words", lambda: run_word_sensitivity(model, store_path, layer, None, "words"))
     if config.labels:
-        step(f"labels/{layer}", lambda: label_units(model, store_path, [layer]))
+        step(f"labels/{layer}", lambda: label_units(model, store_path, [layer]),  # a layer's group, not a report
+             lambda st: model.name in st.models() and st.layer(model.name, layer).has("labels"))
     if config.audit:
         if config.audit_groups or cw:
             step("audits/audit", lambda: _audit(model, store_path, layer, config, work))

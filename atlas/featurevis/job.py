@@ -50,18 +50,19 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
     An SAE's virtual layer (``layer/saeN``, docs/sae.md): each feature is rendered with the direction objective
     of its decoder row at the SAE's layer (kind ``direction``, name ``decoder``), stored under the virtual layer."""
     path = Path(store_path)
-    target, rows, vectors_all = _sae_target(model, path, layer, kind, directions)
-    if target is not None:  # an SAE's features: direction objectives at the base layer, stored under the SAE's layer
-        kind = KindConfig(kind="direction", name="decoder")
+    sae = split_sae_layer(layer)
+    decoder = _sae_decoder(model, path, layer, kind, directions) if sae else None  # [F, d]
+    if decoder is not None:  # an SAE's features: direction objectives at the base layer, stored under the SAE's layer
+        kind, rows = KindConfig(kind="direction", name="decoder"), len(decoder)
         units = list(range(rows)) if units is None else sorted({int(u) for u in units})
         bad = [u for u in units if not 0 <= u < rows]
         if bad:
-            raise ConfigError(f"--units: {target} has {rows} features (0..{rows - 1}); no feature {bad[0]}")
-        directions = vectors_all[units]
-    info = model.layer(split_sae_layer(layer)[0] if target is not None else layer)
-    layer = info.name  # canonical, also when an alias was given: the layer rendered at
-    target = target or layer  # the layer whose group keeps the images
-    rows = rows or info.units
+            raise ConfigError(f"--units: {layer} has {rows} features (0..{rows - 1}); no feature {bad[0]}")
+        directions = decoder[units]
+    info = model.layer(sae[0] if sae else layer)
+    target = layer if sae else info.name  # the layer whose group keeps the images (canonical, also for an alias)
+    layer = info.name  # the layer rendered at
+    rows = len(decoder) if decoder is not None else info.units
     units, vectors = _units_and_vectors(rows, info.units, units, kind, directions)
     cfg_json, kind_json = to_json(config), to_json(kind) if kind.kind != "channel" else ""
     with store.lock(path):
@@ -127,17 +128,14 @@ def featurevis(model: LoadedModel, store_path: str | os.PathLike, layer: str,
     return FeatureVisResult(target, rendered, reused)
 
 
-def _sae_target(model: LoadedModel, path: Path, layer: str, kind: KindConfig, directions: np.ndarray | None
-                ) -> tuple[str | None, int, np.ndarray | None]:
-    """For an SAE's virtual layer: (the layer, its width, the decoder rows [F, d] float32); else (None, 0, None)."""
-    if split_sae_layer(layer) is None:
-        return None, 0, None
+def _sae_decoder(model: LoadedModel, path: Path, layer: str, kind: KindConfig,
+                 directions: np.ndarray | None) -> np.ndarray:
+    """The decoder rows [F, d] float32 of the SAE of the virtual layer ``layer``."""
     if kind.kind != "channel" or directions is not None:
         raise ConfigError(f"{layer} is a sparse autoencoder's layer: its features are rendered with their decoder "
                           "rows (the direction objective); leave out --kind and --direction-file")
     tensors, _ = store.read_sae(path, model.name, layer, model.weights_sha256)
-    w_dec = np.ascontiguousarray(tensors["w_dec"], dtype=np.float32)  # [F, d]
-    return layer, int(w_dec.shape[0]), w_dec
+    return np.ascontiguousarray(tensors["w_dec"], dtype=np.float32)
 
 
 def _units_and_vectors(width: int, channels: int, units: Sequence[int] | None, kind: KindConfig,

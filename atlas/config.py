@@ -400,7 +400,11 @@ class SaeConfig:
     dead_after: a latent that has not fired on the last ``dead_after`` training inputs is dead.
     max_images: images the activations come from (None: every image of the source).
     eval_fraction: share of the images held out for the reported figures (fraction of variance explained, L0,
-        dead latents); seed: initialization and batch order."""
+        dead latents); seed: initialization and batch order.
+    buffer_rows: activations held at once (atlas.sae.stream): training draws its batches from a shuffle buffer of
+        this many rows on the training device, refilled from the stream as they are drawn; the inputs' mean and scale
+        come from its first fill.  Memory: buffer_rows x units x 4 bytes (2^19 x 2,560: 5.4 GB).
+    eval_rows: at most this many rows of the held-out images are kept for the figures."""
 
     layer: str
     width: str = "16x"
@@ -414,6 +418,8 @@ class SaeConfig:
     max_images: int | None = None
     eval_fraction: float = 0.1
     seed: int = 0
+    buffer_rows: int = 524_288
+    eval_rows: int = 262_144
 
     def __post_init__(self) -> None:
         import re
@@ -433,6 +439,8 @@ class SaeConfig:
         _check(self.dead_after >= 1, f"dead_after must be >= 1, got {self.dead_after}")
         _check(self.max_images is None or self.max_images >= 1, f"--max-images must be >= 1, got {self.max_images}")
         _check(0 < self.eval_fraction < 1, f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        _check(self.buffer_rows >= 2, f"--buffer-rows must be >= 2, got {self.buffer_rows}")
+        _check(self.eval_rows >= 1, f"eval_rows must be >= 1, got {self.eval_rows}")
 
     def features(self, d: int) -> int:
         """The width in features for a layer of ``d`` units; ConfigError if k does not fit."""

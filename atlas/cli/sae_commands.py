@@ -31,20 +31,26 @@ def sae() -> None:
 @click.option("--buffer", default=None, type=click.Path(dir_okay=False),
               help="Train on a saved activation buffer (.npy [n, units]) instead of streaming images.")
 @click.option("--data", default=None, help="Train on another image source than the store's (same syntax as mine).")
+@click.option("--buffer-rows", default=SaeConfig.buffer_rows, show_default=True, type=int,
+              help="Activations held at once: batches are drawn from a shuffle buffer of this many rows, refilled "
+                   "from the stream (memory: rows x units x 4 bytes).")
+@click.option("--workers", default=None, type=int,
+              help="Decoding processes for image files (default: what fits the machine, as `atlas mine`).")
 @click.option("--no-eval", is_flag=True, help="Skip the zero-shot accuracy through the reconstruction.")
 @click.option("--seed", default=SaeConfig.seed, show_default=True, type=int)
 @device_opt
 @trust_opt
-def sae_train(store_path, layer, width, k, steps, batch, lr, max_images, buffer, data, no_eval, seed, device,
-              trust_checkpoint):
+def sae_train(store_path, layer, width, k, steps, batch, lr, max_images, buffer, data, buffer_rows, workers, no_eval,
+              seed, device, trust_checkpoint):
     """Train a TopK sparse autoencoder on a mined layer's activations (every position of its map)."""
     from ..sae.run import train_from_store
 
     def go():
         cfg = SaeConfig(layer=layer, width=width, k=k, steps=steps, batch=batch, lr=lr, max_images=max_images,
-                        seed=seed)
+                        seed=seed, buffer_rows=buffer_rows)
         return train_from_store(store_path, cfg, device=device, trust_checkpoint=trust_checkpoint, buffer=buffer,
-                                data=data, evaluate=not no_eval, log=lambda line: click.echo(line, err=True))
+                                data=data, workers=workers, evaluate=not no_eval,
+                                log=lambda line: click.echo(line, err=True))
 
     r = guarded(go)
     m = r.metrics
@@ -54,8 +60,9 @@ def sae_train(store_path, layer, width, k, steps, batch, lr, max_images, buffer,
     for key, (plain, through) in r.zero_shot.items():
         click.echo(f"zero-shot {key}: {100 * plain:.1f}% -> {100 * through:.1f}% through the SAE")
     s = r.seconds
-    click.echo(f"time: activations {s['activations']:.1f}s, training {s['training']:.1f}s "
-               f"({r.inputs_per_s:,.0f} inputs/s), total {s['total']:.1f}s")
+    click.echo(f"time: first buffer fill {s['activations']:.1f}s, training {s['training']:.1f}s "
+               f"({r.inputs_per_s:,.0f} inputs/s, refills from the stream included; {r.streamed:,} rows read), "
+               f"total {s['total']:.1f}s")
     click.echo(f"mine its features: atlas mine --store {store_path} --layers {r.layer}")
 
 

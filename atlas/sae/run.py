@@ -1,5 +1,6 @@
 """`atlas sae train`: a store's layer -> activations (every position or patch token, streamed from the images the
-store was mined from, or a saved buffer) -> a TopK SAE (`atlas.sae.train.fit`) -> weights beside the store
+store was mined from, or a saved buffer, through a bounded shuffle buffer: `atlas.sae.stream`) -> a TopK SAE
+(`atlas.sae.train.fit_stream`) -> weights beside the store
 (`atlas.store.write_sae`) with the held-out figures and the model's zero-shot accuracy through the reconstruction."""
 
 from __future__ import annotations
@@ -9,17 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from .. import store
-from ..capture import hooked
 from ..config import SaeConfig, to_dict
 from ..kernels.sae import SaeTensors
 from ..models import LoadedModel
+from ..mining.machine import machine_fit
 from ..names import sae_layer, split_sae_layer
 from ..version import __version__
-from .train import SaeError, fit, from_arrays, metrics, to_arrays
+from .stream import array_blocks, image_blocks, split
+from .train import SaeError, fit_stream, from_arrays, metrics, to_arrays
 
 
 @dataclass
@@ -32,41 +33,7 @@ class SaeTrainResult:
     zero_shot: dict[str, float] = field(default_factory=dict)  # Concept World only: {"<images>, <prompts>": (plain, sae)}
     seconds: dict[str, float] = field(default_factory=dict)
     inputs_per_s: float = 0.0
-
-
-def layer_activations(model: LoadedModel, source, layer: str, n_images: int, batch: int = 64,
-                      workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows [n_images * h * w, d] float32 on the CPU: the layer's canonical map at every position, image of each
-    row [rows] int64), streamed from the first ``n_images`` of ``source``."""
-    from ..mining.batches import batches
-
-    info = model.layer(layer)
-    rows, owner, current = [], [], {}
-
-    def keep(_name: str, out: torch.Tensor) -> None:
-        a = info.canonical(out).detach().float()  # [B, d, h, w]
-        rows.append(a.permute(0, 2, 3, 1).reshape(-1, a.shape[1]).cpu())
-        owner.append(current["index"].cpu().repeat_interleave(a.shape[2] * a.shape[3]))
-
-    with torch.no_grad(), hooked(model.clip, [info.name], keep):
-        for b in batches(model, source, 0, n_images, batch, workers):
-            if b.good:
-                current["index"] = b.index
-                model.clip.encode_image(b.pixels)
-    if not rows:
-        raise SaeError(f"no image of the source could be read for layer {layer}; check the store's images")
-    return torch.cat(rows), torch.cat(owner)
-
-
-def read_buffer(path: str | os.PathLike, d: int) -> torch.Tensor:
-    """A saved activation buffer: a .npy file [n, d] float32 (one input a row)."""
-    try:
-        a = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (OSError, ValueError) as e:
-        raise SaeError(f"--buffer {path} is not a readable .npy file ({e}); save one with numpy.save") from e
-    if a.ndim != 2 or a.shape[1] != d:
-        raise SaeError(f"--buffer {path} holds an array of shape {a.shape}; the layer has {d} units: expected [n, {d}]")
-    return torch.from_numpy(np.asarray(a, np.float32))
+    streamed: int = 0  # training rows read from the images or the buffer
 
 
 def _check_store(model: LoadedModel, store_path: str | os.PathLike, layer: str) -> str:
@@ -87,7 +54,7 @@ def _check_store(model: LoadedModel, store_path: str | os.PathLike, layer: str) 
 
 
 def train_sae(model: LoadedModel, store_path: str | os.PathLike, config: SaeConfig, *, device: str = "cpu",
-              buffer: str | os.PathLike | None = None, data: str | None = None, workers: int = 0,
+              buffer: str | os.PathLike | None = None, data: str | None = None, workers: int | None = None,
               evaluate: bool = True, log: Callable[[str], None] | None = None) -> SaeTrainResult:
     """Train the SAE of ``config.layer`` of a store mined from ``model``; write it beside the store.
 
@@ -104,25 +71,31 @@ def train_sae(model: LoadedModel, store_path: str | os.PathLike, config: SaeConf
     layer = _check_store(model, store_path, config.layer)
     d = model.layer(layer).units
     width = config.features(d)
+    gen = torch.Generator().manual_seed(config.seed)
+    bf16 = False
     if buffer is not None:
-        x = read_buffer(buffer, d)
-        owner = torch.arange(x.shape[0])
+        n, blocks = array_blocks(buffer, d)
     else:
         source = open_source(data) if data else source_of(store_path)
         n = min(len(source), config.max_images or len(source))
-        x, owner = layer_activations(model, source, layer, n, workers=workers)
-    if not torch.isfinite(x).all():
-        raise SaeError(f"{int((~torch.isfinite(x)).any(1).sum())} activation rows of layer {layer} hold NaN or inf; "
-                       "the model produces them on some images: train on other images (--data), or check the weights")
-    gen = torch.Generator().manual_seed(config.seed)
-    images = torch.unique(owner)
-    held = images[torch.randperm(len(images), generator=gen)[:max(1, int(len(images) * config.eval_fraction))]]
-    is_held = torch.isin(owner, held)
-    if is_held.all():
-        raise SaeError(f"too few images ({len(images)}) to hold some out; use more images")
-    t_act = time.perf_counter()
-    result = fit(x[~is_held], width, config, device, log)
-    figures = {**metrics(x[is_held], result.sae), "dead_training": result.dead_training,
+        fit_ = machine_fit(model.device)
+        bf16 = model.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        blocks = image_blocks(model, source, layer, n, batch=fit_.batch_size,
+                              workers=fit_.workers if workers is None else workers, bf16=bf16)
+        if log:
+            log(f"sae activations: {n} images through {model.name} ({'bfloat16' if bf16 else 'float32'}), batch "
+                f"{fit_.batch_size}, {fit_.workers if workers is None else workers} decoding workers; shuffle buffer "
+                f"{config.buffer_rows:,} rows of {d} units")
+    held = torch.sort(torch.randperm(n, generator=gen)[:max(1, int(n * config.eval_fraction))]).values
+    if len(held) >= n:
+        raise SaeError(f"too few images ({n}) to hold some out; use more images")
+    rows, kept = split(blocks, held, config.eval_rows)
+    result = fit_stream(rows, width, config, device, log)
+    while not kept and next(rows, None) is not None:  # (no held-out image among the rows training read)
+        pass
+    if not kept:
+        raise SaeError(f"no activation rows of the held-out images of layer {layer}; use more images")
+    figures = {**metrics(torch.cat(kept).to(device), result.sae), "dead_training": result.dead_training,
                "final_loss": result.losses[-1]}
     virtual = sae_layer(layer, width)
     zs = {}
@@ -134,10 +107,11 @@ def train_sae(model: LoadedModel, store_path: str | os.PathLike, config: SaeConf
     path = store.write_sae(store_path, model.name, virtual, to_arrays(result.sae), {
         "model_spec": str(model.spec), "weights_sha256": model.weights_sha256, "layer": layer, "k": config.k,
         "width": width, "d": d, "config": to_dict(config), "metrics": figures, "zero_shot": zs,
-        "atlas_version": __version__, "device": torch.device(device).type})
+        "atlas_version": __version__, "device": torch.device(device).type,
+        "tower_precision": "bfloat16" if bf16 else "float32", "training_rows": result.streamed})
     return SaeTrainResult(path, virtual, width, d, figures, zs,
-                          {"activations": t_act - t0, "training": result.seconds,
-                           "total": time.perf_counter() - t0}, result.inputs_per_s)
+                          {"activations": result.fill_seconds, "training": result.seconds,
+                           "total": time.perf_counter() - t0}, result.inputs_per_s, result.streamed)
 
 
 def load_sae(store_path: str | os.PathLike, model: str, virtual_layer: str,

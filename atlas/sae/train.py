@@ -36,6 +36,9 @@ class FitResult:
     dead_training: float = 0.0  # share of latents dead at the end of training (no fire in the last dead_after inputs)
     seconds: float = 0.0
     inputs_per_s: float = 0.0
+    streamed: int = 0  # rows read from the stream (all of them, or as many as the steps drew)
+    refills: int = 0  # times the buffer's drawn rows were replaced by the stream's next ones
+    fill_seconds: float = 0.0  # the buffer's first fill (reading the stream's first buffer_rows rows)
 
 
 class _Gathered(torch.autograd.Function):
@@ -88,32 +91,38 @@ def fired(values: torch.Tensor, indices: torch.Tensor, width: int) -> torch.Tens
 
 def fit(x: torch.Tensor, width: int, config: SaeConfig, device: torch.device | str = "cpu",
         log=None) -> FitResult:
-    """Train a TopK SAE of ``width`` features on x [n, d] (float32, any device) as ``config`` says."""
+    """Train a TopK SAE of ``width`` features on x [n, d] (float32, any device) as ``config`` says: `fit_stream`
+    with every row in the buffer (epochs over x in a random order)."""
+    return fit_stream(iter([x]), width, config, device, log, capacity=max(int(x.shape[0]), 1))
+
+
+def fit_stream(blocks, width: int, config: SaeConfig, device: torch.device | str = "cpu", log=None,
+               capacity: int | None = None) -> FitResult:
+    """Train a TopK SAE of ``width`` features on a stream of row blocks [m, d] (`atlas.sae.stream`) through a
+    shuffle buffer of ``capacity`` rows (default ``config.buffer_rows``) on ``device``.  The mean and scale the
+    inputs are normalized by come from the buffer's first fill (all of the rows when they fit)."""
+    from .stream import ShuffleBuffer
+
     device = torch.device(device)
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).any(1).sum())
-        raise SaeError(f"{bad} of {x.shape[0]} activation rows of layer {config.layer} hold NaN or inf; the model "
-                       "produces them on some images: mine or train on other images, or check the weights")
-    if x.shape[0] < 2:
-        raise SaeError(f"only {x.shape[0]} activation rows of layer {config.layer}; use more images")
     g = torch.Generator().manual_seed(config.seed)
-    x = x.to(device, torch.float32)
+    t_fill = time.perf_counter()
+    buf = ShuffleBuffer(blocks, capacity or config.buffer_rows, device, g, config.layer)
+    if buf.n < 2:
+        raise SaeError(f"only {buf.n} activation rows of layer {config.layer}; use more images")
+    x = buf.rows
     mean = x.mean(0)
-    scale = float(((x - mean).pow(2).sum(1).mean() / x.shape[1]).sqrt()) or 1.0
-    xs = x / scale
-    p = {k: v.requires_grad_() for k, v in init_params(xs, width, g).items()}
+    ss = sum(float((x[i:i + 65_536] - mean).pow(2).sum(dtype=torch.float64)) for i in range(0, buf.n, 65_536))
+    scale = math.sqrt(ss / buf.n / x.shape[1]) or 1.0  # (in blocks: no second copy of a 10 GB buffer)
+    p = {k: v.requires_grad_() for k, v in init_params((mean / scale)[None], width, g).items()}
     opt = adam(list(p.values()), config.lr)
     since = torch.zeros(width, dtype=torch.int64, device=device)
-    var = float((xs - xs.mean(0)).pow(2).sum(1).mean())
+    var = ss / buf.n / scale ** 2
     losses: list[float] = []
-    order = torch.randperm(x.shape[0], generator=g).to(device)
-    pos, t0 = 0, time.perf_counter()
+    _sync(device)
+    t0 = time.perf_counter()
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     for step in range(config.steps):
-        if pos + config.batch > len(order):
-            order, pos = torch.randperm(x.shape[0], generator=g).to(device), 0
-        xb = xs[order[pos:pos + config.batch]]
-        pos += config.batch
+        xb = buf.take(config.batch) / scale
         loss = _step(xb, p, since, config, var, bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -131,7 +140,7 @@ def fit(x: torch.Tensor, width: int, config: SaeConfig, device: torch.device | s
         sae = SaeTensors(p["w_enc"].detach().cpu(), p["b_enc"].detach().cpu() * scale, p["w_dec"].detach().cpu(),
                          p["b_pre"].detach().cpu() * scale, config.k)
     return FitResult(sae, losses, float((since >= config.dead_after).float().mean()), seconds,
-                     config.steps * config.batch / max(seconds, 1e-9))
+                     config.steps * config.batch / max(seconds, 1e-9), buf.streamed, buf.refills, t0 - t_fill)
 
 
 def adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:

@@ -267,8 +267,9 @@ def activation_records(ld: LayerData, start: int, stop: int, k: int, images: Ima
     vals = finite_list(values.astype(np.float32), "activations.value", nulls)
     heat = None
     if maps:
-        m = ld.rows("topk/maps", start, stop)[:, :k]  # [B, k, mh, mw]
-        heat = finite_list(np.where(used[:, :, None, None], m, np.float32(0)), "activations.heatmap", nulls)
+        # per unit [k, mh, mw]: the maps `atlas maps` recomputed where it did, else mining's
+        heat = [finite_list(np.where(used[j][:, None, None], m[:k], np.float32(0)), "activations.heatmap", nulls)
+                for j, m in enumerate(ld.example_maps(start, stop))]
     gh, gw = ld.grid
     for j, u in enumerate(range(start, stop)):
         uid = ld.neuron_id(u)
@@ -281,7 +282,7 @@ def activation_records(ld: LayerData, start: int, stop: int, k: int, images: Ima
                    "thumbnail": "/".join(thumbnail_parts(ld.model, i)) if row >= 0 else None,
                    "value": vals[j][r], "peak": {"row": a // gw, "col": a % gw}, "grid": [gh, gw]}
             if heat is not None:
-                rec["heatmap"] = heat[j][r]  # [mh][mw]: the stored map, average-pooled to at most 8 per side
+                rec["heatmap"] = heat[j][r]  # [mh][mw]: the stored map, average-pooled to at most map_size per side
             yield rec
 
 

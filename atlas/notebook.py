@@ -71,7 +71,7 @@ class Neuron:
         gh, gw = self._layer.grid
         out = []
         for r, (i, v, a, m) in enumerate(zip(g["topk/index"][u], g["topk/values"][u], g["topk/argmax"][u],
-                                             g["topk/maps"][u])):
+                                             self._layer.example_maps(u, u + 1)[0])):
             if i < 0:
                 continue
             out.append(Example(r + 1, int(i), float(v), self._atlas.captions[i], self._atlas.labels[i],

@@ -1,4 +1,4 @@
-"""Commands of the pipeline: build, mine, featurevis, site, verify, info, export."""
+"""Commands of the pipeline: build, mine, maps, featurevis, site, verify, info, export."""
 
 from __future__ import annotations
 
@@ -296,6 +296,28 @@ def verify(store_path, units, images, seed, layers, data, captions, device, trus
     click.echo(f"{store_path}: {'verified' if r.ok else 'NOT verified'} in {r.seconds:.1f} s (recorded in the store)")
     if not r.ok:
         raise SystemExit(1)
+
+
+@main.command()
+@click.argument("store_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--layer", required=True, help="The mined layer, e.g. visual.layer4.0/sae16k (mined with --map-size 1).")
+@click.option("--units", default=None, help="Units, e.g. 0-99,512 (default: every unit of the layer).")
+@click.option("--map-size", default=MineConfig.map_size, show_default=True, type=click.IntRange(1, 64),
+              help="Side of the recomputed maps (at most the layer's grid).")
+@click.option("--data", default=None, help="The images the store was mined from (default: as the store names them).")
+@device_opt
+@trust_opt
+def maps(store_path, layer, units, map_size, data, device, trust_checkpoint):
+    """Recompute the top examples' heatmaps of a layer mined with small maps (`atlas mine --map-size 1`, for wide SAE
+    layers) from its stored top images, for the units asked, and add them to the store for the site and export."""
+    from ..replay import fill_store_maps
+
+    bars, t0 = Progress(), time.perf_counter()
+    n = guarded(lambda: fill_store_maps(store_path, layer, parse_units(units), map_size, data=data, device=device,
+                                        trust_checkpoint=trust_checkpoint, progress=bars.step("maps")))
+    bars.close()
+    click.echo(f"{store_path}: maps of {n} units of {layer} recomputed at up to {map_size} x {map_size} in "
+               f"{time.perf_counter() - t0:.1f} s")
 
 
 @main.command()

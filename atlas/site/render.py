@@ -170,7 +170,7 @@ def _layer_pages(w: Writer, st: Store, ld: LayerData, links: dict[int, list[dict
     """The layer's index and one page per unit; ``links``: unit -> what reports say about it (reports.py)."""
     model, layer = ld.model, ld.name
     values, index = ld["topk/values"], ld["topk/index"]
-    argmax, maps = ld["topk/argmax"], ld["topk/maps"].astype(np.float32)
+    argmax, maps = ld["topk/argmax"], ld.example_maps(0, ld.units)  # per unit [k, mh, mw]: `atlas maps`' where made
     stats = {k: ld[f"stats/{k}"] for k in ("mean", "std", "min", "max", "count", "positive", "nonfinite")}
     hist, hist_range = ld["stats/hist"], ld["stats/range"]
     fv_done = ld.featurevis_done()
@@ -194,8 +194,8 @@ def _layer_pages(w: Writer, st: Store, ld: LayerData, links: dict[int, list[dict
            config=ld.config, trust=_trust(ld))
     k = min(w.cfg.examples, values.shape[1])
     for u in range(ld.units):
-        vmax = float(np.nanmax(maps[u, :k])) if np.isfinite(maps[u, :k]).any() else 0.0
-        heat = heatmap_rgba(maps[u, :k], vmax)  # [k, h, w, 4]: elementwise, one call per unit
+        vmax = float(np.nanmax(maps[u][:k])) if np.isfinite(maps[u][:k]).any() else 0.0
+        heat = heatmap_rgba(maps[u][:k], vmax)  # [k, h, w, 4]: elementwise, one call per unit
         examples = []
         for r in range(k):
             i = int(index[u, r])

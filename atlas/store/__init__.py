@@ -8,7 +8,8 @@ Layout (schema version 2)::
                               reason, thumb_row (row in thumbs or -1), thumbs [M, T, T, 3] uint8
     /neurons/<model>/<layer>/ attrs: kind, units, grid, config (JSON of MineConfig)
         topk/values [U, k] float32, topk/index [U, k] int64 (-1: empty), topk/argmax [U, k] int32
-                    (flat index into the layer's h x w grid), topk/maps [U, k, mh, mw] float32
+                    (flat index into the layer's h x w grid), topk/maps [U, k, mh, mw] float32,
+                    topk/replayed/ (optional): maps [U, k, mh', mw'] recomputed for some units by `atlas maps`, done [U]
         stats/mean, std, min, max [U] float64/float32, stats/count, positive, nonfinite, nonfinite_maps [U]
               int64, hist [U, bins] int64 over [-range, range], stats/range [U] float64
         pooled [N, U] float32 (optional): spatial mean per image and unit (NaN rows: skipped images)
@@ -39,7 +40,8 @@ from .sae import SaeFileError, read_sae, read_sae_file, sae_layers, sae_path, wr
 from .schema import (CHECKS, REASON_CODES, REPORTS, SCHEMA_VERSION, check_compatible, check_schema, is_text,
                      layer_path)
 from .write import (File, fletcher32, image_column_of, put, put_rows, set_json, thumbnail_table, write_check,
-                    write_featurevis, write_images, write_layer, write_report, write_run, write_thumbnails)
+                    write_featurevis, write_images, write_layer, write_replayed_maps, write_report, write_run,
+                    write_thumbnails)
 
 __all__ = ["check_compatible", "check_schema", "check_unlocked", "CHECKS", "contents_digest", "Facet", "File",
            "fletcher32", "group_name", "image_column_of", "is_text", "layer_path", "LayerData", "lock", "put",
@@ -47,4 +49,5 @@ __all__ = ["check_compatible", "check_schema", "check_unlocked", "CHECKS", "cont
            "remove_work", "REPORTS", "sae_layers", "sae_path", "SaeFileError", "save_checkpoint", "SCHEMA_VERSION",
            "set_json", "Store", "StoreBusy", "StoreError", "thumbnail_table", "transaction", "Visualizations",
            "work_dir", "write_check", "write_facet", "write_featurevis", "write_images", "write_layer",
-           "write_report", "write_run", "write_sae", "write_thumbnails", "write_visualizations"]
+           "write_replayed_maps", "write_report", "write_run", "write_sae", "write_thumbnails",
+           "write_visualizations"]

@@ -93,6 +93,20 @@ class LayerData:
         from the file, not the whole layer."""
         return self.group[key][start:stop]
 
+    def example_maps(self, start: int, stop: int) -> list[np.ndarray]:
+        """Per unit of ``start:stop``: its top examples' maps [k, mh, mw] float32: those recomputed by `atlas maps`
+        (``topk/replayed/``) where a unit has them, else the maps mining kept (``topk/maps``)."""
+        out = list(self.rows("topk/maps", start, stop).astype(np.float32))
+        if "topk/replayed/done" in self.group:
+            for j in np.nonzero(self.rows("topk/replayed/done", start, stop))[0]:
+                out[j] = self.rows("topk/replayed/maps", start + int(j), start + int(j) + 1)[0].astype(np.float32)
+        return out
+
+    def replayed(self) -> np.ndarray:
+        """[U] bool: units whose top examples' maps were recomputed at full detail (`atlas maps`)."""
+        g = self.group
+        return g["topk/replayed/done"][()] if "topk/replayed/done" in g else np.zeros(self.units, bool)
+
     def stat_names(self) -> list[str]:
         """The per-unit statistics the layer holds: the one-value-per-unit datasets of ``stats/`` (count, mean, std,
         min, max, positive, nonfinite, ...), sorted; ``stats/hist`` ([U, B]) is not among them."""

@@ -244,3 +244,38 @@ def write_check(path: str | os.PathLike, model: str, layer: str, kind: str, arra
         for k, v in attrs.items():
             g.attrs[k] = v if isinstance(v, (int, float, str, np.integer, np.floating)) else \
                 json.dumps(v, sort_keys=True)
+
+
+def write_replayed_maps(path: str | os.PathLike, model: str, layer: str, units: np.ndarray, maps: np.ndarray,
+                        attrs: dict[str, Any]) -> None:
+    """Add maps recomputed for some units' top examples (`atlas maps`) to ``topk/replayed/``: ``maps`` [U, k, mh, mw]
+    float32 (chunked one unit a chunk, so units never written take no space; unwritten rows read as NaN), ``done``
+    [U] bool; ``attrs`` (map_size, precision, ...) on the group.  Maps of another size replace the group whole."""
+    units = np.asarray(units, np.int64)
+    maps = np.asarray(maps, np.float32)
+    with lock(path), transaction(path) as f:
+        key = layer_path(model, layer)
+        if key not in f or "kind" not in f[key].attrs:
+            raise StoreError(f"store {path} has no mined layer {model}/{layer} to add maps to; mine it first")
+        g = f[key]
+        n_units, k = g["topk/index"].shape
+        if maps.shape[:2] != (len(units), k) or maps.ndim != 4 or (len(units) and (units.min() < 0 or
+                                                                                   units.max() >= n_units)):
+            raise StoreError(f"maps {maps.shape} for units {units.min() if len(units) else ''}.. do not fit layer "
+                             f"{layer}'s {n_units} units x top {k}")
+        r = g.require_group("topk/replayed")
+        if "maps" in r and r["maps"].shape[2:] != maps.shape[2:]:
+            del r["maps"], r["done"]
+        if "maps" not in r:
+            r.create_dataset("maps", shape=(n_units, k, *maps.shape[2:]), dtype=np.float32, fillvalue=np.nan,
+                             chunks=(1, k, *maps.shape[2:]), compression="gzip", compression_opts=4, fletcher32=True)
+            r.create_dataset("done", data=np.zeros(n_units, bool))
+        order = np.argsort(units)
+        for u, m in zip(units[order], maps[order]):
+            r["maps"][int(u)] = m
+        done = r["done"][()]
+        done[units] = True
+        r["done"][...] = done
+        for name, value in attrs.items():
+            r.attrs[name] = value if isinstance(value, (int, float, str, np.integer, np.floating)) else \
+                json.dumps(value, sort_keys=True)

@@ -272,6 +272,8 @@ class LabelConfig:
     templates: prompts whose normalized text embeddings are averaged per vocabulary entry ("{}" is the entry).
     top: labels kept per unit, best first.
     word_weight: weight of the rendered-word evidence in the combined score (0: image-text matching alone).
+    scale: the logit scale of the match evidence's P, the softmax over the vocabulary of scale x image-text cosine
+        (100: CLIP's; atlas/labels.py says why).
     words_report: the /attacks/<name> word-sensitivity report whose responses are the rendered-word evidence
         (used only when it covers the layer and holds `responses`).
     bootstrap: resamples of the probing images for the AUPRC confidence interval; seed: their seed.
@@ -282,6 +284,7 @@ class LabelConfig:
     templates: tuple[str, ...] = ("a photo of a {}", "{}")
     top: int = 5
     word_weight: float = 0.5
+    scale: float = 100.0
     words_report: str = "words"
     bootstrap: int = 200
     seed: int = 0
@@ -293,6 +296,7 @@ class LabelConfig:
                f"templates must be non-empty and each hold '{{}}', got {self.templates!r}")
         _check(self.top >= 1, f"top must be >= 1, got {self.top}")
         _check(self.word_weight >= 0, f"word_weight must be >= 0, got {self.word_weight}")
+        _check(self.scale > 0, f"scale must be > 0, got {self.scale}")
         _check(self.bootstrap >= 10, f"bootstrap must be >= 10, got {self.bootstrap}")
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score
 
 from atlas import store
@@ -18,7 +19,8 @@ from atlas.config import LabelConfig, MineConfig
 from atlas.data import open_source
 from atlas.errors import LabelError
 from atlas.label_eval import evaluate_labels
-from atlas.labels import average_precision, check_vocabulary, label_units, match_scores, read_vocabulary
+from atlas.labels import (average_precision, average_ranks, check_vocabulary, label_units, match_scores,
+                          read_vocabulary, vocabulary_probabilities)
 from atlas.mining import mine
 from atlas.notebook import open_atlas
 
@@ -49,15 +51,25 @@ def test_average_precision_is_sklearns():
             assert abs(ap - average_precision_score(y[rep], s[rep])) < 1e-12
 
 
-def test_match_score_is_pearson_brute_force():
+def test_match_score_is_rank_correlation_with_clip_dissects_p_brute_force():
+    """match = Pearson r of the unit's activation ranks (scipy's rankdata, ties averaged) with the entry's column of
+    P, each image's softmax over the vocabulary of scale x cosine, written out here with numpy."""
     rng = np.random.default_rng(1)
-    acts, sims = rng.normal(size=(40, 3)), rng.normal(size=(40, 5))
+    acts, sims = rng.normal(size=(40, 3)), rng.uniform(-1, 1, size=(40, 5))
+    acts[:, 1] = np.round(acts[:, 1])  # ties share their mean rank
     acts[:, 2] = 1.5  # a constant unit: NaN, not a number
-    got = match_scores(torch.from_numpy(acts), torch.from_numpy(sims), chunk=2).numpy()
-    for u in range(2):
-        for c in range(5):
-            assert abs(got[u, c] - np.corrcoef(acts[:, u], sims[:, c])[0, 1]) < 1e-12
-    assert np.isnan(got[2]).all()
+    sims[:, 4] = -1.0  # an entry far from every image: P underflows float32 but not the float64 path
+    for scale in (1.0, 100.0):
+        got = match_scores(torch.from_numpy(acts), torch.from_numpy(sims), scale, chunk=2).numpy()
+        e = np.exp(scale * (sims - sims.max(1, keepdims=True)))
+        p = e / e.sum(1, keepdims=True)  # [40, 5] rows sum to 1
+        for u in range(2):
+            ranks = rankdata(acts[:, u])
+            for c in range(5):
+                assert abs(got[u, c] - np.corrcoef(ranks, p[:, c])[0, 1]) < 1e-9
+        assert np.isnan(got[2]).all()
+    assert np.allclose(average_ranks(torch.from_numpy(acts[:, :2])).numpy(), rankdata(acts[:, :2], axis=0))
+    assert np.allclose(vocabulary_probabilities(torch.from_numpy(sims), 100.0).sum(1).numpy(), 1.0)
 
 
 def test_bad_vocabularies(shipped, tmp_path):

@@ -279,6 +279,10 @@ class LabelConfig:
     bootstrap: resamples of the probing images for the AUPRC confidence interval; seed: their seed.
     vocab: where the vocabulary came from ("default": common English words plus the data's class or concept
         names; else the vocabulary file's path).
+    probe_data: the probing images: None for the store's own mined images, else a data spec as `atlas mine --data`
+        takes (e.g. conceptworld:16384:2: more images than were mined), run through the model by the labeller.
+    summary: each unit's value on a probing image, the spatial "mean" or "max" of its map.  "mean" on the store's
+        own images reads the stored `pooled` matrix; anything else runs the probing images through the model.
     """
 
     templates: tuple[str, ...] = ("a photo of a {}", "{}")
@@ -289,9 +293,14 @@ class LabelConfig:
     bootstrap: int = 200
     seed: int = 0
     vocab: str = "default"
+    probe_data: str | None = None
+    summary: str = "mean"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "templates", tuple(self.templates))
+        _check(self.summary in ("mean", "max"), f"summary must be 'mean' or 'max', got {self.summary!r}")
+        _check(self.probe_data is None or bool(str(self.probe_data).strip()),
+               "probe_data must be a data spec (e.g. conceptworld:16384:2) or None for the store's own images")
         _check(bool(self.templates) and all("{}" in t for t in self.templates),
                f"templates must be non-empty and each hold '{{}}', got {self.templates!r}")
         _check(self.top >= 1, f"top must be >= 1, got {self.top}")

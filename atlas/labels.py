@@ -45,6 +45,7 @@ from .config import LabelConfig, read_word_file, to_json
 from .data.conceptworld import CONCEPT_NAMES, CONCEPTS
 from .errors import ConfigError, LabelError, StoreError
 from .models import LoadedModel
+from .names import split_sae_layer
 from .resources import resource_dir
 from .search import unit_directions
 
@@ -259,6 +260,31 @@ def probe_images(model: LoadedModel, store_path: str | os.PathLike, rows: np.nda
     return e / e.norm(dim=1, keepdim=True)
 
 
+def probe_forward(model: LoadedModel, source, indices: Sequence[int], layers: Sequence[str], summary: str,
+                  batch: int = 256) -> tuple[dict[str, np.ndarray], torch.Tensor, np.ndarray]:
+    """Run the images ``indices`` of ``source`` through the model once: ({layer: [n, U] spatial ``summary`` of each
+    unit's map}, [n, D] unit-norm image embeddings, [n] the indices whose image decoded, in order)."""
+    from .capture import pooled_activations
+
+    acts: dict[str, list[torch.Tensor]] = {x: [] for x in layers}
+    embs, kept = [], []
+    for i in range(0, len(indices), batch):
+        samples = [source.sample(int(j)) for j in indices[i:i + batch]]
+        good = [s for s in samples if s.image is not None]
+        if not good:
+            continue
+        pix = torch.stack([model.preprocess(s.image) for s in good])
+        per_layer, emb = pooled_activations(model, pix, layers, summary, batch)  # {layer: [b, U]}, [b, D]
+        for x in layers:
+            acts[x].append(per_layer[x])
+        embs.append(emb)
+        kept += [s.index for s in good]
+    if not embs:
+        raise LabelError(f"no probing image of {source.description} could be decoded; pass another --probe-data")
+    e = torch.cat(embs)
+    return {x: torch.cat(a).numpy() for x, a in acts.items()}, e / e.norm(dim=1, keepdim=True), np.array(kept)
+
+
 def label_layer(layer: str, acts: np.ndarray, sims: torch.Tensor, vocab: Sequence[str], presence: Presence,
                 config: LabelConfig, words: tuple[list[str], np.ndarray] | None = None) -> LayerLabels:
     """Labels of one layer from its activations acts [n, U] over the probing images, the entries' image-text
@@ -323,6 +349,45 @@ class LabelResult:
     left_out: list = field(default_factory=list)  # (what, how many, why)
 
 
+def _usable_rows(acts: dict[str, np.ndarray], status: np.ndarray) -> tuple[np.ndarray, list]:
+    """(rows of images decoded when mined whose activations are finite in every layer, what was left out and why)."""
+    finite = np.all([np.isfinite(a).all(1) for a in acts.values()], 0)
+    left = [("skipped images", int((status != 0).sum()), "not decodable when mined (NaN rows)")] \
+        if (status != 0).any() else []
+    if ((status == 0) & ~finite).any():
+        left.append(("images with a non-finite activation", int(((status == 0) & ~finite).sum()),
+                     "the model's own inf/NaN (stats/nonfinite_maps): left out of every score"))
+    return np.nonzero((status == 0) & finite)[0], left
+
+
+def _forward_probe(model: LoadedModel, store_path, config: LabelConfig, layers: Sequence[str], status: np.ndarray,
+                   progress: Callable[[str], None] | None):
+    """The probing images run through the model (`probe_forward`): the store's own decoded images, or
+    ``config.probe_data``'s; returns (acts, embeddings, rows, left out, labels, captions, is Concept World)."""
+    from .data import open_source
+    from .verify import source_of
+
+    if config.probe_data:
+        try:
+            source = open_source(config.probe_data)
+        except Exception as e:  # the source's own message says what is wrong with the spec
+            raise LabelError(f"--probe-data {config.probe_data!r}: {e}") from e
+        wanted = np.arange(len(source))
+    else:
+        source, wanted = source_of(store_path), np.nonzero(status == 0)[0]
+    if progress:
+        progress(f"running {len(wanted)} probing images of {source.description} through the model "
+                 f"(spatial {config.summary})")
+    acts, images, kept = probe_forward(model, source, wanted, layers, config.summary)
+    rows, left = _usable_rows(acts, np.zeros(len(kept), np.int8))
+    if len(kept) < len(wanted):
+        left.insert(0, ("undecodable probing images", len(wanted) - len(kept), "the source could not decode them"))
+    entries = [source.entries[int(i)] for i in kept[rows]]
+    cw = source.description.startswith("conceptworld:")
+    return ({x: a[rows] for x, a in acts.items()}, images[torch.from_numpy(rows)], kept[rows], left,
+            np.array([e.label for e in entries], dtype=object), np.array([e.caption for e in entries], dtype=object), cw)
+
+
 def label_units(model: LoadedModel, store_path: str | os.PathLike, layers: Sequence[str] | None = None,
                 vocab_file: str | os.PathLike | None = None, config: LabelConfig | None = None, write: bool = True,
                 progress: Callable[[str], None] | None = None) -> LabelResult:
@@ -342,8 +407,13 @@ def label_units(model: LoadedModel, store_path: str | os.PathLike, layers: Seque
         if missing or not layers:
             raise StoreError(f"store {store_path} has no mined layer {', '.join(missing) or '(none at all)'} of "
                              f"model {model.name}; pass --layer one of: {', '.join(names) or 'none: run atlas mine'}")
+        forward = config.probe_data is not None or config.summary != "mean"
+        virtual = [x for x in layers if split_sae_layer(x)]
+        if forward and virtual:
+            raise LabelError(f"layer {virtual[0]} is an SAE's virtual layer: label it from the store's pooled "
+                             "activations (leave out --probe-data and --summary max)")
         acts = {}
-        for x in layers:
+        for x in layers if not forward else []:
             ld = st.layer(model.name, x)
             if not ld.has("pooled"):
                 raise StoreError(f"layer {x} of store {store_path} keeps no pooled activations; mine it again "
@@ -351,7 +421,8 @@ def label_units(model: LoadedModel, store_path: str | os.PathLike, layers: Seque
             acts[x] = ld["pooled"]  # [N, U]
         status = st.image_column("status")
         labels, captions = st.image_column("label"), st.image_column("caption")
-        words = {x: _words_evidence(st, config.words_report, x, acts[x].shape[1]) for x in layers}
+        units = {x: st.layer(model.name, x).units for x in layers}
+        words = {x: _words_evidence(st, config.words_report, x, units[x]) for x in layers}
     cw = str(meta.get("data_source", "")).startswith("conceptworld:")
     if vocab_file:
         vocab, source = read_vocabulary(vocab_file), str(vocab_file)
@@ -360,26 +431,28 @@ def label_units(model: LoadedModel, store_path: str | os.PathLike, layers: Seque
         vocab = list(dict.fromkeys(class_names(labels, cw) + common))
         source = f"{'Concept World concepts' if cw else 'class names'} + {source}"
     check_vocabulary(model, vocab, config.templates, f"--vocab {vocab_file}" if vocab_file else source)
-    finite = np.all([np.isfinite(a).all(1) for a in acts.values()], 0)
-    ok = (status == 0) & finite
-    left = [("skipped images", int((status != 0).sum()), "not decodable when mined (NaN rows)")] \
-        if (status != 0).any() else []
-    if ((status == 0) & ~finite).any():
-        left.append(("images with a non-finite activation", int(((status == 0) & ~finite).sum()),
-                     "the model's own inf/NaN (stats/nonfinite_maps): left out of every score"))
-    rows = np.nonzero(ok)[0]
-    if len(rows) < 2:
-        raise StoreError(f"store {store_path} has {len(rows)} usable images; labels need at least 2")
     if progress:
-        progress(f"embedding {len(rows)} probing images and {len(vocab)} vocabulary entries")
+        progress(f"embedding {len(vocab)} vocabulary entries")
     text = text_matrix(model, vocab, config.templates)  # [C, D]
-    sims = probe_images(model, store_path, rows) @ text.t()  # [n, C]
-    presence = Presence(labels[rows], captions[rows], cw)
+    if forward:
+        acts, images, rows, left, labels, captions, cw = _forward_probe(model, store_path, config, layers, status,
+                                                                        progress)
+    else:
+        rows, left = _usable_rows(acts, status)
+        labels, captions = labels[rows], captions[rows]
+        acts = {x: a[rows] for x, a in acts.items()}
+        if progress:
+            progress(f"embedding {len(rows)} probing images")
+        images = probe_images(model, store_path, rows)  # [n, D]
+    if len(rows) < 2:
+        raise StoreError(f"store {store_path} has {len(rows)} usable probing images; labels need at least 2")
+    sims = images @ text.t()  # [n, C]
+    presence = Presence(labels, captions, cw)
     result = LabelResult([], vocab, source, len(rows), left)
     for x in layers:
         if progress:
             progress(f"labelling {x}")
-        lab = label_layer(x, acts[x][rows], sims, vocab, presence, config, words[x])
+        lab = label_layer(x, acts[x], sims, vocab, presence, config, words[x])
         dirs = unit_directions(model, store_path, x)  # [U, D] or None (an SAE layer: its decoder rows through them)
         if dirs is not None:
             lab.nearest_words, lab.nearest_cos = nearest_entries(dirs, text.numpy(), vocab)

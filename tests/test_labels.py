@@ -17,7 +17,7 @@ from atlas.attacks.experiments import run_word_sensitivity
 from atlas.cli import main
 from atlas.config import LabelConfig, MineConfig
 from atlas.data import open_source
-from atlas.errors import LabelError
+from atlas.errors import ConfigError, LabelError
 from atlas.label_eval import evaluate_labels
 from atlas.labels import (average_precision, average_ranks, check_vocabulary, label_units, match_scores,
                           read_vocabulary, vocabulary_probabilities)
@@ -182,3 +182,32 @@ def test_nearest_words_are_the_closest_text_embeddings_to_the_unit_directions(ti
         cells = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td>", page.split('<table class="labels">')[1])
         assert [c for c, _ in cells] == [lab["concept"] for lab in rows[7]["labels"]] and cells, layer
         assert [float(v) for _, v in cells] == [float(f"{lab['score']:.4g}") for lab in rows[7]["labels"]]
+
+
+def test_probing_images_run_through_the_model(tiny_model, small_store, tmp_path):
+    """--probe-data runs the images through the model: on the store's own images with the spatial mean it gives the
+    labels of the stored pooled path; --summary max changes the activations, not the images; a bad spec or summary
+    is an error that names the option."""
+    path = tmp_path / "s.h5"
+    path.write_bytes(small_store.read_bytes())
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("\n".join(VOCAB))
+    layer = ["visual.layer4.0"]
+    stored = label_units(tiny_model, path, layer, vocab_file, LabelConfig(bootstrap=10), write=False).layers[0]
+    rerun = label_units(tiny_model, path, layer, vocab_file, LabelConfig(bootstrap=10, probe_data="synthetic:200"),
+                        write=False)
+    assert rerun.images == 200 and rerun.left_out == []
+    again = rerun.layers[0]
+    assert np.abs(again.match - stored.match).max() < 1e-4 and np.abs(again.score - stored.score).max() < 1e-3
+    assert sum(a[0] == b[0] for a, b in zip(again.concept, stored.concept)) >= 0.95 * len(stored.concept)
+    label_units(tiny_model, path, layer, vocab_file, LabelConfig(bootstrap=10, summary="max"))
+    with store.Store(path) as st:
+        attrs = st.layer("tiny", "visual.layer4.0").check("labels")
+    assert attrs["config"]["summary"] == "max" and attrs["images"] == 200
+    with pytest.raises(LabelError, match="--probe-data 'nowhere:5'"):
+        label_units(tiny_model, path, layer, vocab_file, LabelConfig(bootstrap=10, probe_data="nowhere:5"))
+    with pytest.raises(ConfigError, match="summary must be 'mean' or 'max'"):
+        LabelConfig(summary="median")
+    r = CliRunner().invoke(main, ["label", str(path), "--layer", "visual.layer4.0", "--vocab", str(vocab_file),
+                                  "--probe-data", "nowhere:5", "--model", "atlas:tiny@random:0"])
+    assert r.exit_code == 1 and "--probe-data 'nowhere:5'" in r.output

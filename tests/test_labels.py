@@ -123,10 +123,15 @@ def test_planted_concepts_get_their_labels(shipped, labelled):
     r = evaluate_labels(shipped, path, causal_units=16)
     hits, total = r.planted["labels (match + words)"]
     assert total >= 30
-    # measured 2026-12-07: 23 / 33 on 4,096 probing images; on these 2,048: see the report (below the 90% target)
-    assert hits / total >= 0.6
+    # measured 2026-12-07 on these 2,048 probing images: 24 / 33, precision 281 / 1,024 (with Pearson on raw
+    # cosines, before the rank correlation with P: 23 / 33 and 204 on 4,096); the 90% target is not met
+    assert hits >= 24 and r.precision["labels (match + words)"][0] >= 270
     const = next(v for k, v in r.precision.items() if k.startswith("baseline: constant"))
-    assert r.precision["labels (match + words)"][0] > const[0]
+    top_ex = r.precision["baseline: top examples' class"]
+    assert r.precision["labels (match + words)"][0] > max(const[0], 2 * top_ex[0])
+    assert hits > r.planted["baseline: top examples' class"][0]
+    # the probing images' own ceiling (AUROC against Concept World's labels): 26 / 33 on these images
+    assert r.ceiling is not None and r.ceiling[1] == total and 24 <= r.ceiling[0] <= 28
     assert r.causal[1] == 16 and r.causal[0] >= 10
 
 
@@ -198,7 +203,10 @@ def test_probing_images_run_through_the_model(tiny_model, small_store, tmp_path)
                         write=False)
     assert rerun.images == 200 and rerun.left_out == []
     again = rerun.layers[0]
-    assert np.abs(again.match - stored.match).max() < 1e-4 and np.abs(again.score - stored.score).max() < 1e-3
+    live = np.isfinite(stored.match[:, 0])  # units constant over the images (ReLU-dead here) have no label
+    assert np.array_equal(np.isfinite(again.match[:, 0]), live) and live.sum() > 100
+    assert np.abs(again.match[live] - stored.match[live]).max() < 1e-4
+    assert np.abs(again.score[live] - stored.score[live]).max() < 1e-3
     assert sum(a[0] == b[0] for a, b in zip(again.concept, stored.concept)) >= 0.95 * len(stored.concept)
     label_units(tiny_model, path, layer, vocab_file, LabelConfig(bootstrap=10, summary="max"))
     with store.Store(path) as st:

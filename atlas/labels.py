@@ -384,8 +384,9 @@ def _forward_probe(model: LoadedModel, store_path, config: LabelConfig, layers: 
         left.insert(0, ("undecodable probing images", len(wanted) - len(kept), "the source could not decode them"))
     entries = [source.entries[int(i)] for i in kept[rows]]
     cw = source.description.startswith("conceptworld:")
-    return ({x: a[rows] for x, a in acts.items()}, images[torch.from_numpy(rows)], kept[rows], left,
-            np.array([e.label for e in entries], dtype=object), np.array([e.caption for e in entries], dtype=object), cw)
+    labels = np.array([e.label for e in entries], dtype=object)
+    captions = np.array([e.caption for e in entries], dtype=object)
+    return {x: a[rows] for x, a in acts.items()}, images[torch.from_numpy(rows)], kept[rows], left, labels, captions, cw
 
 
 def label_units(model: LoadedModel, store_path: str | os.PathLike, layers: Sequence[str] | None = None,

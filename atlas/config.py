@@ -272,27 +272,40 @@ class LabelConfig:
     templates: prompts whose normalized text embeddings are averaged per vocabulary entry ("{}" is the entry).
     top: labels kept per unit, best first.
     word_weight: weight of the rendered-word evidence in the combined score (0: image-text matching alone).
+    scale: the logit scale of the match evidence's P, the softmax over the vocabulary of scale x image-text cosine
+        (100: CLIP's; atlas/labels.py says why).
     words_report: the /attacks/<name> word-sensitivity report whose responses are the rendered-word evidence
         (used only when it covers the layer and holds `responses`).
     bootstrap: resamples of the probing images for the AUPRC confidence interval; seed: their seed.
     vocab: where the vocabulary came from ("default": common English words plus the data's class or concept
         names; else the vocabulary file's path).
+    probe_data: the probing images: None for the store's own mined images, else a data spec as `atlas mine --data`
+        takes (e.g. conceptworld:16384:2: more images than were mined), run through the model by the labeller.
+    summary: each unit's value on a probing image, the spatial "mean" or "max" of its map.  "mean" on the store's
+        own images reads the stored `pooled` matrix; anything else runs the probing images through the model.
     """
 
     templates: tuple[str, ...] = ("a photo of a {}", "{}")
     top: int = 5
     word_weight: float = 0.5
+    scale: float = 100.0
     words_report: str = "words"
     bootstrap: int = 200
     seed: int = 0
     vocab: str = "default"
+    probe_data: str | None = None
+    summary: str = "mean"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "templates", tuple(self.templates))
+        _check(self.summary in ("mean", "max"), f"summary must be 'mean' or 'max', got {self.summary!r}")
+        _check(self.probe_data is None or bool(str(self.probe_data).strip()),
+               "probe_data must be a data spec (e.g. conceptworld:16384:2) or None for the store's own images")
         _check(bool(self.templates) and all("{}" in t for t in self.templates),
                f"templates must be non-empty and each hold '{{}}', got {self.templates!r}")
         _check(self.top >= 1, f"top must be >= 1, got {self.top}")
         _check(self.word_weight >= 0, f"word_weight must be >= 0, got {self.word_weight}")
+        _check(self.scale > 0, f"scale must be > 0, got {self.scale}")
         _check(self.bootstrap >= 10, f"bootstrap must be >= 10, got {self.bootstrap}")
 
 

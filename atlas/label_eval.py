@@ -7,6 +7,10 @@
   words) against all others.  Labels that name no concept count as wrong: nothing in Concept World shows them;
 - the same figures for two baselines: the most frequent concept among each unit's stored top examples, and one
   constant label (the concept most images show);
+- *ceiling* (Concept World stores with pooled activations): for how many planted concepts the neuron's pooled
+  activations over the store's images have their best AUROC, among all concepts, for that concept, against what
+  Concept World says each image shows: how far the probing images themselves point to the planted concept;
+- *word hits*: of the misses, those labelled with another of the concept's own words (e.g. 'direction' for arrow);
 - *causal*: zeroing a labelled unit (a forward hook) lowers the zero-shot score (cosine with the concept's prompts) of its label's concept on
   that concept's test images more than it lowers a control concept's (the next concept in Concept World's list) on
   the control's images.
@@ -39,6 +43,8 @@ class LabelEval:
     threshold: float
     misses: list[tuple[str, int, str]] = field(default_factory=list)  # (concept, unit, its top-1 label)
     causal_rows: list[tuple[int, str, str, float, float]] = field(default_factory=list)  # unit, concept, control, drops
+    word_hits: int = 0  # of the misses, those whose top-1 label is another of the concept's words (not counted)
+    ceiling: tuple[int, int] | None = None  # planted neurons whose probing-image AUROC is best for their concept
 
     @property
     def markdown(self) -> str:
@@ -53,11 +59,36 @@ class LabelEval:
         if self.misses:
             lines.append("Planted concepts whose neuron got another top-1 label: "
                          + ", ".join(f"{c} (unit {u}: {lab!r})" for c, u, lab in self.misses))
+        if self.word_hits:
+            lines += ["", f"Of these, {self.word_hits} got another of the concept's own words (counted as misses; "
+                      "the precision column counts such labels as right)."]
+        if self.ceiling:
+            k, n = self.ceiling
+            lines += ["", f"Ceiling of the probing images: for {k} of {n} planted concepts the neuron's pooled "
+                      "activations over the store's images find that concept best (AUROC against Concept World's "
+                      "labels of what each image shows, over all 41 concepts): labels that know what each image shows "
+                      "and read these activations, not the text tower."]
         return "\n".join(lines) + "\n"
 
 
 def _concept_of(label: str) -> str | None:
     return WORD_TO_CONCEPT.get(label.lower()) if label else None
+
+
+def _presence_ceiling(pooled: np.ndarray, status: np.ndarray, pres: Presence, have: list[tuple[str, int]]
+                      ) -> tuple[int, int]:
+    """How many planted neurons' pooled activations over the probing images have their best AUROC, among all
+    concepts, for their own concept (images shown by Concept World's labels; the images left out when mined
+    dropped)."""
+    rows = np.nonzero((status == 0) & np.isfinite(pooled).all(1))[0]
+    shows = np.array([[c in pres.sets[i] for c in CONCEPT_NAMES] for i in rows])  # [n, concepts]
+    hits = 0
+    for name, u in have:
+        a = torch.from_numpy(pooled[rows, u:u + 1].astype(np.float64))
+        au = [float(auroc(a[shows[:, k]], a[~shows[:, k]])[0]) if shows[:, k].any() else 0.0
+              for k in range(len(CONCEPT_NAMES))]
+        hits += CONCEPT_NAMES[int(np.argmax(au))] == name
+    return hits, len(have)
 
 
 def _zero_shot_probs(model: LoadedModel, head: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
@@ -82,6 +113,8 @@ def evaluate_labels(model: LoadedModel, store_path: str | os.PathLike, layer: st
         ld = st.layer(model.name, layer)
         stored = ld.labels()
         top_index = ld["topk/index"]  # [U, k]
+        pooled = ld["pooled"] if ld.has("pooled") else None  # [N, U]
+        status = st.image_column("status")
         labels = st.image_column("label")
         cw = str(st.meta.get("data_source", "")).startswith("conceptworld:")
     if stored is None:
@@ -113,10 +146,12 @@ def evaluate_labels(model: LoadedModel, store_path: str | os.PathLike, layer: st
                  for u in range(units)]
         precision[name] = (int(sum(right)), units)
     misses = [(c, u, top1[u]) for c, u in have if top1[u] != c]
+    word_hits = sum(_concept_of(lab) == c for c, _, lab in misses)
+    ceiling = _presence_ceiling(pooled, status, pres, have) if cw and pooled is not None else None
     first = [u for _, u in have]  # the planted concepts' neurons first, then the other units in order
     order = list(dict.fromkeys(first + list(range(units))))
     causal, rows = _causal(model, layer, top1, order, images, causal_units, causal_images)
-    return LabelEval(layer, planted, precision, causal, threshold, misses, rows)
+    return LabelEval(layer, planted, precision, causal, threshold, misses, rows, word_hits, ceiling)
 
 
 def _causal(model: LoadedModel, layer: str, top1: list[str], order: list[int], images, limit: int, per: int

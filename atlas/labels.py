@@ -3,13 +3,19 @@ evidence behind it and a sanity check (`label_units`, `atlas label`).
 
 Two kinds of evidence, both kept in the store (docs/store.md, ``labels/``):
 
-- *match* (CLIP-Dissect, Oikarinen & Weng 2023): the unit's activation vector over the probing images (the store's
-  ``pooled`` matrix: each image's spatial mean) against each entry's image-text similarity vector over the same
-  images, P = image embeddings x text embeddings of the entry in ``config.templates`` (the model's own text tower).
-  The score is Pearson's correlation of the two vectors.  Why not soft-WPMI: on the shipped model it put the
-  planted concept on top for 5 to 18 of 33 concept neurons (depending on its temperature), Pearson for 16 to 17:
-  its PMI term favours rare words, and a text tower trained on 41 concepts gives ordinary English words embeddings
-  that are noise.  Pearson is also one of the label metrics NeuronEval (2025) found to pass its sanity checks.
+- *match* (CLIP-Dissect, Oikarinen & Weng 2023): the unit's activations over the probing images (the store's
+  ``pooled`` matrix: each image's spatial mean) against each entry's probability over the same images, CLIP-Dissect's
+  P: per image, the softmax over the whole vocabulary of ``config.scale`` x the cosine of the image embedding with
+  the entry's text embedding (averaged over ``config.templates``; the model's own text tower).  The score is
+  Pearson's correlation of the unit's activation *ranks* with P's column (`match_scores`).  Why these choices, each
+  measured on the shipped model (docs/reports.md, "Automatic labels"): raw cosines put the planted concept on top
+  of 23 of its 33 concept neurons and let common words that are close to every image compete with the concepts;
+  the softmax over the vocabulary makes an entry score only on images the text tower gives to it rather than to
+  another entry.  Ranks make the score depend on the order of the images, not on a few extreme activations (the
+  multimodal neurons are defined by AUROC, an order statistic).  ``scale`` 100 is CLIP's logit scale (the cap
+  of its training); CLIP-Dissect's soft-WPMI default of 10 leaves P nearly uniform over 4,795 entries.  Why not
+  soft-WPMI itself: its PMI term favours rare words, and a text tower trained on 41 concepts gives ordinary English
+  words embeddings that are noise (it put the planted concept on top for 5 to 18 of 33 concept neurons).
 - *word*: the unit's response to the entry rendered as an image (the word-sensitivity report of
   `atlas attack words`, ``/attacks/<words_report>``, when it covers the layer and stores every response).
 
@@ -39,6 +45,7 @@ from .config import LabelConfig, read_word_file, to_json
 from .data.conceptworld import CONCEPT_NAMES, CONCEPTS
 from .errors import ConfigError, LabelError, StoreError
 from .models import LoadedModel
+from .names import split_sae_layer
 from .resources import resource_dir
 from .search import unit_directions
 
@@ -116,12 +123,39 @@ def _standardized(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(0)) / torch.where(std > 0, std, torch.tensor(float("nan"), dtype=x.dtype))
 
 
-def match_scores(acts: torch.Tensor, sims: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """[U, C] Pearson correlation of each unit's activations acts [n, U] with each entry's image-text similarities
-    sims [n, C] over the same n images (NaN for a constant unit)."""
-    a = _standardized(acts)  # [n, U]
-    n = a.shape[0]
-    return torch.cat([(a.t() @ _standardized(sims[:, i:i + chunk])) / n for i in range(0, sims.shape[1], chunk)], 1)
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """[n, U] ranks 1..n of each column's values, tied values sharing their mean rank (scipy's rankdata)."""
+    cols = x.double().t().contiguous()  # [U, n]
+    ordered = cols.sort(dim=1).values
+    below = torch.searchsorted(ordered, cols, right=False).double()  # values smaller
+    upto = torch.searchsorted(ordered, cols, right=True).double()  # values smaller or equal
+    return ((below + upto + 1) / 2).t()
+
+
+def _log_normalizer(sims: torch.Tensor, scale: float, chunk: int = 1024) -> torch.Tensor:
+    """[n, 1] float64 log of each image's softmax denominator over the vocabulary (rows of sims [n, C])."""
+    return torch.cat([torch.logsumexp(scale * sims[i:i + chunk].double(), 1, keepdim=True)
+                      for i in range(0, sims.shape[0], chunk)])
+
+
+def vocabulary_probabilities(sims: torch.Tensor, scale: float) -> torch.Tensor:
+    """[n, C] float64: per image (row of the image-text cosines sims [n, C]), the softmax over the vocabulary of
+    scale x cosine: CLIP-Dissect's P, the text tower's belief that the image shows each entry."""
+    return torch.exp(scale * sims.double() - _log_normalizer(sims, scale))
+
+
+def match_scores(acts: torch.Tensor, sims: torch.Tensor, scale: float, chunk: int = 1024) -> torch.Tensor:
+    """[U, C] the *match* evidence: Pearson correlation of each unit's activation ranks (acts [n, U]) with each
+    entry's probability P (`vocabulary_probabilities` of the image-text cosines sims [n, C]) over the same n
+    images, P made ``chunk`` entries at a time in float64; NaN for a unit constant over the images, 0 for an entry
+    whose P is (to float64) constant."""
+    ranks = _standardized(average_ranks(acts))  # [n, U]
+    n, lse = ranks.shape[0], _log_normalizer(sims, scale)  # [n, 1]
+    out = []
+    for i in range(0, sims.shape[1], chunk):
+        p = torch.exp(scale * sims[:, i:i + chunk].double() - lse)  # [n, chunk] P's columns
+        out.append(ranks.t() @ torch.nan_to_num(_standardized(p), nan=0.0) / n)
+    return torch.cat(out, 1)
 
 
 def _zscore_rows(x: np.ndarray) -> np.ndarray:
@@ -186,7 +220,7 @@ class LayerLabels:
     layer: str
     concept: list[list[str]]  # [U][top] ("" where a unit has no label: constant over the probing images)
     score: np.ndarray  # [U, top] combined score
-    match: np.ndarray  # [U, top] Pearson r of activations and image-text similarity
+    match: np.ndarray  # [U, top] Pearson r of activation ranks and the entry's probability P
     word: np.ndarray  # [U, top] z of the rendered-word response (NaN: the entry was not rendered)
     auprc: np.ndarray  # [U, top] AUPRC of activations at finding images that show the entry (NaN: unknown)
     check_auprc: np.ndarray  # [U] the top label's AUPRC, check_ci [U, 2] its bootstrap interval
@@ -226,11 +260,36 @@ def probe_images(model: LoadedModel, store_path: str | os.PathLike, rows: np.nda
     return e / e.norm(dim=1, keepdim=True)
 
 
+def probe_forward(model: LoadedModel, source, indices: Sequence[int], layers: Sequence[str], summary: str,
+                  batch: int = 256) -> tuple[dict[str, np.ndarray], torch.Tensor, np.ndarray]:
+    """Run the images ``indices`` of ``source`` through the model once: ({layer: [n, U] spatial ``summary`` of each
+    unit's map}, [n, D] unit-norm image embeddings, [n] the indices whose image decoded, in order)."""
+    from .capture import pooled_activations
+
+    acts: dict[str, list[torch.Tensor]] = {x: [] for x in layers}
+    embs, kept = [], []
+    for i in range(0, len(indices), batch):
+        samples = [source.sample(int(j)) for j in indices[i:i + batch]]
+        good = [s for s in samples if s.image is not None]
+        if not good:
+            continue
+        pix = torch.stack([model.preprocess(s.image) for s in good])
+        per_layer, emb = pooled_activations(model, pix, layers, summary, batch)  # {layer: [b, U]}, [b, D]
+        for x in layers:
+            acts[x].append(per_layer[x])
+        embs.append(emb)
+        kept += [s.index for s in good]
+    if not embs:
+        raise LabelError(f"no probing image of {source.description} could be decoded; pass another --probe-data")
+    e = torch.cat(embs)
+    return {x: torch.cat(a).numpy() for x, a in acts.items()}, e / e.norm(dim=1, keepdim=True), np.array(kept)
+
+
 def label_layer(layer: str, acts: np.ndarray, sims: torch.Tensor, vocab: Sequence[str], presence: Presence,
                 config: LabelConfig, words: tuple[list[str], np.ndarray] | None = None) -> LayerLabels:
     """Labels of one layer from its activations acts [n, U] over the probing images, the entries' image-text
     similarities sims [n, C] over the same images, and optionally the rendered-word evidence (words, [W, U])."""
-    S = match_scores(torch.from_numpy(acts), sims).numpy()  # [U, C]
+    S = match_scores(torch.from_numpy(acts), sims, config.scale).numpy()  # [U, C]
     dead = ~np.isfinite(S).all(1)
     combined = _zscore_rows(S)
     word_z = np.full(S.shape, np.nan)
@@ -290,6 +349,46 @@ class LabelResult:
     left_out: list = field(default_factory=list)  # (what, how many, why)
 
 
+def _usable_rows(acts: dict[str, np.ndarray], status: np.ndarray) -> tuple[np.ndarray, list]:
+    """(rows of images decoded when mined whose activations are finite in every layer, what was left out and why)."""
+    finite = np.all([np.isfinite(a).all(1) for a in acts.values()], 0)
+    left = [("skipped images", int((status != 0).sum()), "not decodable when mined (NaN rows)")] \
+        if (status != 0).any() else []
+    if ((status == 0) & ~finite).any():
+        left.append(("images with a non-finite activation", int(((status == 0) & ~finite).sum()),
+                     "the model's own inf/NaN (stats/nonfinite_maps): left out of every score"))
+    return np.nonzero((status == 0) & finite)[0], left
+
+
+def _forward_probe(model: LoadedModel, store_path, config: LabelConfig, layers: Sequence[str], status: np.ndarray,
+                   progress: Callable[[str], None] | None):
+    """The probing images run through the model (`probe_forward`): the store's own decoded images, or
+    ``config.probe_data``'s; returns (acts, embeddings, rows, left out, labels, captions, is Concept World)."""
+    from .data import open_source
+    from .verify import source_of
+
+    if config.probe_data:
+        try:
+            source = open_source(config.probe_data)
+        except Exception as e:  # the source's own message says what is wrong with the spec
+            raise LabelError(f"--probe-data {config.probe_data!r}: {e}") from e
+        wanted = np.arange(len(source))
+    else:
+        source, wanted = source_of(store_path), np.nonzero(status == 0)[0]
+    if progress:
+        progress(f"running {len(wanted)} probing images of {source.description} through the model "
+                 f"(spatial {config.summary})")
+    acts, images, kept = probe_forward(model, source, wanted, layers, config.summary)
+    rows, left = _usable_rows(acts, np.zeros(len(kept), np.int8))
+    if len(kept) < len(wanted):
+        left.insert(0, ("undecodable probing images", len(wanted) - len(kept), "the source could not decode them"))
+    entries = [source.entries[int(i)] for i in kept[rows]]
+    cw = source.description.startswith("conceptworld:")
+    labels = np.array([e.label for e in entries], dtype=object)
+    captions = np.array([e.caption for e in entries], dtype=object)
+    return {x: a[rows] for x, a in acts.items()}, images[torch.from_numpy(rows)], kept[rows], left, labels, captions, cw
+
+
 def label_units(model: LoadedModel, store_path: str | os.PathLike, layers: Sequence[str] | None = None,
                 vocab_file: str | os.PathLike | None = None, config: LabelConfig | None = None, write: bool = True,
                 progress: Callable[[str], None] | None = None) -> LabelResult:
@@ -309,8 +408,13 @@ def label_units(model: LoadedModel, store_path: str | os.PathLike, layers: Seque
         if missing or not layers:
             raise StoreError(f"store {store_path} has no mined layer {', '.join(missing) or '(none at all)'} of "
                              f"model {model.name}; pass --layer one of: {', '.join(names) or 'none: run atlas mine'}")
+        forward = config.probe_data is not None or config.summary != "mean"
+        virtual = [x for x in layers if split_sae_layer(x)]
+        if forward and virtual:
+            raise LabelError(f"layer {virtual[0]} is an SAE's virtual layer: label it from the store's pooled "
+                             "activations (leave out --probe-data and --summary max)")
         acts = {}
-        for x in layers:
+        for x in layers if not forward else []:
             ld = st.layer(model.name, x)
             if not ld.has("pooled"):
                 raise StoreError(f"layer {x} of store {store_path} keeps no pooled activations; mine it again "
@@ -318,7 +422,8 @@ def label_units(model: LoadedModel, store_path: str | os.PathLike, layers: Seque
             acts[x] = ld["pooled"]  # [N, U]
         status = st.image_column("status")
         labels, captions = st.image_column("label"), st.image_column("caption")
-        words = {x: _words_evidence(st, config.words_report, x, acts[x].shape[1]) for x in layers}
+        units = {x: st.layer(model.name, x).units for x in layers}
+        words = {x: _words_evidence(st, config.words_report, x, units[x]) for x in layers}
     cw = str(meta.get("data_source", "")).startswith("conceptworld:")
     if vocab_file:
         vocab, source = read_vocabulary(vocab_file), str(vocab_file)
@@ -327,26 +432,28 @@ def label_units(model: LoadedModel, store_path: str | os.PathLike, layers: Seque
         vocab = list(dict.fromkeys(class_names(labels, cw) + common))
         source = f"{'Concept World concepts' if cw else 'class names'} + {source}"
     check_vocabulary(model, vocab, config.templates, f"--vocab {vocab_file}" if vocab_file else source)
-    finite = np.all([np.isfinite(a).all(1) for a in acts.values()], 0)
-    ok = (status == 0) & finite
-    left = [("skipped images", int((status != 0).sum()), "not decodable when mined (NaN rows)")] \
-        if (status != 0).any() else []
-    if ((status == 0) & ~finite).any():
-        left.append(("images with a non-finite activation", int(((status == 0) & ~finite).sum()),
-                     "the model's own inf/NaN (stats/nonfinite_maps): left out of every score"))
-    rows = np.nonzero(ok)[0]
-    if len(rows) < 2:
-        raise StoreError(f"store {store_path} has {len(rows)} usable images; labels need at least 2")
     if progress:
-        progress(f"embedding {len(rows)} probing images and {len(vocab)} vocabulary entries")
+        progress(f"embedding {len(vocab)} vocabulary entries")
     text = text_matrix(model, vocab, config.templates)  # [C, D]
-    sims = probe_images(model, store_path, rows) @ text.t()  # [n, C]
-    presence = Presence(labels[rows], captions[rows], cw)
+    if forward:
+        acts, images, rows, left, labels, captions, cw = _forward_probe(model, store_path, config, layers, status,
+                                                                        progress)
+    else:
+        rows, left = _usable_rows(acts, status)
+        labels, captions = labels[rows], captions[rows]
+        acts = {x: a[rows] for x, a in acts.items()}
+        if progress:
+            progress(f"embedding {len(rows)} probing images")
+        images = probe_images(model, store_path, rows)  # [n, D]
+    if len(rows) < 2:
+        raise StoreError(f"store {store_path} has {len(rows)} usable probing images; labels need at least 2")
+    sims = images @ text.t()  # [n, C]
+    presence = Presence(labels, captions, cw)
     result = LabelResult([], vocab, source, len(rows), left)
     for x in layers:
         if progress:
             progress(f"labelling {x}")
-        lab = label_layer(x, acts[x][rows], sims, vocab, presence, config, words[x])
+        lab = label_layer(x, acts[x], sims, vocab, presence, config, words[x])
         dirs = unit_directions(model, store_path, x)  # [U, D] or None (an SAE layer: its decoder rows through them)
         if dirs is not None:
             lab.nearest_words, lab.nearest_cos = nearest_entries(dirs, text.numpy(), vocab)

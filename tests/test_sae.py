@@ -287,6 +287,10 @@ def test_labels_and_search_cover_the_virtual_layer(sae_store, tiny_model, tmp_pa
     vocab.write_text("\n".join(["dog", "cat", "red", "blue", "car", "tree", "house", "river", "apple", "bird",
                                 "fish", "cloud"]))
     label_units(tiny_model, copy, layers=[r.layer], vocab_file=vocab, config=LabelConfig(bootstrap=10))
+    from atlas.errors import LabelError
+
+    with pytest.raises(LabelError, match="SAE's virtual layer: label it from the store's pooled"):  # no module to hook
+        label_units(tiny_model, copy, [r.layer], vocab, LabelConfig(bootstrap=10, summary="max"))
     with store.Store(copy) as st:
         labels = st.layer(tiny_model.name, r.layer).labels()
     assert len(labels) == 96 and labels[0]["id"] == f"{tiny_model.name}/{r.layer}/0"

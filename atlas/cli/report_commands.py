@@ -200,11 +200,17 @@ def audit(model_spec, store_path, groups_csv, folder, cw_folder, layer, context,
 @click.option("--layer", "layers", default=None, help="Comma-separated layers to label (default: every mined layer).")
 @click.option("--vocab", default=None, type=click.Path(dir_okay=False),
               help="Vocabulary file, one word or phrase a line (default: common English words + the data's classes).")
+@click.option("--probe-data", default=None,
+              help="Probing images as a data spec (e.g. conceptworld:16384:2), run through the model (default: the "
+                   "store's own mined images).")
+@click.option("--summary", type=click.Choice(["mean", "max"]), default="mean", show_default=True,
+              help="A unit's value on an image: the spatial mean (on the store's images: its pooled matrix) or max.")
 @click.option("--model", "model_spec", default=None, help="Model spec (default: the one the store was mined from).")
 @device_opt
 @trust_opt
-def label(store_path, layers, vocab, model_spec, device, trust_checkpoint):
+def label(store_path, layers, vocab, probe_data, summary, model_spec, device, trust_checkpoint):
     """Automatic labels for every unit: image-text matching and rendered words, each with an AUPRC check."""
+    from ..config import LabelConfig
     from ..labels import label_units
     from ..models import load_model
     from ..store import Store
@@ -212,7 +218,8 @@ def label(store_path, layers, vocab, model_spec, device, trust_checkpoint):
     def go():
         spec = model_spec or Store(store_path).meta["model_spec"]
         model = load_model(spec, device=device, trust_checkpoint=trust_checkpoint)
-        return label_units(model, store_path, split_list(layers) or None, vocab,
+        config = LabelConfig(vocab=str(vocab) if vocab else "default", probe_data=probe_data, summary=summary)
+        return label_units(model, store_path, split_list(layers) or None, vocab, config,
                            progress=lambda line: click.echo(line, err=True))
 
     r = guarded(go)

@@ -149,8 +149,8 @@ def verify(model: LoadedModel, source: ImageSource, store_path: str | os.PathLik
         rng = np.random.default_rng(config.seed)
         ok_images = np.flatnonzero(status == 0)
         for ld in st.layers(model.name):
-            if (layers is not None and ld.name not in layers) or ld.kind == "sae":
-                continue  # an SAE's features are not checked against a reference yet (docs/sae.md)
+            if layers is not None and ld.name not in layers:
+                continue
             units = np.sort(rng.choice(ld.units, min(config.units, ld.units), replace=False))
             top = ld["topk/index"][units]  # [n, k]
             extra = rng.choice(ok_images, min(config.images, len(ok_images)), replace=False)
@@ -163,7 +163,9 @@ def verify(model: LoadedModel, source: ImageSource, store_path: str | os.PathLik
         pooled_rows = {p[0]: p[5]["pooled"][need] if p[5]["pooled"] is not None else None for p in plan}
     if not plan:
         raise store.StoreError(f"store {store_path} holds no mined layer of model {model.name} to verify")
-    acts = _reference_activations(model, source, need, recorded_sha, {p[0]: p[2] for p in plan}, config.batch_size)
+    saes = {p[0]: _sae_arrays(store_path, model, p[0]) for p in plan if "/" in p[0]}
+    acts = _reference_activations(model, source, need, recorded_sha, {p[0]: p[2] for p in plan}, config.batch_size,
+                                  saes)
     row = {int(i): r for r, i in enumerate(need)}
     checks = []
     for name, cfg, units, top, extra, stored, mined_on in plan:
@@ -232,17 +234,22 @@ def _check_layer(name: str, cfg: dict, units: np.ndarray, top: np.ndarray, extra
 
 
 def _reference_activations(model: LoadedModel, source: ImageSource, images: np.ndarray, recorded_sha: np.ndarray,
-                           units: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+                           units: dict[str, np.ndarray], batch: int,
+                           saes: dict[str, tuple[str, dict[str, np.ndarray], int]] | None = None
+                           ) -> dict[str, np.ndarray]:
     """{layer: [len(images), len(units), h, w] float64}: the maps of ``units[layer]`` on ``images``, computed from
-    the original images by the reference path."""
+    the original images by the reference path.  ``saes``: for an SAE's layer, (its base layer, its arrays, k): the
+    base layer's whole map goes through the SAE's formula in float64 (`_sae_reference`)."""
+    saes = saes or {}
     transform = _reference_transform(model)
     modules = dict(model.clip.named_modules())
     layers = list(units)
-    infos = {n: model.layer(n) for n in layers}
+    base = {n: saes[n][0] if n in saes else n for n in layers}
+    infos = {n: model.layer(base[n]) for n in layers}
     picks = {n: torch.as_tensor(units[n], dtype=torch.int64, device=model.device) for n in layers}
     got: dict[str, list[np.ndarray]] = {n: [] for n in layers}
     captured: dict[str, torch.Tensor] = {}
-    hooks = [modules[n].register_forward_hook(_keep(captured, n)) for n in layers]
+    hooks = [modules[n].register_forward_hook(_keep(captured, n)) for n in dict.fromkeys(base.values())]
     try:
         with torch.no_grad(), _ieee_float32():
             for i in range(0, len(images), batch):
@@ -250,12 +257,40 @@ def _reference_activations(model: LoadedModel, source: ImageSource, images: np.n
                                       images[i:i + batch]]).to(model.device)  # [b, 3, S, S] float32
                 model.clip.encode_image(pixels)
                 for n in layers:
-                    maps = infos[n].canonical(captured.pop(n)).index_select(1, picks[n])  # [b, n_units, h, w]
+                    full = infos[n].canonical(captured[base[n]])  # [b, units or d, h, w]
+                    if n in saes:
+                        full = _sae_reference(full, saes[n][1], saes[n][2], units[n])  # [b, n_units, h, w] f64
+                        got[n].append(full.numpy())
+                        continue
+                    maps = full.index_select(1, picks[n])  # [b, n_units, h, w]
                     got[n].append(maps.to("cpu", torch.float64).numpy())
+                captured.clear()
     finally:
         for h in hooks:
             h.remove()
     return {n: np.concatenate(got[n]) if got[n] else np.zeros((0, len(units[n]), *infos[n].grid)) for n in layers}
+
+
+def _sae_arrays(store_path: str | os.PathLike, model: LoadedModel, layer: str
+                ) -> tuple[str, dict[str, np.ndarray], int]:
+    """(base layer, the SAE's arrays, k) of the virtual layer ``layer`` (``base/saeN``), read from beside the store."""
+    arrays, meta = store.read_sae(store_path, model.name, layer, model.weights_sha256)
+    return str(meta["layer"]), arrays, int(meta["k"])
+
+
+def _sae_reference(maps: torch.Tensor, arrays: dict[str, np.ndarray], k: int, units: np.ndarray) -> torch.Tensor:
+    """The SAE's features ``units`` at every position of ``maps`` [b, d, h, w], in float64 by the formula alone
+    (docs/sae.md: pre = w_enc (x - b_pre) + b_enc, the k largest kept, ReLU): [b, len(units), h, w]."""
+    b, d, h, w = maps.shape
+    x = maps.to("cpu", torch.float64).permute(0, 2, 3, 1).reshape(-1, d)  # [b*h*w, d]
+    w_enc, b_enc, b_pre = (torch.from_numpy(np.asarray(arrays[t], np.float64)) for t in ("w_enc", "b_enc", "b_pre"))
+    cols = torch.as_tensor(units)
+    z = torch.empty(x.shape[0], len(units), dtype=torch.float64)
+    for i in range(0, x.shape[0], 2048):  # (2,048 positions x F float64 at a time)
+        pre = (x[i:i + 2048] - b_pre) @ w_enc.T + b_enc  # [positions, F]
+        kth = pre.topk(k, dim=1).values[:, -1:]  # [positions, 1]: the k-th largest
+        z[i:i + 2048] = torch.where(pre >= kth, pre, torch.zeros(())).clamp_min(0)[:, cols]
+    return z.reshape(b, h, w, len(units)).permute(0, 3, 1, 2)
 
 
 def _keep(captured: dict[str, torch.Tensor], name: str):

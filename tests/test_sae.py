@@ -386,3 +386,28 @@ def test_features_rendered_with_their_decoder_rows(sae_store, tiny_model, tmp_pa
     page = (tmp_path / "site" / tiny_model.name / LAYER / "sae96" / "3.html").read_text()
     assert "fv-direction-decoder/3.png" in page
     assert (tmp_path / "site" / tiny_model.name / LAYER / "sae96" / "fv-direction-decoder" / "3.png").is_file()
+
+
+def test_verify_checks_the_virtual_layer_against_the_formula(sae_store, tiny_model, tmp_path):
+    """`atlas verify` on an SAE's layer: the base layer's maps from the reference path, the SAE's formula in float64;
+    the stored top-k agree, and a changed stored value is caught."""
+    import h5py
+
+    from atlas.config import VerifyConfig
+    from atlas.verify import verify
+
+    path, r = sae_store
+    copy = tmp_path / "v.h5"
+    shutil.copy(path, copy)
+    shutil.copytree(f"{path}.sae", f"{copy}.sae")
+    source = open_source("synthetic:64")
+    res = verify(tiny_model, source, copy, VerifyConfig(units=96, images=16), layers=[r.layer], write=False)
+    (check,) = res.layers
+    assert check.layer == r.layer and check.units == 96 and check.ok, check.line()
+    assert check.topk_match == 1.0 and check.max_rel < 1e-5
+    with h5py.File(copy, "r+") as f:
+        g = f[f"neurons/{tiny_model.name}/{r.layer}"]
+        live = int(np.nonzero(g["topk/values"][:, 0] > 0)[0][0])
+        g["topk/values"][live, 0] *= 1.05
+    bad = verify(tiny_model, source, copy, VerifyConfig(units=96, images=16), layers=[r.layer], write=False)
+    assert not bad.layers[0].ok and bad.layers[0].max_rel > 0.01

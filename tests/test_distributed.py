@@ -235,3 +235,37 @@ def test_decoding_processes_are_shared_among_a_hosts_ranks(monkeypatch):
     assert (local_share(14), local_share(2), local_share(0)) == (3, 1, 0)
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert local_share(14) == 14
+
+
+def test_an_sae_layer_mined_by_two_processes_is_the_one_process_layer(tmp_path, tiny_model):
+    """An SAE's virtual layer under torchrun: the same store, bit for bit, with its links to the neurons."""
+    import shutil
+
+    from atlas.config import SaeConfig
+    from atlas.sae import train_sae
+
+    data = "synthetic:24"
+    base = tmp_path / "base.h5"
+    _one_process(tiny_model, data, base, 4)
+    r = train_sae(tiny_model, base, SaeConfig(layer="visual.layer4.0", width="32", k=4, steps=10, batch=32,
+                                              dead_after=500), evaluate=False)
+    one, two = tmp_path / "one" / "s.h5", tmp_path / "two" / "s.h5"  # (same names: the layer records its SAE file's)
+    for p in (one, two):
+        p.parent.mkdir()
+        shutil.copy(base, p)
+        shutil.copytree(f"{base}.sae", f"{p}.sae")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mine(tiny_model, open_source(data), one, MineConfig(layers=(r.layer,), batch_size=4, precision="float32"),
+             num_workers=0)
+    finally:
+        torch.set_num_threads(threads)
+    args = _mine_args(data, two, 4)
+    args[args.index("--layers") + 1] = r.layer
+    p = _torchrun(args, tmp_path / "two.log")
+    assert p.wait(timeout=180) == 0, (tmp_path / "two.log").read_text()
+    assert assert_same_store(one, two) > 38
+    with h5py.File(two, "r") as f:
+        g = f[f"neurons/tiny/{r.layer}"]
+        assert g["sae/neurons"].shape[0] == 32 and g.attrs["base_layer"] == "visual.layer4.0"

@@ -116,6 +116,11 @@ class Part:
         return RankLayerState(info, config, device, pooled, cls, part=self)
 
 
+def _partials(work: Path, layer: str, suffix: str = "") -> Path:
+    """A rank's per-batch moments of ``layer`` (an SAE's layer/saeN: one file, as loop._open_states names them)."""
+    return work / f"partials-{layer.replace('/', '~')}{suffix}.npy"
+
+
 def _memmap(path: Path, dtype: type, shape: tuple) -> np.ndarray:
     return np.lib.format.open_memmap(path, mode="r+" if path.exists() else "w+", dtype=dtype, shape=shape)
 
@@ -150,8 +155,8 @@ class RankLayerState(LayerState):
         super().__init__(info, cfg, device, pooled, pooled_cls, backend)
         self.part = part
         rows = max(1, part.batches)
-        self.partials = _memmap(part.work / f"partials-{info.name}.npy", np.float64, (rows, 3, info.units))
-        self.partials_done = _memmap(part.work / f"partials-{info.name}-done.npy", np.uint8, (rows,))
+        self.partials = _memmap(_partials(part.work, info.name), np.float64, (rows, 3, info.units))
+        self.partials_done = _memmap(_partials(part.work, info.name, "-done"), np.uint8, (rows,))
         self._batch: int | None = None
 
     def update(self, index: torch.Tensor, out: torch.Tensor, reduced=None) -> None:
@@ -379,8 +384,8 @@ def _replay_moments(parts: list[Part], info, status: np.ndarray,
     for p in parts:
         if p.stop <= p.start:
             continue
-        partials = np.load(p.work / f"partials-{info.name}.npy", mmap_mode="r")
-        done = np.load(p.work / f"partials-{info.name}-done.npy", mmap_mode="r")
+        partials = np.load(_partials(p.work, info.name), mmap_mode="r")
+        done = np.load(_partials(p.work, info.name, "-done"), mmap_mode="r")
         for j in range(p.batches):
             a = p.start + j * batch
             if not done[j]:

@@ -411,3 +411,20 @@ def test_verify_checks_the_virtual_layer_against_the_formula(sae_store, tiny_mod
         g["topk/values"][live, 0] *= 1.05
     bad = verify(tiny_model, source, copy, VerifyConfig(units=96, images=16), layers=[r.layer], write=False)
     assert not bad.layers[0].ok and bad.layers[0].max_rel > 0.01
+
+
+@pytest.mark.parametrize("n_dead", [1, 3, 20, 39, 40])
+def test_dead_topk_is_the_masked_topk(n_dead):
+    from atlas.sae.train import dead_topk
+
+    g = torch.Generator().manual_seed(n_dead)
+    pre = torch.randn(50, 40, generator=g)
+    dead = torch.zeros(40, dtype=torch.bool)
+    dead[torch.randperm(40, generator=g)[:n_dead]] = True
+    k = min(8, n_dead)
+    vals, idx = dead_topk(pre, dead, k)
+    # brute force per row: the dead latents sorted by value, the k largest
+    for r in range(50):
+        want = sorted(((float(pre[r, f]), f) for f in range(40) if dead[f]), reverse=True)[:k]
+        assert [f for _, f in want] == idx[r].tolist()
+        assert torch.equal(vals[r], pre[r, idx[r]])

@@ -167,13 +167,24 @@ def _step(xb: torch.Tensor, p: dict[str, torch.Tensor], since: torch.Tensor, con
         n_dead = int(dead.sum())
     if n_dead and config.aux_k and config.aux_coef:
         with torch.no_grad():
-            a_vals, a_idx = pre.masked_fill(~dead, -math.inf).topk(min(config.aux_k, n_dead), dim=1)
+            a_vals, a_idx = dead_topk(pre, dead, min(config.aux_k, n_dead))
         a = _Gathered.apply(a_vals, xc, p["w_enc"], p["b_enc"], a_idx).clamp_min(0)
         e_hat = torch.nn.functional.embedding_bag(a_idx, p["w_dec"], per_sample_weights=a, mode="sum")
         residual = err.detach()
         aux = (residual - e_hat).pow(2).sum(1).mean() / residual.pow(2).sum(1).mean().clamp_min(1e-12)
         loss = loss + config.aux_coef * torch.nan_to_num(aux, nan=0.0)
     return loss
+
+
+def dead_topk(pre: torch.Tensor, dead: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, latent indices) [n, k] of the k largest pre-activations [n, F] among the ``dead`` latents [F]: over
+    the dead columns alone where they are under half of F (a trained SAE has few: a top-k over [n, dead] instead of a
+    masked copy of [n, F]), else over the masked matrix."""
+    cols = dead.nonzero().squeeze(1)
+    if 2 * len(cols) >= pre.shape[1]:
+        return pre.masked_fill(~dead, -math.inf).topk(k, dim=1)
+    vals, j = pre.index_select(1, cols).topk(k, dim=1)
+    return vals, cols[j]
 
 
 def _project_decoder_grad(w_dec: torch.Tensor) -> None:

@@ -38,8 +38,8 @@ def sae() -> None:
 @click.option("--seed", default=SaeConfig.seed, show_default=True, type=int)
 @device_opt
 @trust_opt
-def sae_train(store_path, layer, width, k, steps, batch, lr, matryoshka, max_images, buffer, data, no_eval, seed, device,
-              trust_checkpoint):
+def sae_train(store_path, layer, width, k, steps, batch, lr, matryoshka, max_images, buffer, data, no_eval, seed,
+              device, trust_checkpoint):
     """Train a TopK sparse autoencoder on a mined layer's activations (every position of its map)."""
     from ..sae.run import train_from_store
 

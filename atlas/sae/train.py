@@ -9,7 +9,8 @@ unit norm: the gradient's component along each row is removed before the Adam st
 The auxiliary loss reconstructs the residual from the ``aux_k`` largest pre-activations of dead latents (no fire in
 the last ``dead_after`` inputs).  With ``matryoshka`` n > 1 the reconstruction loss is the mean over nested
 prefixes of the features (the first F / 2^(n-1), ..., F), each decoded alone (docs/sae.md).  Inputs are scaled by
-one number (their RMS distance to the mean per unit) while training; the scale is folded into the saved b_pre and b_enc, so the SAE takes the layer's own units.
+one number (their RMS distance to the mean per unit) while training; the scale is folded into the saved b_pre and
+b_enc, so the SAE takes the layer's own units.
 """
 
 from __future__ import annotations

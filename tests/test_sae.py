@@ -178,10 +178,17 @@ def test_names_of_virtual_layers():
 
 
 @pytest.mark.parametrize("kwargs, says", [({"width": "0"}, "--width"), ({"width": "abc"}, "--width"),
-                                          ({"width": "8", "k": 9}, "--k"), ({"k": 0}, "--k")])
+                                          ({"width": "8", "k": 9}, "--k"), ({"k": 0}, "--k"),
+                                          ({"matryoshka": 0}, "--matryoshka")])
 def test_bad_config(kwargs, says):
     with pytest.raises(ConfigError, match=says):
         SaeConfig(layer=LAYER, **kwargs)
+
+
+def test_matryoshka_prefixes_must_hold_a_feature():
+    assert SaeConfig(layer=LAYER, width="8", k=1, matryoshka=4).features(16) == 8  # prefixes 1, 2, 4, 8
+    with pytest.raises(ConfigError, match="--matryoshka 5"):
+        SaeConfig(layer=LAYER, width="8", k=1, matryoshka=5).features(16)
 
 
 def test_bad_width_for_the_layer_and_nan():
@@ -285,9 +292,10 @@ def test_cli_train(sae_store, tmp_path):
     copy = tmp_path / "s.h5"
     shutil.copy(path, copy)
     res = CliRunner().invoke(main, ["sae", "train", "--store", str(copy), "--layer", LAYER, "--width", "64",
-                                    "--k", "3", "--steps", "5", "--batch", "32", "--no-eval"])
+                                    "--k", "3", "--steps", "5", "--batch", "32", "--matryoshka", "3", "--no-eval"])
     assert res.exit_code == 0, res.output
     assert "visual.layer4.0/sae64" in res.output and "fraction of variance explained" in res.output
+    assert store.read_sae(copy, "tiny", "visual.layer4.0/sae64")[1]["config"]["matryoshka"] == 3  # in the weights file
     # a wide SAE's layer mined with --map-size 1: per example (value, image, peak position) and a 1 x 1 map, which
     # is the example's spatial mean: the same number as its row of the pooled matrix
     res = CliRunner().invoke(main, ["mine", "--model", "atlas:tiny@random:0", "--data", "synthetic:64", "--store",

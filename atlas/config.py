@@ -411,6 +411,10 @@ class SaeConfig:
     aux_k, aux_coef: the auxiliary loss against dead latents: the residual's reconstruction from the ``aux_k``
         largest pre-activations of the dead latents, weighted by ``aux_coef`` (Gao et al.: 512 and 1/32).
     dead_after: a latent that has not fired on the last ``dead_after`` training inputs is dead.
+    matryoshka: nested prefixes of the features (Matryoshka SAE; Bussmann et al. 2025, Nabeshima 2024): with n > 1
+        the reconstruction loss is the mean over the first F / 2^(n-1), ..., F / 2, F features, each prefix
+        reconstructing the input alone, so the first features must be general and later ones refine them
+        (counters feature splitting); 1: the plain loss.
     max_images: images the activations come from (None: every image of the source).
     eval_fraction: share of the images held out for the reported figures (fraction of variance explained, L0,
         dead latents); seed: initialization and batch order.
@@ -428,6 +432,7 @@ class SaeConfig:
     aux_k: int = 256
     aux_coef: float = 1 / 32
     dead_after: int = 200_000
+    matryoshka: int = 1
     max_images: int | None = None
     eval_fraction: float = 0.1
     seed: int = 0
@@ -450,6 +455,7 @@ class SaeConfig:
         _check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
         _check(self.aux_k >= 0 and self.aux_coef >= 0, "aux_k and aux_coef must be >= 0")
         _check(self.dead_after >= 1, f"dead_after must be >= 1, got {self.dead_after}")
+        _check(self.matryoshka >= 1, f"--matryoshka must be >= 1 (1: the plain loss), got {self.matryoshka}")
         _check(self.max_images is None or self.max_images >= 1, f"--max-images must be >= 1, got {self.max_images}")
         _check(0 < self.eval_fraction < 1, f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
         _check(self.buffer_rows >= 2, f"--buffer-rows must be >= 2, got {self.buffer_rows}")
@@ -460,4 +466,6 @@ class SaeConfig:
         n = int(self.width[:-1]) * d if self.width.endswith("x") else int(self.width)
         _check(self.k <= n, f"--k {self.k} is more than the {n} features of --width {self.width} on a layer of {d} "
                             "units: TopK keeps k of them; lower --k or widen")
+        _check(n >> (self.matryoshka - 1) >= 1, f"--matryoshka {self.matryoshka} halves the {n} features of --width "
+                                                 f"{self.width} below one; lower --matryoshka or widen")
         return n

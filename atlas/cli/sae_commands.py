@@ -27,6 +27,9 @@ def sae() -> None:
 @click.option("--steps", default=SaeConfig.steps, show_default=True, type=int)
 @click.option("--batch", default=SaeConfig.batch, show_default=True, type=int, help="Inputs per step.")
 @click.option("--lr", default=SaeConfig.lr, show_default=True, type=float)
+@click.option("--matryoshka", default=SaeConfig.matryoshka, show_default=True, type=int,
+              help="Nested prefixes (Matryoshka SAE): the loss averages the reconstructions of the first F/2^(N-1), "
+                   "..., F/2, F features; 1: the plain loss.")
 @click.option("--max-images", default=None, type=int, help="Use only the first N images.")
 @click.option("--buffer", default=None, type=click.Path(dir_okay=False),
               help="Train on a saved activation buffer (.npy [n, units]) instead of streaming images.")
@@ -40,14 +43,14 @@ def sae() -> None:
 @click.option("--seed", default=SaeConfig.seed, show_default=True, type=int)
 @device_opt
 @trust_opt
-def sae_train(store_path, layer, width, k, steps, batch, lr, max_images, buffer, data, buffer_rows, workers, no_eval,
-              seed, device, trust_checkpoint):
+def sae_train(store_path, layer, width, k, steps, batch, lr, matryoshka, max_images, buffer, data, buffer_rows, workers,
+              no_eval, seed, device, trust_checkpoint):
     """Train a TopK sparse autoencoder on a mined layer's activations (every position of its map)."""
     from ..sae.run import train_from_store
 
     def go():
-        cfg = SaeConfig(layer=layer, width=width, k=k, steps=steps, batch=batch, lr=lr, max_images=max_images,
-                        seed=seed, buffer_rows=buffer_rows)
+        cfg = SaeConfig(layer=layer, width=width, k=k, steps=steps, batch=batch, lr=lr, matryoshka=matryoshka,
+                        max_images=max_images, seed=seed, buffer_rows=buffer_rows)
         return train_from_store(store_path, cfg, device=device, trust_checkpoint=trust_checkpoint, buffer=buffer,
                                 data=data, workers=workers, evaluate=not no_eval,
                                 log=lambda line: click.echo(line, err=True))

@@ -5,6 +5,8 @@ replaced by the SAE's reconstruction.  `concept_units`: the multimodal-neuron ev
 (`atlas.evaluate.neurons_from_scores`, the same code path) with the SAE's feature scores (spatial max of each
 feature's map, as for neurons) in place of the neurons', beside the neurons' own figure, and a polysemanticity
 figure for both: per unit, the number of concepts it detects (AUROC >= 0.8 as a pictogram or as a word).
+`chance_multimodal`: the same count with each concept's pictograms paired with another concept's words, what
+polysemantic units reach by coincidence (a unit that detects many concepts detects some pictogram and some word).
 """
 
 from __future__ import annotations
@@ -78,6 +80,29 @@ def concepts_per_unit(scores: torch.Tensor, concept: np.ndarray, is_word: np.nda
     return n
 
 
+def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of range(n) with no fixed point (n >= 2)."""
+    while True:
+        perm = rng.permutation(n)
+        if (perm != np.arange(n)).all():
+            return perm
+
+
+def chance_multimodal(layer: str, scores: torch.Tensor, concept: np.ndarray, is_word: np.ndarray,
+                      threshold: float = 0.9, trials: int = 5, seed: int = 0) -> float:
+    """Mean held-out multimodal count of `neurons_from_scores` over ``trials`` relabellings of the word images:
+    each concept's words given to another concept (a seeded derangement), so that a "multimodal" unit is one that
+    detects the pictograms of one concept and the words of an unrelated one: the figure polysemantic units reach by
+    coincidence, to set beside the true pairing's."""
+    rng, concept, is_word = np.random.default_rng(seed), np.asarray(concept), np.asarray(is_word, bool)
+    counts = []
+    for _ in range(trials):
+        relabelled = concept.copy()
+        relabelled[is_word] = derangement(len(CONCEPT_NAMES), rng)[concept[is_word]]
+        counts.append(sum(neurons_from_scores(layer, scores, relabelled, is_word, threshold).multimodal_heldout))
+    return float(np.mean(counts))
+
+
 @dataclass
 class ConceptUnits:
     """Neurons of a layer and the features of its SAE on the same held-out Concept World images."""
@@ -88,6 +113,7 @@ class ConceptUnits:
     feature_concepts: np.ndarray  # [F] the same per feature
     single: dict[str, tuple[int, int]]  # "neurons"/"features": concepts with a unit of AUROC >= threshold as a
     # pictogram, and (maybe another unit) as a word
+    chance: dict[str, float]  # "neurons"/"features": `chance_multimodal` (held-out, mean of the relabellings)
 
     @staticmethod
     def _poly(n: np.ndarray) -> str:
@@ -100,13 +126,14 @@ class ConceptUnits:
         n = len(CONCEPT_NAMES)
         rows = [("neurons", self.neurons, self.neuron_concepts), ("SAE features", self.features, self.feature_concepts)]
         t = self.neurons.threshold
-        lines = [f"| units | multimodal (one unit, both AUROC >= {t:.1f}), held-out | in-sample | some unit >= {t:.1f} "
-                 "as a pictogram, some as a word (in-sample) | concepts per unit (AUROC >= 0.8) |",
-                 "|---|---|---|---|---|"]
+        lines = [f"| units | multimodal (one unit, both AUROC >= {t:.1f}), held-out | in-sample | chance: pictograms "
+                 f"paired with another concept's words, held-out | some unit >= {t:.1f} as a pictogram, some as a word "
+                 "(in-sample) | concepts per unit (AUROC >= 0.8) |", "|---|---|---|---|---|---|"]
         for (name, r, poly), key in zip(rows, ("neurons", "features")):
             p, w = self.single[key]
             lines.append(f"| {name} of `{r.layer}` ({len(poly)}) | {sum(r.multimodal_heldout)} / {n} | "
-                         f"{sum(r.multimodal)} / {n} | {p} / {n}, {w} / {n} | {self._poly(poly)} |")
+                         f"{sum(r.multimodal)} / {n} | {self.chance[key]:.1f} / {n} | {p} / {n}, {w} / {n} | "
+                         f"{self._poly(poly)} |")
         return "\n".join(lines) + "\n"
 
 
@@ -116,12 +143,13 @@ def concept_units(model: LoadedModel, layer: str, virtual_layer: str, sae: SaeTe
     images = images or concept_test_images(model, per_concept=per_concept, size=model.image_size)
     neurons = layer_scores(model, images.pixels, [layer])[layer]
     features = feature_scores(model, images.pixels, layer, sae)
-    single = {key: best_single(s, images.concept, images.is_word, threshold)
-              for key, s in (("neurons", neurons), ("features", features))}
+    pairs = (("neurons", neurons), ("features", features))
+    single = {key: best_single(s, images.concept, images.is_word, threshold) for key, s in pairs}
+    chance = {key: chance_multimodal(key, s, images.concept, images.is_word, threshold) for key, s in pairs}
     return ConceptUnits(neurons_from_scores(layer, neurons, images.concept, images.is_word, threshold),
                         neurons_from_scores(virtual_layer, features, images.concept, images.is_word, threshold),
                         concepts_per_unit(neurons, images.concept, images.is_word),
-                        concepts_per_unit(features, images.concept, images.is_word), single)
+                        concepts_per_unit(features, images.concept, images.is_word), single, chance)
 
 
 def best_single(scores: torch.Tensor, concept: np.ndarray, is_word: np.ndarray, threshold: float) -> tuple[int, int]:

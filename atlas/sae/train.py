@@ -7,8 +7,10 @@ product (`_Gathered`), the decoder gathers k rows per input (`atlas.kernels.sae.
 spends three more [n, F] x [F, d] products per step (`bench/sae_vs_naive.py` times both).  Decoder rows are kept at
 unit norm: the gradient's component along each row is removed before the Adam step and the rows renormalized after.
 The auxiliary loss reconstructs the residual from the ``aux_k`` largest pre-activations of dead latents (no fire in
-the last ``dead_after`` inputs).  Inputs are scaled by one number (their RMS distance to the mean per unit) while
-training; the scale is folded into the saved b_pre and b_enc, so the SAE takes the layer's own units.
+the last ``dead_after`` inputs).  With ``matryoshka`` n > 1 the reconstruction loss is the mean over nested
+prefixes of the features (the first F / 2^(n-1), ..., F), each decoded alone (docs/sae.md).  Inputs are scaled by
+one number (their RMS distance to the mean per unit) while training; the scale is folded into the saved b_pre and
+b_enc, so the SAE takes the layer's own units.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class SaeError(AtlasError, ValueError):
 @dataclass
 class FitResult:
     sae: SaeTensors  # on the CPU, float32, in the layer's units
-    losses: list[float] = field(default_factory=list)  # normalized MSE per step
+    losses: list[float] = field(default_factory=list)  # every 50 steps: the loss (Matryoshka: mean over prefixes)
     dead_training: float = 0.0  # share of latents dead at the end of training (no fire in the last dead_after inputs)
     seconds: float = 0.0
     inputs_per_s: float = 0.0
@@ -160,8 +162,13 @@ def _step(xb: torch.Tensor, p: dict[str, torch.Tensor], since: torch.Tensor, con
         pre = torch.addmm(p["b_enc"], xc, p["w_enc"].t()).float()  # [n, F]
     vals, idx = pre.topk(config.k, dim=1)
     z = _Gathered.apply(vals, xc, p["w_enc"], p["b_enc"], idx).clamp_min(0)  # [n, k]
-    err = xb - decode(z, idx, SaeTensors(p["w_enc"], p["b_enc"], p["w_dec"], p["b_pre"], config.k))
+    sae = SaeTensors(p["w_enc"], p["b_enc"], p["w_dec"], p["b_pre"], config.k)
+    err = xb - decode(z, idx, sae)
     loss = err.pow(2).sum(1).mean() / var
+    if config.matryoshka > 1:  # the mean over nested prefixes; the last one (all F features) is the loss above
+        for m in prefixes(p["w_dec"].shape[0], config.matryoshka)[:-1]:
+            loss = loss + (xb - decode(z * (idx < m), idx, sae)).pow(2).sum(1).mean() / var
+        loss = loss / config.matryoshka
     with torch.no_grad():
         dead = dead_update(since, z.detach(), idx) >= config.dead_after
         n_dead = int(dead.sum())
@@ -185,6 +192,11 @@ def dead_topk(pre: torch.Tensor, dead: torch.Tensor, k: int) -> tuple[torch.Tens
         return pre.masked_fill(~dead, -math.inf).topk(k, dim=1)
     vals, j = pre.index_select(1, cols).topk(k, dim=1)
     return vals, cols[j]
+
+
+def prefixes(width: int, n: int) -> list[int]:
+    """The nested prefix sizes of a Matryoshka SAE of ``width`` features: F / 2^(n-1), ..., F / 2, F."""
+    return [width >> i for i in range(n - 1, -1, -1)]
 
 
 def _project_decoder_grad(w_dec: torch.Tensor) -> None:

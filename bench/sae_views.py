@@ -55,9 +55,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--sae", action="append", default=[], help="WIDTH:K:MATRYOSHKA, e.g. 4x:8:5 (repeatable)")
     ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: 8 test images per concept and view, one SAE (1x:8:2) of 20 steps on 512 images")
     a = ap.parse_args()
+    if a.quick:
+        a.sae, a.steps = ["1x:8:2"], 20
     model = load_model("atlas:conceptclip", device=a.device)
-    images = concept_test_images(model, size=model.image_size)
+    images = concept_test_images(model, per_concept=8 if a.quick else 40, size=model.image_size)
     concept, is_word = images.concept, images.is_word
     with torch.no_grad():
         emb = torch.cat([model.encode_image(images.pixels[i:i + 256].to(a.device)).float().cpu()
@@ -72,7 +76,8 @@ def main() -> None:
         return
     with torch.no_grad():
         train = torch.cat([model.encode_image(b.pixels).float().cpu()
-                           for b in batches(model, open_source("default"), 0, 4096, 64, 0) if b.good])
+                           for b in batches(model, open_source("default"), 0, 512 if a.quick else 4096, 64, 0)
+                           if b.good])
     for spec in a.sae:
         width, k, nested = spec.split(":")
         cfg = SaeConfig("embedding", width=width, k=int(k), steps=a.steps, batch=256, matryoshka=int(nested))

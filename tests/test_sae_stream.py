@@ -14,6 +14,7 @@ from atlas.mining import mine
 from atlas.sae import SaeError, fit, metrics, train_sae
 from atlas.sae.stream import ShuffleBuffer, array_blocks, split
 from atlas.sae.train import fit_stream
+from test_sae import sparse_data
 
 LAYER = "visual.layer4.0"
 
@@ -54,13 +55,6 @@ def test_buffer_that_holds_everything_is_plain_epoch_shuffling():
     order = torch.cat([torch.randperm(50, generator=ref_g), torch.randperm(50, generator=ref_g)])
     assert torch.equal(got, x[order]) and buf.exhausted and buf.refills == 0
     assert buf.rows.data_ptr() == x.data_ptr()  # no copy of the caller's rows when nothing is written into them
-
-
-def sparse_data(n=6000, d=16, atoms=48, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    dictionary = torch.randn(atoms, d, generator=g)
-    code = (torch.rand(n, atoms, generator=g) < 0.08) * torch.rand(n, atoms, generator=g) * 3
-    return code @ dictionary + 1.0
 
 
 def test_small_buffer_trains_like_the_whole_set():

@@ -2,7 +2,8 @@
 it beside the store; its features become the virtual layer ``<layer>/saeN`` that `atlas mine` mines like a real one
 (atlas.mining.virtual, with the forward in atlas.kernels.sae); `fidelity` measures them on Concept World.
 
-Modules: `train` (the trainer, `fit`, and the held-out figures), `run` (from a store: `train_sae`, `load_sae`,
+Modules: `train` (the trainer, `fit` / `fit_stream`, and the held-out figures), `stream` (activations as row blocks
+from images or a saved buffer, the shuffle buffer), `run` (from a store: `train_sae`, `load_sae`,
 `feature_direction`), `fidelity` (zero-shot through the reconstruction, concept features against neurons)."""
 
 from .run import SaeTrainResult, feature_direction, load_sae, train_sae

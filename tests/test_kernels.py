@@ -198,15 +198,18 @@ def test_interp_softmax_kernel_two_pass_for_long_rows(monkeypatch):
     import atlas.kernels.softmax_ce as sce
 
     monkeypatch.setattr(sce, "MAX_SINGLE", 256)  # rows longer than this take the online two-pass loop
-    z = torch.randn(6, 1000) * 4
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 1000, generator=g) * 4
     z[0, :500] = -math.inf  # a first block with nothing in it
-    y = torch.randint(500, 1000, (6,))
+    y = torch.randint(500, 1000, (6,), generator=g)
     l_ref, r_ref = softmax_xent(z, y, 0.5, backend="torch")
     l_ker, r_ker = softmax_xent(z, y, 0.5, backend="triton")
     torch.testing.assert_close(l_ker, l_ref, rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(r_ker, r_ref, rtol=1e-5, atol=1e-7)
     _, (hi, lo) = softmax_xent(z, y, 0.5, torch.bfloat16, backend="triton", split=True)
-    torch.testing.assert_close(hi.float() + lo.float(), r_ref, rtol=2 ** -15, atol=1e-12)
+    # the bf16 pair keeps the kernel's float32 residual to 2^-15 of it; the kernel's own float32 residual is within
+    # 1e-5 of the reference's (the line above): together up to 2^-15 + 1e-5 (an unseeded run once measured 3.09e-5)
+    torch.testing.assert_close(hi.float() + lo.float(), r_ref, rtol=2 ** -15 + 1e-5, atol=1e-12)
 
 
 def check_stats(score, bins=16, device="cpu"):

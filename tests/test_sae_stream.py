@@ -114,3 +114,21 @@ def test_train_sae_streams_images_through_a_small_buffer(tiny_model, tmp_path):
     assert positions % 4 == 0 and r.metrics["fve"] > 0
     assert r.streamed > 40  # more rows than the buffer holds went through it
     assert r.width == 64 and r.d == d
+
+
+def test_the_image_stream_leaves_no_hook_behind(tiny_model, tmp_path, monkeypatch):
+    """Once trained, the unfinished image stream's hook is off the model before anything else runs (the zero-shot
+    evaluation, the writing), not only when its generator is collected."""
+    import atlas.sae.run as run
+
+    path = tmp_path / "s.h5"
+    mine(tiny_model, open_source("synthetic:24"), path, MineConfig(layers=(LAYER,), top_k=4, batch_size=8))
+    module = dict(tiny_model.clip.named_modules())[LAYER]
+    before = len(module._forward_hooks)
+    seen = []
+    write = run.store.write_sae
+    monkeypatch.setattr(run.store, "write_sae", lambda *a, **k: (seen.append(len(module._forward_hooks)),
+                                                                  write(*a, **k))[1])
+    train_sae(tiny_model, path, SaeConfig(layer=LAYER, width="16", k=2, steps=3, batch=8, buffer_rows=20),
+              evaluate=False)  # 3 x 8 draws from a 20-row buffer: the stream is left unfinished
+    assert seen == [before] and len(module._forward_hooks) == before

@@ -93,6 +93,8 @@ def train_sae(model: LoadedModel, store_path: str | os.PathLike, config: SaeConf
     result = fit_stream(rows, width, config, device, log)
     while not kept and next(rows, None) is not None:  # (no held-out image among the rows training read)
         pass
+    rows.close()
+    blocks.close()  # the image stream's hook comes off the model now, not when the generator is collected
     if not kept:
         raise SaeError(f"no activation rows of the held-out images of layer {layer}; use more images")
     figures = {**metrics(torch.cat(kept).to(device), result.sae), "dead_training": result.dead_training,

@@ -35,8 +35,7 @@ def replay_maps(model: LoadedModel, source, store_path: str | os.PathLike, layer
     units = np.asarray(units, np.int64)
     with store.Store(store_path) as st:
         ld = st.layer(model.name, layer)
-        if len(units) and (units.min() < 0 or units.max() >= ld.units):
-            raise ConfigError(f"--units: layer {layer} has units 0..{ld.units - 1}")
+        _check_units(units, ld.units, layer)
         index = ld["topk/index"][units] if len(units) else np.zeros((0, ld.top_k), np.int64)  # [m, k]
         precision = str(ld.config.get("precision", "float32"))
         recorded_sha = st.image_column("sha256")
@@ -64,14 +63,16 @@ def replay_maps(model: LoadedModel, source, store_path: str | os.PathLike, layer
             if virtual:
                 a = feature_maps(a, virtual[info.name].sae)  # [b, F, h, w]
             pooled = F.adaptive_avg_pool2d(a.index_select(1, picks), (mh, mw)).cpu().numpy()  # [b, m, mh, mw]
-            row_of = {int(i): r for r, i in enumerate(chunk)}
-            for (j, slot), i in np.ndenumerate(index):
-                r = row_of.get(int(i))
-                if r is not None:
-                    out[j, slot] = pooled[r, j]
+            j, slot = np.nonzero(np.isin(index, chunk))  # the examples shown by this chunk's images
+            out[j, slot] = pooled[np.searchsorted(chunk, index[j, slot]), j]  # (chunk is sorted: np.unique)
             if progress:
                 progress(min(start + batch, len(images)), len(images))
     return out
+
+
+def _check_units(units: np.ndarray, n_units: int, layer: str) -> None:
+    if len(units) and (units.min() < 0 or units.max() >= n_units):
+        raise ConfigError(f"--units: layer {layer} has units 0..{n_units - 1}")
 
 
 def _pixels(model: LoadedModel, source, index: int, recorded_sha: np.ndarray) -> torch.Tensor:
@@ -120,6 +121,5 @@ def fill_store_maps(store_path: str | os.PathLike, layer: str, units: Sequence[i
     source = source_of(store_path, data)
     model = load_model(str(spec), device=device, trust_checkpoint=trust_checkpoint)
     todo = np.arange(n_units) if units is None else np.asarray(units, np.int64)
-    if len(todo) and (todo.min() < 0 or todo.max() >= n_units):
-        raise ConfigError(f"--units: layer {layer} has units 0..{n_units - 1}")
+    _check_units(todo, n_units, layer)  # (all of them before the first block is written)
     return fill_maps(model, source, store_path, layer, todo, map_size, progress=progress)

@@ -15,9 +15,8 @@ from typing import Callable, TextIO
 _IMPORTED = time.time()
 
 # the unit of a step, by the first word of its label
-UNITS = {"mine": "images", "featurevis": "units", "maps": "units", "site": "layers", "verify": "layers", "probe": "lambdas",
-         "train": "steps",
-         "export": "units"}
+UNITS = {"mine": "images", "featurevis": "units", "maps": "units", "site": "layers", "verify": "layers",
+         "probe": "lambdas", "train": "steps", "export": "units"}
 
 
 def process_started() -> float:

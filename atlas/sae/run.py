@@ -79,13 +79,13 @@ def train_sae(model: LoadedModel, store_path: str | os.PathLike, config: SaeConf
         source = open_source(data) if data else source_of(store_path)
         n = min(len(source), config.max_images or len(source))
         fit_ = machine_fit(model.device)
+        workers = fit_.workers if workers is None else workers
         bf16 = model.device.type == "cuda" and torch.cuda.is_bf16_supported()
-        blocks = image_blocks(model, source, layer, n, batch=fit_.batch_size,
-                              workers=fit_.workers if workers is None else workers, bf16=bf16)
+        blocks = image_blocks(model, source, layer, n, batch=fit_.batch_size, workers=workers, bf16=bf16)
         if log:
             log(f"sae activations: {n} images through {model.name} ({'bfloat16' if bf16 else 'float32'}), batch "
-                f"{fit_.batch_size}, {fit_.workers if workers is None else workers} decoding workers; shuffle buffer "
-                f"{config.buffer_rows:,} rows of {d} units")
+                f"{fit_.batch_size}, {workers} decoding workers; shuffle buffer {config.buffer_rows:,} rows of {d} "
+                "units")
     held = torch.sort(torch.randperm(n, generator=gen)[:max(1, int(n * config.eval_fraction))]).values
     if len(held) >= n:
         raise SaeError(f"too few images ({n}) to hold some out; use more images")
